@@ -1,0 +1,89 @@
+"""``interpolate``: perspective-correct vertex attributes from rasterizer output (nvdiffrast semantics)."""
+
+from __future__ import annotations
+
+import torch
+
+from synth_torch.render._dispatch import use_nvdiffrast
+
+
+def _diff_indices(diff_attrs, num_attrs: int) -> list[int]:
+    if diff_attrs is None:
+        return []
+    if isinstance(diff_attrs, str):
+        if diff_attrs != "all":
+            raise ValueError(f"diff_attrs must be 'all' or a list of attribute indices, got {diff_attrs!r}")
+        return list(range(num_attrs))
+    out = []
+    for i in diff_attrs:
+        j = int(i) + num_attrs if int(i) < 0 else int(i)
+        if not 0 <= j < num_attrs:
+            raise ValueError(f"diff_attrs index {i} out of range for {num_attrs} attributes")
+        out.append(j)
+    return out
+
+
+def pixel_attributes(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor):
+    """Gather the three vertex attributes of the triangle visible at each covered pixel.
+
+    Returns (b, py, px) index tensors of covered pixels, their (u, v) [P] and vertex attributes [P, 3, C].
+    """
+    ids = rast[..., 3].to(torch.long) - 1
+    b, py, px = (ids >= 0).nonzero(as_tuple=True)
+    vi = tri.to(device=attr.device, dtype=torch.long)[ids[b, py, px]]  # [P, 3]
+    if attr.ndim == 2:
+        flat = attr
+    elif attr.shape[0] == 1:
+        flat = attr[0]
+    else:
+        flat = attr.reshape(-1, attr.shape[-1])
+        vi = vi + (b * attr.shape[1])[:, None]
+    return (b, py, px), rast[b, py, px, 0], rast[b, py, px, 1], flat[vi]
+
+
+def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor, rast_db: torch.Tensor | None = None,
+                diff_attrs=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Interpolate vertex attributes ``u a_0 + v a_1 + (1 - u - v) a_2`` over covered pixels.
+
+    Args:
+        attr: [B, V, C] per-image attributes, [1, V, C] shared by all images, or [V, C] (range mode:
+            indexed by the global ids in ``rast``).
+        rast: [B, H, W, 4] output of :func:`rasterize`.
+        tri: [T, 3] the triangles that were rasterized.
+        rast_db: [B, H, W, 4] needed when ``diff_attrs`` is given.
+        diff_attrs: ``'all'`` or a list of attribute indices whose pixel derivatives to output.
+
+    Returns:
+        out [B, H, W, C], zeros on empty pixels.
+        out_da [B, H, W, 2 * len(diff_attrs)], interleaved ``(dA_i/dX, dA_i/dY)`` per selected attribute
+        in pixel units, or [B, H, W, 0].
+
+    Gradients reach ``attr``, the (u, v) channels of ``rast`` and ``rast_db``.
+    """
+    if attr.ndim not in (2, 3) or rast.ndim != 4 or rast.shape[-1] != 4:
+        raise ValueError(f"expected attr [B,V,C], [1,V,C] or [V,C] and rast [B,H,W,4], got {tuple(attr.shape)} "
+                         f"and {tuple(rast.shape)}")
+    if attr.ndim == 3 and attr.shape[0] not in (1, rast.shape[0]):
+        raise ValueError(f"attr batch {attr.shape[0]} matches neither 1 nor rast's batch {rast.shape[0]}")
+    idx = _diff_indices(diff_attrs, attr.shape[-1])
+    if idx and rast_db is None:
+        raise ValueError("diff_attrs needs rast_db (the second output of rasterize)")
+    if use_nvdiffrast(attr, rast):
+        import nvdiffrast.torch as nvdr
+
+        return nvdr.interpolate(attr.contiguous(), rast, tri.to(torch.int32), rast_db=rast_db, diff_attrs=diff_attrs)
+    B, H, W, _ = rast.shape
+    C = attr.shape[-1]
+    (b, py, px), u, v, a = pixel_attributes(attr, rast, tri)
+    values = u[:, None] * a[:, 0] + v[:, None] * a[:, 1] + (1.0 - u - v)[:, None] * a[:, 2]
+    out = attr.new_zeros((B, H, W, C)).index_put((b, py, px), values)
+    if not idx:
+        return out, attr.new_zeros((B, H, W, 0))
+    db = rast_db[b, py, px]  # [P, 4] (du/dX, du/dY, dv/dX, dv/dY)
+    sel = a[:, :, idx]
+    d_u, d_v = sel[:, 0] - sel[:, 2], sel[:, 1] - sel[:, 2]
+    dx = db[:, 0:1] * d_u + db[:, 2:3] * d_v
+    dy = db[:, 1:2] * d_u + db[:, 3:4] * d_v
+    da = torch.stack((dx, dy), dim=-1).reshape(-1, 2 * len(idx))
+    out_da = attr.new_zeros((B, H, W, 2 * len(idx))).index_put((b, py, px), da)
+    return out, out_da

@@ -1,0 +1,157 @@
+"""``rasterize``: the public op, its validation and its autograd function."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from synth_torch.render import _raster
+from synth_torch.render.context import RasterizeContext
+
+
+def _check_inputs(pos: torch.Tensor, tri: torch.Tensor, resolution, ranges) -> tuple[int, int, bool]:
+    if not torch.is_tensor(pos) or not pos.is_floating_point():
+        raise TypeError(f"pos must be a floating-point tensor, got {type(pos).__name__} "
+                        f"{getattr(pos, 'dtype', '')}")
+    if pos.ndim not in (2, 3) or pos.shape[-1] != 4:
+        raise ValueError(f"pos must have shape [B, V, 4] (instanced) or [V, 4] (range mode), got {tuple(pos.shape)}")
+    if not torch.is_tensor(tri) or tri.is_floating_point() or tri.ndim != 2 or tri.shape[1] != 3:
+        raise ValueError(f"tri must be an integer tensor of shape [T, 3], got "
+                         f"{tuple(tri.shape) if torch.is_tensor(tri) else type(tri).__name__}")
+    if len(resolution) != 2 or int(resolution[0]) <= 0 or int(resolution[1]) <= 0:
+        raise ValueError(f"resolution must be (height, width) with positive entries, got {resolution}")
+    instanced = pos.ndim == 3
+    if instanced and ranges is not None:
+        raise ValueError("ranges is only valid in range mode (pos of shape [V, 4])")
+    if not instanced:
+        if ranges is None:
+            raise ValueError("range mode (pos of shape [V, 4]) needs ranges of shape [B, 2] (start, count)")
+        if ranges.ndim != 2 or ranges.shape[1] != 2 or ranges.device.type != "cpu":
+            raise ValueError(f"ranges must be a CPU integer tensor of shape [B, 2], got {tuple(ranges.shape)} "
+                             f"on {ranges.device}")
+        if (ranges < 0).any() or ((ranges[:, 0] + ranges[:, 1]) > tri.shape[0]).any():
+            raise ValueError(f"ranges select triangles outside tri (T = {tri.shape[0]})")
+    if tri.numel() and (int(tri.min()) < 0 or int(tri.max()) >= pos.shape[-2]):
+        raise ValueError(f"tri indexes vertices in [{int(tri.min())}, {int(tri.max())}] but pos has "
+                         f"{pos.shape[-2]} vertices")
+    if not torch.isfinite(pos).all():
+        raise ValueError("pos contains NaN or infinite values")
+    num_images = pos.shape[0] if instanced else ranges.shape[0]
+    return num_images, pos.shape[-2], instanced
+
+
+def _band_rows(num_images: int, height: int) -> int:
+    """Rows per work item: enough items to keep every thread busy, never fewer than 8 rows."""
+    threads = max(1, int(os.environ.get("NUMBA_NUM_THREADS", 0)) or torch.get_num_threads())
+    bands = max(1, -(-4 * threads // max(num_images, 1)))
+    return max(8, -(-height // bands))
+
+
+class _Rasterize(torch.autograd.Function):
+    """Forward: visibility + closed-form values on a backend. Backward: autograd through
+    :func:`_raster.barycentrics` recomputed from ``pos`` for the visible triangles."""
+
+    @staticmethod
+    def forward(ctx, pos, tri, ranges, height, width, grad_db, backend):
+        num_images, num_vertices, instanced = _check_inputs(pos, tri, (height, width), ranges)
+        tri = tri.to(device=pos.device, dtype=torch.long)
+        pos_flat = pos.reshape(-1, 4)
+        setup = _raster.triangle_setup(pos_flat, tri, ranges, num_images, num_vertices, instanced, height, width)
+        if backend == "cpu":
+            from synth_torch.render._numba_kernels import rasterize_bands
+
+            counts = torch.bincount(setup.image, minlength=num_images)
+            offsets = torch.cat((counts.new_zeros(1), torch.cumsum(counts, 0))).numpy()
+            index = np.full((num_images, height, width), -1, dtype=np.int64)
+            rast = np.zeros((num_images, height, width, 4), dtype=torch.empty((), dtype=pos.dtype).numpy().dtype)
+            rast_db = np.zeros_like(rast)
+            rasterize_bands(setup.edges.numpy(), setup.zrow.numpy(), setup.bbox.numpy(), setup.tri.numpy(),
+                            offsets, height, width, _band_rows(num_images, height), index, rast, rast_db)
+            index, rast, rast_db = torch.from_numpy(index), torch.from_numpy(rast), torch.from_numpy(rast_db)
+        else:
+            index = _raster.visibility_torch(setup, num_images, height, width)
+            rast, rast_db = _fill(pos_flat, setup, index, height, width)
+        ctx.save_for_backward(pos, index, setup.vidx)
+        ctx.dims = (height, width, grad_db)
+        ctx.mark_non_differentiable(index)
+        return rast, rast_db, index
+
+    @staticmethod
+    def backward(ctx, grad_rast, grad_rast_db, _grad_index):
+        pos, index, vidx = ctx.saved_tensors
+        height, width, with_db = ctx.dims
+        b, py, px = (index >= 0).nonzero(as_tuple=True)
+        with torch.enable_grad():
+            p = pos.detach().requires_grad_(True)
+            u, v, _, db = _raster.barycentrics(p.reshape(-1, 4), vidx[index[b, py, px]], _raster.pixel_ndc(px, width),
+                                               _raster.pixel_ndc(py, height), width, height, with_db)
+            outputs, grads = [u, v], [grad_rast[b, py, px, 0], grad_rast[b, py, px, 1]]
+            if with_db and grad_rast_db is not None:
+                outputs.append(db)
+                grads.append(grad_rast_db[b, py, px])
+            (grad_pos,) = torch.autograd.grad(outputs, [p], grads, allow_unused=True)
+        if grad_pos is None:
+            grad_pos = torch.zeros_like(pos)
+        return grad_pos, None, None, None, None, None, None
+
+
+def _fill(pos_flat, setup, index, height, width):
+    """Torch fill of (u, v, z/w, id+1) and rast_db for the pixels that ``index`` marks visible."""
+    B = index.shape[0]
+    rast = pos_flat.new_zeros((B, height, width, 4))
+    rast_db = pos_flat.new_zeros((B, height, width, 4))
+    b, py, px = (index >= 0).nonzero(as_tuple=True)
+    m = index[b, py, px]
+    with torch.no_grad():
+        u, v, zw, db = _raster.barycentrics(pos_flat.detach().to(torch.float64), setup.vidx[m],
+                                            _raster.pixel_ndc(px, width), _raster.pixel_ndc(py, height),
+                                            width, height, True)
+    rast[b, py, px] = torch.stack((u, v, zw, (setup.tri[m] + 1).to(torch.float64)), dim=1).to(rast.dtype)
+    rast_db[b, py, px] = db.to(rast.dtype)
+    return rast, rast_db
+
+
+def rasterize(ctx: RasterizeContext, pos: torch.Tensor, tri: torch.Tensor, resolution, ranges=None,
+              grad_db: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rasterize triangles to (u, v, z/w, triangle_id + 1), with nvdiffrast's semantics.
+
+    Args:
+        ctx: a :class:`RasterizeContext`.
+        pos: clip-space vertex positions, [B, V, 4] (instanced mode) or [V, 4] (range mode).
+        tri: [T, 3] integer vertex indices (int32 as in nvdiffrast; any integer dtype is accepted).
+        resolution: (height, width) in pixels.
+        ranges: range mode only: CPU int tensor [B, 2] of (first triangle, triangle count) per image.
+        grad_db: propagate gradients from ``rast_db`` to ``pos``.
+
+    Returns:
+        rast [B, H, W, 4]: ``(u, v, z/w, triangle_id + 1)``, zeros where no triangle covers the pixel centre.
+        Triangle ids index ``tri`` (global ids in range mode). Vertex 0 has weight u, vertex 1 weight v,
+        vertex 2 weight 1 - u - v. Row 0 is NDC y = -1; pixel (i, j) has its centre at
+        NDC ``((2i + 1) / W - 1, (2j + 1) / H - 1)``. Depth ties go to the lowest triangle id.
+        rast_db [B, H, W, 4]: ``(du/dX, du/dY, dv/dX, dv/dY)`` in pixel units (always returned, as with
+        nvdiffrast's CUDA context; ``grad_db=False`` only stops its gradient).
+
+    Gradients reach ``pos`` (x, y, w) through u, v and rast_db; z/w carries no gradient, as in nvdiffrast.
+    Triangle ids are exact up to 2**24 (they are stored in a float channel, as in nvdiffrast).
+
+    Example:
+        >>> import torch, synth_torch.render as dr
+        >>> ctx = dr.RasterizeContext(device="cpu")
+        >>> pos = torch.tensor([[[-1., -1, 0, 1], [1, -1, 0, 1], [-1, 1, 0, 1]]])
+        >>> rast, _ = dr.rasterize(ctx, pos, torch.tensor([[0, 1, 2]], dtype=torch.int32), (4, 4))
+        >>> int((rast[..., 3] > 0).sum())  # 6 centres strictly inside; the 4 on the diagonal go to its neighbour
+        6
+    """
+    if not isinstance(ctx, RasterizeContext):
+        raise TypeError(f"ctx must be a RasterizeContext, got {type(ctx).__name__}")
+    ctx.check_device(pos, tri)
+    height, width = int(resolution[0]), int(resolution[1])
+    if ctx.backend == "nvdiffrast":
+        import nvdiffrast.torch as nvdr
+
+        return nvdr.rasterize(ctx._native, pos, tri.to(torch.int32), (height, width), ranges=ranges,
+                              grad_db=grad_db)
+    rast, rast_db, _ = _Rasterize.apply(pos, tri, ranges, height, width, bool(grad_db), ctx.backend)
+    return rast, rast_db
