@@ -47,7 +47,7 @@ def antialias_construct_topology_hash(tri: torch.Tensor) -> TopologyHash:
     group_size = counts.repeat_interleave(counts)
     first = (torch.cumsum(counts, 0) - counts).repeat_interleave(counts)
     pos_in_group = torch.arange(sk.numel(), device=tri.device) - first
-    partner = first + (1 - pos_in_group).clamp(min=0)
+    partner = (first + (1 - pos_in_group).clamp(min=0)).clamp(max=sk.numel() - 1)
     opp_sorted = torch.where(group_size == 2, k[order][partner], torch.full_like(sk, -1))
     opposite = torch.empty_like(opp_sorted)
     opposite[order] = opp_sorted

@@ -1,19 +1,42 @@
-"""Rasterization shared by the ``cpu`` and ``torch`` backends.
+"""Rasterization maths and the pure-torch reference (the ``torch`` backend).
 
 Method (homogeneous rasterization, Olano & Greer 1997): for a triangle with clip-space vertices
-``c_i = (x_i, y_i, w_i)`` the matrix ``M = [c_0 c_1 c_2]`` maps barycentric-like weights to a
+``c_k = (x_k, y_k, w_k)`` the matrix ``M = [c_0 c_1 c_2]`` maps barycentric-like weights to a
 homogeneous screen point. For the NDC pixel centre ``r = (x_n, y_n, 1)``, ``e = sign(det M) adj(M) r``
 is, up to a positive factor, the perspective-correct barycentric vector of the point of the
-triangle seen through that pixel. The pixel is covered iff all ``e_i >= 0``; this also handles
-triangles that cross ``w = 0`` without clipping the x/y planes. Depth ``z/w`` is affine in
-``r`` and is clipped per pixel to ``[-1, 1]`` (near and far planes).
+triangle seen through that pixel. The pixel is covered iff all ``e_k >= 0``; then ``sum(e) > 0`` and
+the point lies in front of the eye (``w > 0``), so triangles crossing ``w = 0`` need no clipping
+against the x/y planes. Depth ``z/w = (z_0 e_0 + z_1 e_1 + z_2 e_2) / det`` is affine in ``r`` and is
+clipped per pixel to ``[-1, 1]`` (near and far planes).
 
-Fill rule: a pixel centre exactly on an edge (``e_i == 0``) belongs to the triangle for which the
-edge coefficients ``(a_i, b_i)`` satisfy ``a_i > 0 or (a_i == 0 and b_i > 0)``. Edge rows are cross
-products of the two edge vertices, so two triangles sharing an edge get exactly negated rows and
-exactly one of them takes the pixel: no cracks, no double coverage.
+Fill rule: a pixel centre exactly on an edge (``e_k == 0``) belongs to the triangle for which the
+edge coefficients ``(a_k, b_k)`` satisfy ``a_k > 0 or (a_k == 0 and b_k > 0)``. Edge rows are cross
+products of the two edge vertices, so two triangles sharing an edge get exactly negated rows, exactly
+negated edge values, and exactly one of them takes the pixel: no cracks, no double coverage.
 
 Depth test: the smallest ``z/w`` rounded to float32 wins; ties go to the lowest triangle id.
+
+Arithmetic contract. The ``cpu`` backend (:mod:`synth_torch.render._numba_kernels`) must return the
+same triangle ids as this reference, so both evaluate every float64 quantity with the same
+expression, operand order included (written out below, never ``sum`` or ``linalg.cross``):
+
+- rows (edge k is opposite vertex k; ``r_k = c_{k+1} x c_{k+2}``)::
+
+      a_k = y_i * w_j - w_i * y_j;  b_k = w_i * x_j - x_i * w_j;  c_k = x_i * y_j - y_i * x_j
+
+- ``det = (x_0 * a_0 + y_0 * b_0) + w_0 * c_0``; ``zrow = ((z_0 * r_0 + z_1 * r_1) + z_2 * r_2) / det``;
+  edges are ``rows`` negated when ``det < 0``;
+- pixel centre ``x_n = (2 i + 1) / W - 1`` (``y_n`` likewise with ``j`` and ``H``);
+- edge value ``e_k = a_k * x_n + (b_k * y_n + c_k)``, depth ``zrow_a * x_n + (zrow_b * y_n + zrow_c)``;
+- ``s = (e_0 + e_1) + e_2``, ``u = e_0 / s``, ``v = e_1 / s``;
+  ``du/dX = (a_0 * s - e_0 * ((a_0 + a_1) + a_2)) / (s * s) * (2 / W)`` and likewise for dY, dv;
+- candidate pixels: when all ``w_k > 0``, pixel ``i`` is tested iff its centre ``i + 0.5`` lies in
+  the projected extent ``[min s_x, max s_x]`` widened by :data:`BOUND_SLACK` pixels, with
+  ``s_x = (x / w + 1) * (0.5 W)`` clamped to ``+-4 max(W, H)``; otherwise the whole viewport.
+
+A culled triangle (zero or non-finite determinant, all vertices beyond one clip plane, no candidate
+pixel) keeps its slot, with the empty pixel box ``(0, 0, -1, -1)``, so that each image's triangles
+stay one contiguous, id-ordered range.
 """
 
 from __future__ import annotations
@@ -22,17 +45,18 @@ from dataclasses import dataclass
 
 import torch
 
-TILE = 8  # torch reference: pixels per tile side for binning
+BOUND_SLACK = 1e-6  # pixels added on each side of the projected extent (absorbs rounding)
+EMPTY_BOX = (0, 0, -1, -1)
 
 
 @dataclass
 class TriangleSetup:
-    """Per (image, triangle) setup in float64, triangles of one image in ascending id order.
+    """Per (image, triangle) setup in float64; one slot per pair, each image's triangles contiguous and id-ordered.
 
-    Shapes (M = number of surviving image-triangle pairs):
+    Shapes (M = number of image-triangle pairs, culled ones included):
         image: [M] image index; tri: [M] global triangle index; vidx: [M, 3] rows of the flat pos.
-        edges: [M, 3, 3] ``(a_i, b_i, c_i)`` per edge, sign-normalised; zrow: [M, 3] ``z/w = a x_n + b y_n + c``.
-        bbox: [M, 4] inclusive pixel bounds (x0, y0, x1, y1).
+        edges: [M, 3, 3] ``(a_k, b_k, c_k)`` per edge, sign-normalised; zrow: [M, 3] ``z/w = a x_n + b y_n + c``.
+        bbox: [M, 4] int32 inclusive candidate pixel bounds (x0, y0, x1, y1); :data:`EMPTY_BOX` when culled.
     """
 
     image: torch.Tensor
@@ -67,39 +91,65 @@ def pixel_ndc(index: torch.Tensor, size: int) -> torch.Tensor:
     return (2.0 * index.to(torch.float64) + 1.0) / size - 1.0
 
 
+def adjugate_rows(v0, v1, v2):
+    """Rows ``r_k = c_i x c_j`` ((i, j) = (1, 2), (2, 0), (0, 1)) of ``adj([c_0 c_1 c_2])`` and its determinant.
+
+    ``v_k = (x_k, y_k, w_k)`` are tuples of tensors of any (equal) shape; differentiable.
+    Returns ``(((a_0, b_0, c_0), (a_1, b_1, c_1), (a_2, b_2, c_2)), det)``.
+    """
+
+    def cross(p, q):
+        (xi, yi, wi), (xj, yj, wj) = p, q
+        return (yi * wj - wi * yj, wi * xj - xi * wj, xi * yj - yi * xj)
+
+    rows = (cross(v1, v2), cross(v2, v0), cross(v0, v1))
+    x0, y0, w0 = v0
+    det = (x0 * rows[0][0] + y0 * rows[0][1]) + w0 * rows[0][2]
+    return rows, det
+
+
+def _split_vertices(p: torch.Tensor):
+    """[P, 3, 4] vertex positions -> per-vertex (x, y, w) tuples and (z_0, z_1, z_2)."""
+    verts = tuple((p[:, k, 0], p[:, k, 1], p[:, k, 3]) for k in range(3))
+    return verts, tuple(p[:, k, 2] for k in range(3))
+
+
+def _pixel_bounds(v, w, in_front, size: int, big: float):
+    """Inclusive candidate pixel range along one axis; ``v``, ``w`` [M, 3] (see the module docstring)."""
+    safe_w = torch.where(w > 0, w, torch.ones_like(w))
+    s = ((v / safe_w + 1.0) * (0.5 * size)).clamp(-big, big)
+    s_min = torch.minimum(torch.minimum(s[:, 0], s[:, 1]), s[:, 2])
+    s_max = torch.maximum(torch.maximum(s[:, 0], s[:, 1]), s[:, 2])
+    lo = torch.ceil((s_min - 0.5) - BOUND_SLACK).clamp(min=0)
+    hi = torch.floor((s_max - 0.5) + BOUND_SLACK).clamp(max=size - 1)
+    lo = torch.where(in_front, lo, torch.zeros_like(lo))
+    hi = torch.where(in_front, hi, torch.full_like(hi, size - 1))
+    return lo.to(torch.int32), hi.to(torch.int32)
+
+
 def triangle_setup(pos_flat: torch.Tensor, tri: torch.Tensor, ranges: torch.Tensor | None, num_images: int,
                    num_vertices: int, instanced: bool, height: int, width: int) -> TriangleSetup:
-    """Cull and set up every (image, triangle) pair; see the module docstring for the maths."""
+    """Set up (and flag culled) every (image, triangle) pair; see the module docstring for the maths."""
     image, tri_idx, vidx = image_triangles(num_images, num_vertices, tri, ranges, instanced)
     p = pos_flat.detach().to(torch.float64)[vidx]  # [M, 3, 4]
-    x, y, z, w = p.unbind(-1)
-    c = torch.stack((x, y, w), dim=-1)  # columns of M, [M, 3, 3]
-    rows = torch.stack((torch.linalg.cross(c[:, 1], c[:, 2]), torch.linalg.cross(c[:, 2], c[:, 0]),
-                        torch.linalg.cross(c[:, 0], c[:, 1])), dim=1)
-    det = (c[:, 0] * rows[:, 0]).sum(-1)
-    zrow = (z[:, :, None] * rows).sum(1) / det[:, None]
-    edges = rows * torch.sign(det)[:, None, None]
+    verts, (z0, z1, z2) = _split_vertices(p)
+    rows, det = adjugate_rows(*verts)
+    zrow = torch.stack([((z0 * rows[0][k] + z1 * rows[1][k]) + z2 * rows[2][k]) / det for k in range(3)], dim=1)
+    edges = torch.stack([torch.stack(r, dim=1) for r in rows], dim=1)  # [M, 3 edges, (a, b, c)]
+    edges = torch.where((det < 0)[:, None, None], -edges, edges)
 
+    x, y, z, w = p.unbind(-1)
     outside = ((x > w).all(1) | (x < -w).all(1) | (y > w).all(1) | (y < -w).all(1)
                | (z > w).all(1) | (z < -w).all(1) | (w <= 0).all(1))
     keep = (det != 0) & torch.isfinite(det) & torch.isfinite(zrow).all(1) & ~outside
-
-    # Conservative pixel bounds: projected extent plus one pixel; whole viewport when a vertex has w <= 0.
     in_front = (w > 0).all(1)
-    safe_w = torch.where(w > 0, w, torch.ones_like(w))
-    sx = (x / safe_w + 1.0) * (0.5 * width) - 0.5
-    sy = (y / safe_w + 1.0) * (0.5 * height) - 0.5
-    big = float(max(width, height) * 4)
-    x0 = torch.where(in_front, sx.amin(1).clamp(-big, big).floor() - 1, torch.zeros_like(det))
-    x1 = torch.where(in_front, sx.amax(1).clamp(-big, big).ceil() + 1, torch.full_like(det, width - 1))
-    y0 = torch.where(in_front, sy.amin(1).clamp(-big, big).floor() - 1, torch.zeros_like(det))
-    y1 = torch.where(in_front, sy.amax(1).clamp(-big, big).ceil() + 1, torch.full_like(det, height - 1))
-    bbox = torch.stack((x0.clamp(0, width - 1), y0.clamp(0, height - 1),
-                        x1.clamp(0, width - 1), y1.clamp(0, height - 1)), dim=1).to(torch.int32)
-    keep &= (x0 <= width - 1) & (x1 >= 0) & (y0 <= height - 1) & (y1 >= 0)
-    sel = keep.nonzero().squeeze(1)
-    return TriangleSetup(image=image[sel], tri=tri_idx[sel], vidx=vidx[sel], edges=edges[sel], zrow=zrow[sel],
-                         bbox=bbox[sel])
+    big = 4.0 * max(width, height)
+    x0, x1 = _pixel_bounds(x, w, in_front, width, big)
+    y0, y1 = _pixel_bounds(y, w, in_front, height, big)
+    keep &= (x0 <= x1) & (y0 <= y1)
+    bbox = torch.stack((x0, y0, x1, y1), dim=1)
+    bbox = torch.where(keep[:, None], bbox, torch.tensor(EMPTY_BOX, dtype=torch.int32, device=bbox.device))
+    return TriangleSetup(image=image, tri=tri_idx, vidx=vidx, edges=edges, zrow=zrow, bbox=bbox)
 
 
 def _covered(e: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -113,49 +163,49 @@ def sortable_depth_key(depth32: torch.Tensor) -> torch.Tensor:
     return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
 
 
+def edge_values(edges: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``e_k = a_k * x_n + (b_k * y_n + c_k)`` for edges [P, 3, 3] at points [P]."""
+    return tuple(edges[:, k, 0] * xn + (edges[:, k, 1] * yn + edges[:, k, 2]) for k in range(3))
+
+
+def plane_depth(zrow: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor) -> torch.Tensor:
+    """``z/w = zrow_a * x_n + (zrow_b * y_n + zrow_c)`` for zrow [P, 3] at points [P]."""
+    return zrow[:, 0] * xn + (zrow[:, 1] * yn + zrow[:, 2])
+
+
 def visibility_torch(setup: TriangleSetup, num_images: int, height: int, width: int,
                      max_pairs: int = 1 << 22) -> torch.Tensor:
     """Reference visibility: index into ``setup`` of the nearest triangle per pixel, -1 where empty.
 
+    Every (triangle, candidate pixel) pair is tested; a deterministic ``scatter_reduce(amin)`` over
+    keys packing (float32 depth, setup index) keeps the nearest, lowest-id triangle per pixel.
+    Triangles are processed in chunks of at most ``max_pairs`` pairs (at least one triangle).
+
     Returns: [B, H, W] int64.
     """
     device = setup.edges.device
-    M = setup.edges.shape[0]
-    tiles_x, tiles_y = (width + TILE - 1) // TILE, (height + TILE - 1) // TILE
     bb = setup.bbox.to(torch.long)
-    tx0, ty0, tx1, ty1 = bb[:, 0] // TILE, bb[:, 1] // TILE, bb[:, 2] // TILE, bb[:, 3] // TILE
-    ntx, nty = tx1 - tx0 + 1, ty1 - ty0 + 1
-    pairs_per_tri = ntx * nty
+    nx = (bb[:, 2] - bb[:, 0] + 1).clamp(min=0)
+    ny = (bb[:, 3] - bb[:, 1] + 1).clamp(min=0)
+    count = nx * ny
+    cum = torch.cumsum(count, 0)
     key = torch.full((num_images * height * width,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=device)
-    local = torch.arange(TILE, device=device)
-    # Process triangles in chunks so that the (pair, pixel) tensors stay bounded.
-    cum = torch.cumsum(pairs_per_tri * TILE * TILE, 0)
-    start = 0
+    M, start = count.shape[0], 0
     while start < M:
-        limit = (cum[start - 1] if start > 0 else 0) + max_pairs
-        end = max(start + 1, int(torch.searchsorted(cum, limit, right=True)))
-        end = min(end, M)
-        m = torch.arange(start, end, device=device).repeat_interleave(pairs_per_tri[start:end])
-        first = torch.cumsum(pairs_per_tri[start:end], 0) - pairs_per_tri[start:end]
-        k = torch.arange(m.numel(), device=device) - first[m - start]
-        tx = tx0[m] + k % ntx[m]
-        ty = ty0[m] + k // ntx[m]
-        px = (tx[:, None] * TILE + local[None, :])[:, None, :].expand(-1, TILE, TILE).reshape(-1)
-        py = (ty[:, None] * TILE + local[None, :])[:, :, None].expand(-1, TILE, TILE).reshape(-1)
-        mm = m[:, None].expand(-1, TILE * TILE).reshape(-1)
-        inb = (px <= bb[mm, 2]) & (py <= bb[mm, 3]) & (px >= bb[mm, 0]) & (py >= bb[mm, 1])
-        px, py, mm = px[inb], py[inb], mm[inb]
+        base = int(cum[start - 1]) if start > 0 else 0
+        end = min(M, max(start + 1, int(torch.searchsorted(cum, base + max_pairs, right=True))))
+        m = torch.arange(start, end, device=device).repeat_interleave(count[start:end])
+        k = torch.arange(m.numel(), device=device) - (cum[m] - count[m] - base)
+        px, py = bb[m, 0] + k % nx[m], bb[m, 1] + k // nx[m]
         xn, yn = pixel_ndc(px, width), pixel_ndc(py, height)
-        ed = setup.edges[mm]
+        ed = setup.edges[m]
         inside = torch.ones_like(xn, dtype=torch.bool)
-        for i in range(3):
-            a, b, c = ed[:, i, 0], ed[:, i, 1], ed[:, i, 2]
-            inside &= _covered(a * xn + b * yn + c, a, b)
-        zr = setup.zrow[mm]
-        depth = zr[:, 0] * xn + zr[:, 1] * yn + zr[:, 2]
+        for kk, e in enumerate(edge_values(ed, xn, yn)):
+            inside &= _covered(e, ed[:, kk, 0], ed[:, kk, 1])
+        depth = plane_depth(setup.zrow[m], xn, yn)
         inside &= (depth >= -1.0) & (depth <= 1.0)
-        flat = (setup.image[mm] * height + py) * width + px
-        packed = (sortable_depth_key(depth.to(torch.float32)) << 32) | mm
+        flat = (setup.image[m] * height + py) * width + px
+        packed = (sortable_depth_key(depth.to(torch.float32)) << 32) | m
         key.scatter_reduce_(0, flat[inside], packed[inside], reduce="amin")
         start = end
     hit = key != torch.iinfo(torch.int64).max
@@ -163,32 +213,53 @@ def visibility_torch(setup: TriangleSetup, num_images: int, height: int, width: 
     return index.view(num_images, height, width)
 
 
+def fill_torch(setup: TriangleSetup, index: torch.Tensor, height: int, width: int,
+               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference fill of rast ``(u, v, z/w, id + 1)`` and rast_db for the pixels ``index`` marks visible."""
+    B = index.shape[0]
+    device = setup.edges.device
+    rast = torch.zeros((B, height, width, 4), dtype=dtype, device=device)
+    rast_db = torch.zeros((B, height, width, 4), dtype=dtype, device=device)
+    b, py, px = (index >= 0).nonzero(as_tuple=True)
+    m = index[b, py, px]
+    xn, yn = pixel_ndc(px, width), pixel_ndc(py, height)
+    ed = setup.edges[m]
+    e0, e1, e2 = edge_values(ed, xn, yn)
+    s = (e0 + e1) + e2
+    rast[b, py, px] = torch.stack((e0 / s, e1 / s, plane_depth(setup.zrow[m], xn, yn),
+                                   (setup.tri[m] + 1).to(torch.float64)), dim=1).to(dtype)
+    sa = (ed[:, 0, 0] + ed[:, 1, 0]) + ed[:, 2, 0]
+    sb = (ed[:, 0, 1] + ed[:, 1, 1]) + ed[:, 2, 1]
+    ss = s * s
+    db = [(ed[:, k, col] * s - e * ssum) / ss * scale
+          for k, e in ((0, e0), (1, e1))
+          for col, ssum, scale in ((0, sa, 2.0 / width), (1, sb, 2.0 / height))]
+    rast_db[b, py, px] = torch.stack(db, dim=1).to(dtype)
+    return rast, rast_db
+
+
 def barycentrics(pos_flat: torch.Tensor, vidx: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor, width: int,
-                 height: int, with_db: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Differentiable (u, v, z/w, rast_db) at NDC points for triangles ``vidx`` of ``pos_flat``.
+                 height: int, with_db: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Differentiable ``(u, v, rast_db)`` at NDC points for triangles ``vidx`` of ``pos_flat`` (backward pass).
 
-    ``u`` weights vertex 0, ``v`` vertex 1 and ``1 - u - v`` vertex 2. ``z/w`` carries no gradient
-    (as in nvdiffrast); ``u, v`` and ``rast_db = (du/dX, du/dY, dv/dX, dv/dY)`` (pixel units) depend on
-    the x, y, w of the three vertices.
+    ``u`` weights vertex 0, ``v`` vertex 1 and ``1 - u - v`` vertex 2; ``rast_db = (du/dX, du/dY, dv/dX,
+    dv/dY)`` in pixel units. They depend on the x, y, w of the three vertices (not on z). Same expressions
+    as the forward pass, on un-normalised rows (the sign of ``det`` cancels in every ratio).
 
-    Shapes: pos_flat [N, 4]; vidx [P, 3]; xn, yn [P]; returns [P] x3 and [P, 4] or None.
+    Shapes: pos_flat [N, 4]; vidx [P, 3]; xn, yn [P]; returns [P], [P] and [P, 4] or None.
     """
-    p = pos_flat[vidx]  # [P, 3, 4]
-    x, y, z, w = p.unbind(-1)
-    c = torch.stack((x, y, w), dim=-1)
-    rows = torch.stack((torch.linalg.cross(c[:, 1], c[:, 2]), torch.linalg.cross(c[:, 2], c[:, 0]),
-                        torch.linalg.cross(c[:, 0], c[:, 1])), dim=1)  # [P, 3, 3]
-    xn, yn = xn.to(p.dtype), yn.to(p.dtype)
-    e = rows[..., 0] * xn[:, None] + rows[..., 1] * yn[:, None] + rows[..., 2]  # [P, 3]
-    s = e.sum(1)
-    u, v = e[:, 0] / s, e[:, 1] / s
-    det = (c[:, 0] * rows[:, 0]).sum(-1)
-    zw = ((z * e).sum(1) / det).detach()
+    verts, _ = _split_vertices(pos_flat[vidx])
+    rows, _ = adjugate_rows(*verts)
+    xn, yn = xn.to(pos_flat.dtype), yn.to(pos_flat.dtype)
+    e0, e1, e2 = (a * xn + (b * yn + c) for a, b, c in rows)
+    s = (e0 + e1) + e2
+    u, v = e0 / s, e1 / s
     if not with_db:
-        return u, v, zw, None
-    sa, sb = rows[..., 0].sum(1), rows[..., 1].sum(1)
-    du_dx = (rows[:, 0, 0] * s - e[:, 0] * sa) / (s * s) * (2.0 / width)
-    du_dy = (rows[:, 0, 1] * s - e[:, 0] * sb) / (s * s) * (2.0 / height)
-    dv_dx = (rows[:, 1, 0] * s - e[:, 1] * sa) / (s * s) * (2.0 / width)
-    dv_dy = (rows[:, 1, 1] * s - e[:, 1] * sb) / (s * s) * (2.0 / height)
-    return u, v, zw, torch.stack((du_dx, du_dy, dv_dx, dv_dy), dim=1)
+        return u, v, None
+    sa = (rows[0][0] + rows[1][0]) + rows[2][0]
+    sb = (rows[0][1] + rows[1][1]) + rows[2][1]
+    ss = s * s
+    db = [(rows[k][col] * s - e * ssum) / ss * scale
+          for k, e in ((0, e0), (1, e1))
+          for col, ssum, scale in ((0, sa, 2.0 / width), (1, sb, 2.0 / height))]
+    return u, v, torch.stack(db, dim=1)

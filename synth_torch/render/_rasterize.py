@@ -12,25 +12,27 @@ from synth_torch.render.context import RasterizeContext
 
 
 def _check_inputs(pos: torch.Tensor, tri: torch.Tensor, resolution, ranges) -> tuple[int, int, bool]:
-    if not torch.is_tensor(pos) or not pos.is_floating_point():
-        raise TypeError(f"pos must be a floating-point tensor, got {type(pos).__name__} "
+    if not torch.is_tensor(pos) or pos.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"pos must be a float32 or float64 tensor, got {type(pos).__name__} "
                         f"{getattr(pos, 'dtype', '')}")
     if pos.ndim not in (2, 3) or pos.shape[-1] != 4:
         raise ValueError(f"pos must have shape [B, V, 4] (instanced) or [V, 4] (range mode), got {tuple(pos.shape)}")
-    if not torch.is_tensor(tri) or tri.is_floating_point() or tri.ndim != 2 or tri.shape[1] != 3:
+    if not torch.is_tensor(tri) or tri.is_floating_point() or tri.dtype == torch.bool or tri.ndim != 2 \
+            or tri.shape[1] != 3:
         raise ValueError(f"tri must be an integer tensor of shape [T, 3], got "
-                         f"{tuple(tri.shape) if torch.is_tensor(tri) else type(tri).__name__}")
+                         f"{(tri.dtype, tuple(tri.shape)) if torch.is_tensor(tri) else type(tri).__name__}")
     if len(resolution) != 2 or int(resolution[0]) <= 0 or int(resolution[1]) <= 0:
-        raise ValueError(f"resolution must be (height, width) with positive entries, got {resolution}")
+        raise ValueError(f"resolution must be (height, width) with positive entries, got {tuple(resolution)}")
     instanced = pos.ndim == 3
     if instanced and ranges is not None:
         raise ValueError("ranges is only valid in range mode (pos of shape [V, 4])")
     if not instanced:
         if ranges is None:
             raise ValueError("range mode (pos of shape [V, 4]) needs ranges of shape [B, 2] (start, count)")
-        if ranges.ndim != 2 or ranges.shape[1] != 2 or ranges.device.type != "cpu":
-            raise ValueError(f"ranges must be a CPU integer tensor of shape [B, 2], got {tuple(ranges.shape)} "
-                             f"on {ranges.device}")
+        if not torch.is_tensor(ranges) or ranges.is_floating_point() or ranges.ndim != 2 or ranges.shape[1] != 2 \
+                or ranges.device.type != "cpu":
+            raise ValueError(f"ranges must be a CPU integer tensor of shape [B, 2], got "
+                             f"{(ranges.dtype, tuple(ranges.shape), str(ranges.device)) if torch.is_tensor(ranges) else type(ranges).__name__}")
         if (ranges < 0).any() or ((ranges[:, 0] + ranges[:, 1]) > tri.shape[0]).any():
             raise ValueError(f"ranges select triangles outside tri (T = {tri.shape[0]})")
     if tri.numel() and (int(tri.min()) < 0 or int(tri.max()) >= pos.shape[-2]):
@@ -39,6 +41,10 @@ def _check_inputs(pos: torch.Tensor, tri: torch.Tensor, resolution, ranges) -> t
     if not torch.isfinite(pos).all():
         raise ValueError("pos contains NaN or infinite values")
     num_images = pos.shape[0] if instanced else ranges.shape[0]
+    pairs = num_images * tri.shape[0] if instanced else int(ranges[:, 1].sum())
+    if pairs >= 2**31 or tri.shape[0] >= 2**24:
+        raise ValueError(f"too many triangles: {pairs} image-triangle pairs (limit 2**31) and T = {tri.shape[0]} "
+                         "(limit 2**24, ids are stored in a float channel)")
     return num_images, pos.shape[-2], instanced
 
 
@@ -51,65 +57,75 @@ def _band_rows(num_images: int, height: int) -> int:
 
 class _Rasterize(torch.autograd.Function):
     """Forward: visibility + closed-form values on a backend. Backward: autograd through
-    :func:`_raster.barycentrics` recomputed from ``pos`` for the visible triangles."""
+    :func:`_raster.barycentrics` recomputed in float64 from ``pos`` for the visible triangles, whose
+    ids are read back from the id channel of ``rast``."""
 
     @staticmethod
     def forward(ctx, pos, tri, ranges, height, width, grad_db, backend):
         num_images, num_vertices, instanced = _check_inputs(pos, tri, (height, width), ranges)
-        tri = tri.to(device=pos.device, dtype=torch.long)
-        pos_flat = pos.reshape(-1, 4)
-        setup = _raster.triangle_setup(pos_flat, tri, ranges, num_images, num_vertices, instanced, height, width)
         if backend == "cpu":
-            from synth_torch.render._numba_kernels import rasterize_bands
-
-            counts = torch.bincount(setup.image, minlength=num_images)
-            offsets = torch.cat((counts.new_zeros(1), torch.cumsum(counts, 0))).numpy()
-            index = np.full((num_images, height, width), -1, dtype=np.int64)
-            rast = np.zeros((num_images, height, width, 4), dtype=torch.empty((), dtype=pos.dtype).numpy().dtype)
-            rast_db = np.zeros_like(rast)
-            rasterize_bands(setup.edges.numpy(), setup.zrow.numpy(), setup.bbox.numpy(), setup.tri.numpy(),
-                            offsets, height, width, _band_rows(num_images, height), index, rast, rast_db)
-            index, rast, rast_db = torch.from_numpy(index), torch.from_numpy(rast), torch.from_numpy(rast_db)
+            rast, rast_db = _rasterize_cpu(pos, tri, ranges, num_images, num_vertices, instanced, height, width)
         else:
+            tri_long = tri.to(device=pos.device, dtype=torch.long)
+            setup = _raster.triangle_setup(pos.reshape(-1, 4), tri_long, ranges, num_images, num_vertices,
+                                           instanced, height, width)
             index = _raster.visibility_torch(setup, num_images, height, width)
-            rast, rast_db = _fill(pos_flat, setup, index, height, width)
-        ctx.save_for_backward(pos, index, setup.vidx)
-        ctx.dims = (height, width, grad_db)
-        ctx.mark_non_differentiable(index)
-        return rast, rast_db, index
+            rast, rast_db = _raster.fill_torch(setup, index, height, width, pos.dtype)
+        ctx.save_for_backward(pos, tri, rast)
+        ctx.dims = (height, width, grad_db, instanced)
+        return rast, rast_db
 
     @staticmethod
-    def backward(ctx, grad_rast, grad_rast_db, _grad_index):
-        pos, index, vidx = ctx.saved_tensors
-        height, width, with_db = ctx.dims
-        b, py, px = (index >= 0).nonzero(as_tuple=True)
+    def backward(ctx, grad_rast, grad_rast_db):
+        pos, tri, rast = ctx.saved_tensors
+        height, width, with_db, instanced = ctx.dims
+        ids = rast[..., 3].to(torch.long) - 1
+        b, py, px = (ids >= 0).nonzero(as_tuple=True)
+        vidx = tri.to(device=pos.device, dtype=torch.long)[ids[b, py, px]]
+        if instanced:
+            vidx = vidx + (b * pos.shape[1])[:, None]
+        with_db = with_db and grad_rast_db is not None
         with torch.enable_grad():
-            p = pos.detach().requires_grad_(True)
-            u, v, _, db = _raster.barycentrics(p.reshape(-1, 4), vidx[index[b, py, px]], _raster.pixel_ndc(px, width),
-                                               _raster.pixel_ndc(py, height), width, height, with_db)
+            p = pos.detach().to(torch.float64).requires_grad_(True)
+            u, v, db = _raster.barycentrics(p.reshape(-1, 4), vidx, _raster.pixel_ndc(px, width),
+                                            _raster.pixel_ndc(py, height), width, height, with_db)
             outputs, grads = [u, v], [grad_rast[b, py, px, 0], grad_rast[b, py, px, 1]]
-            if with_db and grad_rast_db is not None:
+            if with_db:
                 outputs.append(db)
                 grads.append(grad_rast_db[b, py, px])
+            grads = [g.to(torch.float64) for g in grads]
             (grad_pos,) = torch.autograd.grad(outputs, [p], grads, allow_unused=True)
-        if grad_pos is None:
-            grad_pos = torch.zeros_like(pos)
+        grad_pos = torch.zeros_like(pos) if grad_pos is None else grad_pos.to(pos.dtype)
         return grad_pos, None, None, None, None, None, None
 
 
-def _fill(pos_flat, setup, index, height, width):
-    """Torch fill of (u, v, z/w, id+1) and rast_db for the pixels that ``index`` marks visible."""
-    B = index.shape[0]
-    rast = pos_flat.new_zeros((B, height, width, 4))
-    rast_db = pos_flat.new_zeros((B, height, width, 4))
-    b, py, px = (index >= 0).nonzero(as_tuple=True)
-    m = index[b, py, px]
-    with torch.no_grad():
-        u, v, zw, db = _raster.barycentrics(pos_flat.detach().to(torch.float64), setup.vidx[m],
-                                            _raster.pixel_ndc(px, width), _raster.pixel_ndc(py, height),
-                                            width, height, True)
-    rast[b, py, px] = torch.stack((u, v, zw, (setup.tri[m] + 1).to(torch.float64)), dim=1).to(rast.dtype)
-    rast_db[b, py, px] = db.to(rast.dtype)
+def _rasterize_cpu(pos, tri, ranges, num_images, num_vertices, instanced, height, width):
+    """``cpu`` backend: numba setup then visibility + fill; outputs are written in full (no zero-fill pass)."""
+    from synth_torch.render._numba_kernels import rasterize_bands, setup_triangles
+
+    T = tri.shape[0]
+    if instanced:
+        image_offsets = np.arange(num_images + 1, dtype=np.int64) * T
+        tri_start = np.zeros(num_images, dtype=np.int64)
+        vert_offset = np.arange(num_images, dtype=np.int64) * num_vertices
+    else:
+        r = ranges.to(torch.int64).numpy()
+        image_offsets = np.concatenate(([0], np.cumsum(r[:, 1]))).astype(np.int64)
+        tri_start = np.ascontiguousarray(r[:, 0])
+        vert_offset = np.zeros(num_images, dtype=np.int64)
+    M = int(image_offsets[-1])
+    edges = np.empty((M, 3, 3), dtype=np.float64)
+    zrow = np.empty((M, 3), dtype=np.float64)
+    bbox = np.empty((M, 4), dtype=np.int32)
+    pos_np = pos.detach().reshape(-1, 4).contiguous().numpy()
+    tri_np = tri.to(torch.int32).contiguous().numpy()
+    if M:
+        setup_triangles(pos_np, tri_np, image_offsets, tri_start, vert_offset, height, width, edges, zrow, bbox)
+    rast = torch.empty((num_images, height, width, 4), dtype=pos.dtype)
+    rast_db = torch.empty_like(rast)
+    if num_images:
+        rasterize_bands(edges, zrow, bbox, image_offsets, tri_start, height, width, _band_rows(num_images, height),
+                        rast.numpy(), rast_db.numpy())
     return rast, rast_db
 
 
@@ -153,5 +169,5 @@ def rasterize(ctx: RasterizeContext, pos: torch.Tensor, tri: torch.Tensor, resol
 
         return nvdr.rasterize(ctx._native, pos, tri.to(torch.int32), (height, width), ranges=ranges,
                               grad_db=grad_db)
-    rast, rast_db, _ = _Rasterize.apply(pos, tri, ranges, height, width, bool(grad_db), ctx.backend)
+    rast, rast_db = _Rasterize.apply(pos, tri, ranges, height, width, bool(grad_db), ctx.backend)
     return rast, rast_db

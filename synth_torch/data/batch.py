@@ -1,0 +1,127 @@
+"""The labeled batch that :class:`synth_torch.SynthDataset` yields. Conventions: ``docs/labels.md``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+from torchvision import tv_tensors
+
+SLICE_BITS = 10  # sample_id = sample_index * 2**SLICE_BITS + slice_id
+
+
+def encode_sample_id(sample_index: torch.Tensor, slice_id: torch.Tensor) -> torch.Tensor:
+    return sample_index.to(torch.int64) * (1 << SLICE_BITS) + slice_id.to(torch.int64)
+
+
+def decode_sample_id(sample_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sample_index, slice_id) of sample ids [B]."""
+    sample_id = torch.as_tensor(sample_id, dtype=torch.int64)
+    return sample_id >> SLICE_BITS, sample_id & ((1 << SLICE_BITS) - 1)
+
+
+@dataclass
+class Batch:
+    """A batch of B images with N instance slots (padded; ``valid`` marks real instances).
+
+    Dense (row 0 at the top, pixel (i, j) covers [i, i+1) x [j, j+1)):
+        image [B, 3, H, W] float in [0, 1]; depth [B, 1, H, W] metres along the camera z axis, 0 on
+        background; normals [B, 3, H, W] unit normals in the camera frame (OpenCV: x right, y down,
+        z forward), 0 on background; instance [B, H, W] (0 background, i + 1 for instance slot i);
+        semantic [B, H, W] class ids (0 background).
+    Per instance:
+        valid [B, N] bool; labels [B, N] class ids 1..C; boxes [B, N, 4] tight xyxy over visible pixels
+        (pixel edges, zeros when nothing is visible); amodal_boxes [B, N, 4] xyxy of the whole projection
+        (continuous, may leave the image); boxes3d_center [B, N, 3], boxes3d_size [B, N, 3] (metres, along
+        the box axes), boxes3d_rotation [B, N, 3, 3] (box axes in the camera frame, columns),
+        boxes3d_corners [B, N, 8, 2] projected corners (corner k has offsets ((k&1)-.5, (k>>1&1)-.5,
+        (k>>2&1)-.5) times the size); keypoints [B, N, K, 3] (x, y, visibility: 0 outside the image,
+        1 occluded, 2 visible); visible_pixels [B, N]; visible_fraction [B, N].
+    Camera and provenance:
+        K [B, 3, 3]; world_to_cam [B, 4, 4]; params name -> [B]; slice_id [B]; sample_id [B]
+        (``sample_index * 1024 + slice_id``: pass it to ``SynthDataset.regenerate``); batch_index (global).
+    """
+
+    image: torch.Tensor
+    depth: torch.Tensor
+    normals: torch.Tensor
+    instance: torch.Tensor
+    semantic: torch.Tensor
+    valid: torch.Tensor
+    labels: torch.Tensor
+    boxes: torch.Tensor
+    amodal_boxes: torch.Tensor
+    boxes3d_center: torch.Tensor
+    boxes3d_size: torch.Tensor
+    boxes3d_rotation: torch.Tensor
+    boxes3d_corners: torch.Tensor
+    keypoints: torch.Tensor
+    visible_pixels: torch.Tensor
+    visible_fraction: torch.Tensor
+    K: torch.Tensor
+    world_to_cam: torch.Tensor
+    params: dict[str, torch.Tensor]
+    slice_id: torch.Tensor
+    sample_id: torch.Tensor
+    class_names: tuple[str, ...] = ()
+    slice_names: tuple[str, ...] = ()
+    batch_index: int = -1
+    extras: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.image.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.image.device
+
+    def to(self, device, non_blocking: bool = False) -> Batch:
+        """Move every tensor to ``device``."""
+        def move(v):
+            if torch.is_tensor(v):
+                return v.to(device, non_blocking=non_blocking)
+            if isinstance(v, dict):
+                return {k: move(x) for k, x in v.items()}
+            return v
+        return replace(self, **{f.name: move(getattr(self, f.name)) for f in fields(self)})
+
+    def select(self, index) -> Batch:
+        """Sub-batch of the images at ``index`` (a slice, list or bool/long tensor)."""
+        B = len(self)
+        def take(v):
+            if torch.is_tensor(v) and v.ndim and v.shape[0] == B:
+                return v[index]
+            if isinstance(v, dict):
+                return {k: take(x) for k, x in v.items()}
+            return v
+        return replace(self, **{f.name: take(getattr(self, f.name)) for f in fields(self)})
+
+    def drop_hidden(self, min_visible_pixels: int = 1, min_visible_fraction: float = 0.0) -> Batch:
+        """Mark instances with too few visible pixels or too small a visible fraction as invalid (fully
+        occluded or out-of-frame objects then carry no box). Pixel masks are unchanged."""
+        keep = self.valid & (self.visible_pixels >= min_visible_pixels) & (self.visible_fraction >= min_visible_fraction)
+        return replace(self, valid=keep)
+
+    def to_torchvision(self, min_visible_pixels: int = 1) -> tuple[list[torch.Tensor], list[dict]]:
+        """Images and targets as torchvision detection models take them.
+
+        Each target has ``boxes`` (``tv_tensors.BoundingBoxes``, XYXY, canvas (H, W)), ``labels`` [n],
+        ``masks`` (``tv_tensors.Mask`` [n, H, W] bool), ``keypoints`` [n, K, 3], ``sample_id`` and
+        ``slice_id``; instances with fewer than ``min_visible_pixels`` visible pixels are dropped.
+        """
+        H, W = self.image.shape[-2:]
+        batch = self.drop_hidden(min_visible_pixels)
+        images, targets = [], []
+        for i in range(len(self)):
+            idx = batch.valid[i].nonzero().squeeze(1)
+            masks = self.instance[i][None] == (idx + 1)[:, None, None]
+            images.append(self.image[i])
+            targets.append({
+                "boxes": tv_tensors.BoundingBoxes(batch.boxes[i, idx], format="XYXY", canvas_size=(H, W)),
+                "labels": batch.labels[i, idx].to(torch.int64),
+                "masks": tv_tensors.Mask(masks),
+                "keypoints": batch.keypoints[i, idx],
+                "sample_id": self.sample_id[i],
+                "slice_id": self.slice_id[i],
+            })
+        return images, targets

@@ -1,0 +1,247 @@
+"""``SynthDataset``: an infinite (or finite) stream of fully labeled batches rendered on the fly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import IterableDataset, get_worker_info
+
+import synth_torch.render as dr
+from synth_torch.data.batch import Batch, decode_sample_id, encode_sample_id
+from synth_torch.labels.extract import extract_labels
+from synth_torch.scenario.config import PARAM_NAMES, ConfigError, Scenario, load_scenario
+from synth_torch.scenario.distributions import Dist
+from synth_torch.scenario.random import uniform
+from synth_torch.scenario.sampler import ScenarioSampler
+from synth_torch.scene.renderer import render
+from synth_torch.sensor import apply_sensor
+
+MAX_SLICES = 64
+MAX_PREDICATES = 2
+
+
+@dataclass(frozen=True)
+class SlicePredicate:
+    """``lo <= param < hi`` on a sampled scenario parameter (a mined slice is a conjunction of these)."""
+
+    param: str
+    lo: float
+    hi: float
+
+
+class SliceWeights:
+    """Slice mixture weights and mined-slice definitions in shared memory.
+
+    A training callback may change them while iteration runs, in the main process (``num_workers=0``,
+    the GPU path) or with DataLoader worker processes, which see the same storage. Slots ``0..K0-1`` are
+    the scenario's slices; mined slices are appended (at most ``MAX_SLICES`` in all).
+    """
+
+    def __init__(self, scenario: Scenario):
+        self.scenario_slices = scenario.slice_names
+        self.probs = torch.zeros(MAX_SLICES).share_memory_()
+        base = torch.tensor([s.weight for s in scenario.slices.values()], dtype=torch.float32)
+        self.probs[: len(base)] = base / base.sum()
+        self.count = torch.tensor([len(base)]).share_memory_()
+        # Mined slices: (param index, lo, hi) per predicate; param index -1 = unused.
+        self.predicates = torch.full((MAX_SLICES, MAX_PREDICATES, 3), -1.0, dtype=torch.float64).share_memory_()
+        self.names: list[str] = list(scenario.slice_names)
+
+    def __len__(self) -> int:
+        return int(self.count[0])
+
+    def get(self) -> torch.Tensor:
+        """Current probabilities [K] (a copy)."""
+        return self.probs[: len(self)].clone()
+
+    def set(self, probs: torch.Tensor) -> None:
+        """Replace the probabilities [K] (must be finite, non-negative, not all zero; renormalised)."""
+        probs = torch.as_tensor(probs, dtype=torch.float32).flatten()
+        if probs.numel() != len(self):
+            raise ValueError(f"expected {len(self)} slice weights, got {probs.numel()}")
+        if not torch.isfinite(probs).all() or (probs < 0).any() or float(probs.sum()) <= 0:
+            raise ValueError(f"slice weights must be finite, non-negative and not all zero, got {probs.tolist()}")
+        self.probs[: len(self)] = probs / probs.sum()
+
+    def add(self, name: str, predicates: list[SlicePredicate], weight: float) -> int:
+        """Append a mined slice; returns its slice id. Existing weights are scaled by (1 - weight)."""
+        k = len(self)
+        if k >= MAX_SLICES:
+            raise ValueError(f"at most {MAX_SLICES} slices are supported")
+        if not 1 <= len(predicates) <= MAX_PREDICATES:
+            raise ValueError(f"a mined slice needs 1..{MAX_PREDICATES} predicates, got {len(predicates)}")
+        for j, p in enumerate(predicates):
+            if p.param not in PARAM_NAMES:
+                raise ValueError(f"unknown parameter {p.param!r} in mined slice {name!r}")
+            self.predicates[k, j] = torch.tensor([PARAM_NAMES.index(p.param), p.lo, p.hi], dtype=torch.float64)
+        self.probs[:k] *= 1.0 - weight
+        self.probs[k] = weight
+        self.count[0] = k + 1
+        self.names.append(name)
+        return k
+
+    def overrides(self, scenario: Scenario) -> list[dict[str, Dist]]:
+        """Per-slice parameter overrides: the scenario's, then the mined slices' restricted distributions."""
+        out = [s.overrides for s in scenario.slices.values()]
+        for k in range(len(scenario.slices), len(self)):
+            ov = {}
+            for param, lo, hi in self.predicates[k].tolist():
+                if param >= 0:
+                    name = PARAM_NAMES[int(param)]
+                    ov[name] = scenario.parameters[name].restrict(lo, hi)
+            out.append(ov)
+        return out
+
+    def state_dict(self) -> dict:
+        return {"probs": self.get(), "names": list(self.names), "predicates": self.predicates[: len(self)].clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        k = len(state["probs"])
+        if list(state["names"][: len(self.scenario_slices)]) != list(self.scenario_slices):
+            raise ValueError(f"checkpoint slices {state['names']} do not start with this scenario's "
+                             f"{list(self.scenario_slices)}")
+        self.count[0] = k
+        self.probs.zero_()
+        self.probs[:k] = state["probs"]
+        self.predicates.fill_(-1.0)
+        self.predicates[:k] = state["predicates"]
+        self.names = list(state["names"])
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class SynthDataset(IterableDataset):
+    """A stream of labeled :class:`Batch` objects rendered from a scenario.
+
+    Args:
+        scenario: a built-in name (``"tabletop"``, ``"defects"``), YAML path, dict or :class:`Scenario`.
+        batch_size: images per batch (one batched render pass).
+        resolution: (height, width) or an int for square images.
+        device: where rendering happens and batches live.
+        seed: with the scenario content and the sample index, determines every sample.
+        backend: rasterizer backend (``"auto"``, ``"cpu"``, ``"torch"``, ``"nvdiffrast"``).
+        length: number of batches per epoch (None: infinite).
+        sensor: apply the scenario's sensor effects.
+
+    Sample ``i`` of the stream is a pure function of (scenario, seed, i, slice weights): batch ``k`` holds
+    samples ``k * batch_size ...``, and batch ``k`` is produced by rank ``r`` / worker ``w`` when
+    ``k % (world_size * num_workers) == r * num_workers + w``, so ranks and workers never repeat samples.
+
+    Example:
+        >>> ds = SynthDataset("tabletop", batch_size=4, resolution=64)
+        >>> batch = next(iter(ds))
+        >>> batch.image.shape
+        torch.Size([4, 3, 64, 64])
+    """
+
+    def __init__(self, scenario="tabletop", batch_size: int = 32, resolution=128, device="cpu", seed: int = 0,
+                 backend: str = "auto", length: int | None = None, sensor: bool = True):
+        super().__init__()
+        self.scenario = load_scenario(scenario)
+        if int(batch_size) <= 0:
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        res = (int(resolution), int(resolution)) if isinstance(resolution, int) else tuple(int(r) for r in resolution)
+        if len(res) != 2 or min(res) < 8 or max(res) > 4096:
+            raise ConfigError(f"resolution must be (height, width) within 8..4096, got {resolution}")
+        if length is not None and int(length) <= 0:
+            raise ConfigError(f"length must be positive or None, got {length}")
+        self.batch_size, self.resolution, self.seed = int(batch_size), res, int(seed)
+        self.device = torch.device(device)
+        self.backend = backend
+        self.length = None if length is None else int(length)
+        self.sensor = bool(sensor)
+        self.sampler = ScenarioSampler(self.scenario, self.seed)
+        self.weights = SliceWeights(self.scenario)
+        self.next_batch = 0
+        self._ctx = None
+
+    @property
+    def context(self) -> dr.RasterizeContext:
+        if self._ctx is None:
+            self._ctx = dr.RasterizeContext(device=self.device, backend=self.backend)
+        return self._ctx
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_ctx"] = None  # contexts hold native handles; workers build their own
+        return state
+
+    @property
+    def slice_names(self) -> tuple[str, ...]:
+        return tuple(self.weights.names)
+
+    def __len__(self) -> int:
+        if self.length is None:
+            raise TypeError("an infinite SynthDataset has no length; pass length=...")
+        return self.length
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        rank, world = _rank_and_world()
+        stride, offset = world * workers, rank * workers + worker
+        k = self.next_batch
+        k += (offset - k) % stride
+        while self.length is None or k < self.next_batch + self.length * stride:
+            batch = self.render_batch(torch.arange(k * self.batch_size, (k + 1) * self.batch_size))
+            batch.batch_index = k
+            if info is None:
+                self.next_batch = k + stride
+            yield batch
+            k += stride
+
+    def slice_ids(self, sample_index: torch.Tensor) -> torch.Tensor:
+        """Slice of each sample under the current weights (a function of the sample's key)."""
+        probs = self.weights.get()
+        cdf = torch.cumsum(probs, 0)
+        u = uniform(self.sampler.keys(sample_index), "slice").contiguous()
+        return torch.searchsorted(cdf, u * cdf[-1], right=True).clamp(max=len(probs) - 1)
+
+    def render_batch(self, sample_index: torch.Tensor, slice_id: torch.Tensor | None = None) -> Batch:
+        """Render samples ``sample_index`` [B] (slices drawn from the current weights unless given)."""
+        sample_index = torch.as_tensor(sample_index, dtype=torch.int64).cpu()
+        slice_id = self.slice_ids(sample_index) if slice_id is None else torch.as_tensor(slice_id, dtype=torch.int64)
+        if (slice_id >= len(self.weights)).any() or (slice_id < 0).any():
+            raise ValueError(f"slice ids must lie in [0, {len(self.weights)}), got {slice_id.tolist()}")
+        spec = self.sampler.sample(sample_index, slice_id, self.weights.overrides(self.scenario), self.resolution)
+        sc = self.scenario
+        image, frags, geom = render(spec, self.resolution, self.context, shadows=sc.shadows, antialias=sc.antialias)
+        spec = spec.to(self.device)
+        labels = extract_labels(spec, frags, geom, self.context, len(sc.categories), self.resolution)
+        if self.sensor:
+            sensor_params = {k: v for k, v in spec.params.items() if k.startswith("sensor.")}
+            image = apply_sensor(image, sensor_params, spec.keys.to(self.device))
+        return Batch(image=image, depth=labels.depth, normals=labels.normals, instance=labels.instance,
+                     semantic=labels.semantic, valid=labels.valid, labels=labels.labels, boxes=labels.boxes,
+                     amodal_boxes=labels.amodal_boxes, boxes3d_center=labels.boxes3d_center,
+                     boxes3d_size=labels.boxes3d_size, boxes3d_rotation=labels.boxes3d_rotation,
+                     boxes3d_corners=labels.boxes3d_corners, keypoints=labels.keypoints,
+                     visible_pixels=labels.visible_pixels, visible_fraction=labels.visible_fraction, K=spec.K,
+                     world_to_cam=spec.world_to_cam, params=spec.params, slice_id=spec.slice_id,
+                     sample_id=encode_sample_id(spec.sample_index, spec.slice_id).to(self.device),
+                     class_names=sc.class_names, slice_names=self.slice_names)
+
+    def regenerate(self, sample_ids) -> Batch:
+        """Re-render samples exactly from their ``Batch.sample_id`` values."""
+        index, slice_id = decode_sample_id(torch.as_tensor(sample_ids).cpu())
+        return self.render_batch(index, slice_id)
+
+    def state_dict(self) -> dict:
+        """Position (next batch index) and slice weights, for exact resume."""
+        return {"next_batch": self.next_batch, "weights": self.weights.state_dict(), "seed": self.seed,
+                "scenario_digest": self.scenario.digest()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("scenario_digest", self.scenario.digest()) != self.scenario.digest():
+            raise ValueError("state was saved for a different scenario; refusing to resume a different stream")
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(f"state was saved with seed {state['seed']}, this dataset has seed {self.seed}")
+        self.next_batch = int(state["next_batch"])
+        self.weights.load_state_dict(state["weights"])
+

@@ -1,0 +1,266 @@
+"""Rendering a batch of :class:`SceneSpec` into images and fragments (``fragments = rasterize(scene)``,
+then shading and label extraction read the same fragments).
+
+All images of a batch go through one range-mode :func:`synth_torch.render.rasterize` call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+import synth_torch.render as dr
+from synth_torch.scenario.sampler import GROUND_HALF_SIZE, SceneSpec
+from synth_torch.scene.library import template
+from synth_torch.scene.shading import blinn_phong, defect_masks, grain, pattern
+
+SHADOW_RESOLUTION = 128
+BACKGROUND = {"tabletop": (0.62, 0.68, 0.75), "inspection": (0.06, 0.06, 0.06)}
+
+
+@dataclass
+class SceneGeometry:
+    """All triangles of a batch, sorted by (image, slot); the ground is slot S of every image.
+
+    Shapes: world [V, 3]; local [V, 3] (object frame, metres); image [V]; normals [Vn, 3] (world);
+    uvs [Vt, 2]; tri, normal_tri, uv_tri [F, 3]; face_slot [F] in 0..S; ranges [B, 2] (CPU) per image;
+    slot_ranges [B, S, 2] (CPU) per object slot (count 0 for empty slots).
+    """
+
+    world: torch.Tensor
+    local: torch.Tensor
+    image: torch.Tensor
+    normals: torch.Tensor
+    uvs: torch.Tensor
+    tri: torch.Tensor
+    normal_tri: torch.Tensor
+    uv_tri: torch.Tensor
+    face_slot: torch.Tensor
+    vertex_slot: torch.Tensor
+    ranges: torch.Tensor
+    slot_ranges: torch.Tensor
+
+
+@dataclass
+class Fragments:
+    """Per-pixel rasterization results of the camera view.
+
+    Shapes: rast, rast_db [B, H, W, 4]; clip [V, 4]; slot [B, H, W] (-1 empty, S ground, else object slot);
+    world, camera (camera-frame position, metres), normal (camera frame, unit) [B, H, W, 3];
+    defect [B, H, W] (0 none, d + 1 for defect slot d).
+    """
+
+    rast: torch.Tensor
+    rast_db: torch.Tensor
+    clip: torch.Tensor
+    slot: torch.Tensor
+    world: torch.Tensor
+    camera: torch.Tensor
+    normal: torch.Tensor
+    defect: torch.Tensor
+
+
+def assemble(spec: SceneSpec) -> SceneGeometry:
+    """Instantiate every valid slot's template and the ground into one set of buffers."""
+    device = spec.keys.device
+    B, S = spec.slot_valid.shape
+    world, local, vimage, vslot, normals, uvs, tri, ntri, uvtri, owner = ([] for _ in range(10))
+    nv = nn = nt = 0
+    for si, shape in enumerate(spec.shapes):
+        b, i = (spec.slot_valid & (spec.slot_shape == si)).nonzero(as_tuple=True)
+        if b.numel() == 0:
+            continue
+        mesh = template(shape).mesh
+        scale, R, t = spec.slot_scale[b, i], spec.slot_rotation[b, i], spec.slot_translation[b, i]
+        obj = mesh.vertices.to(device)[None] * scale[:, None]  # [n, V, 3]
+        world.append((obj @ R.transpose(1, 2) + t[:, None]).reshape(-1, 3))
+        local.append(obj.reshape(-1, 3))
+        V, F, n = mesh.vertices.shape[0], mesh.faces.shape[0], b.numel()
+        vimage.append(b.repeat_interleave(V))
+        vslot.append(i.repeat_interleave(V))
+        nrm = (mesh.normals.to(device)[None] / scale[:, None]) @ R.transpose(1, 2)
+        normals.append((nrm / nrm.norm(dim=-1, keepdim=True)).reshape(-1, 3))
+        uvs.append(mesh.uvs.to(device))
+        inst = torch.arange(n, device=device)[:, None, None]
+        tri.append((mesh.faces.to(device)[None] + nv + inst * V).reshape(-1, 3))
+        ntri.append((mesh.normal_faces.to(device)[None] + nn + inst * mesh.normals.shape[0]).reshape(-1, 3))
+        uvtri.append((mesh.uv_faces.to(device) + nt).repeat(n, 1))
+        owner.append((b * (S + 1) + i).repeat_interleave(F))
+        nv, nn, nt = nv + n * V, nn + n * mesh.normals.shape[0], nt + mesh.uvs.shape[0]
+    # Ground (tabletop) or inspected tile: one quad per image at z = 0.
+    g = GROUND_HALF_SIZE[spec.surface]
+    corners = torch.tensor([[-g, -g, 0.0], [g, -g, 0.0], [g, g, 0.0], [-g, g, 0.0]], device=device)
+    world.append(corners.repeat(B, 1))
+    local.append(corners.repeat(B, 1))
+    vimage.append(torch.arange(B, device=device).repeat_interleave(4))
+    vslot.append(torch.full((4 * B,), S, device=device, dtype=torch.long))
+    normals.append(torch.tensor([[0.0, 0.0, 1.0]], device=device))
+    uvs.append(torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]], device=device))
+    quad = torch.tensor([[0, 1, 2], [0, 2, 3]], device=device)
+    tri.append((quad[None] + nv + 4 * torch.arange(B, device=device)[:, None, None]).reshape(-1, 3))
+    ntri.append(torch.full((2 * B, 3), nn, device=device, dtype=torch.long))
+    uvtri.append((quad + nt).repeat(B, 1))
+    owner.append((torch.arange(B, device=device) * (S + 1) + S).repeat_interleave(2))
+
+    owner = torch.cat(owner)
+    order = torch.argsort(owner, stable=True)
+    owner = owner[order]
+    counts = torch.bincount(owner, minlength=B * (S + 1)).view(B, S + 1).cpu()
+    starts = (torch.cumsum(counts.flatten(), 0) - counts.flatten()).view(B, S + 1)
+    ranges = torch.stack((starts[:, 0], counts.sum(1)), 1).to(torch.int32)
+    slot_ranges = torch.stack((starts[:, :S], counts[:, :S]), -1).to(torch.int32)
+    return SceneGeometry(world=torch.cat(world), local=torch.cat(local), image=torch.cat(vimage),
+                         normals=torch.cat(normals), uvs=torch.cat(uvs), tri=torch.cat(tri)[order].to(torch.int32),
+                         normal_tri=torch.cat(ntri)[order].to(torch.int32), uv_tri=torch.cat(uvtri)[order].to(torch.int32),
+                         face_slot=owner % (S + 1), vertex_slot=torch.cat(vslot), ranges=ranges, slot_ranges=slot_ranges)
+
+
+def project_vertices(points: torch.Tensor, image: torch.Tensor, spec: SceneSpec, resolution, near: float,
+                     far: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """World points [V, 3] of images ``image`` [V] to (camera-frame points [V, 3], clip positions [V, 4])."""
+    from synth_torch.camera import Camera
+
+    cam = Camera(spec.K, spec.world_to_cam, resolution[1], resolution[0], near, far)
+    R, t = spec.world_to_cam[image, :3, :3], spec.world_to_cam[image, :3, 3]
+    camera = (R @ points[:, :, None])[..., 0] + t
+    P = cam.projection_matrix()[image]
+    clip = (P[:, :, :3] @ camera[:, :, None])[..., 0] + P[:, :, 3]
+    return camera, clip
+
+
+def _shadow_factor(spec: SceneSpec, geom: SceneGeometry, ctx, pixel_world: torch.Tensor, pixel_image: torch.Tensor,
+                   softness: torch.Tensor) -> torch.Tensor:
+    """Fraction of the directional light reaching each pixel [P], from an orthographic shadow map that the
+    same rasterizer renders from the light (objects only; the ground receives but does not cast)."""
+    B = spec.batch_size
+    device = pixel_world.device
+    z = -spec.light_dir
+    helper = torch.where((z[:, 2:3].abs() > 0.99), torch.tensor([1.0, 0, 0], device=device),
+                         torch.tensor([0, 0, 1.0], device=device))
+    x = torch.linalg.cross(z, helper)
+    x = x / x.norm(dim=-1, keepdim=True)
+    y = torch.linalg.cross(z, x)
+    R = torch.stack((x, y, z), 1)  # [B, 3, 3] world -> light
+    radius = 1.5 * spec.params["objects.spread"].to(device) + 0.3
+    depth_range = 4.0
+
+    def to_light(points, image):
+        q = (R[image] @ points[:, :, None])[..., 0]
+        return torch.stack((q[:, 0] / radius[image], q[:, 1] / radius[image], q[:, 2] / depth_range), -1)
+
+    q = to_light(geom.world, geom.image)
+    clip = torch.cat((q, torch.ones_like(q[:, :1])), -1)
+    ranges = geom.ranges.clone()
+    ranges[:, 1] -= 2  # the ground quad is the last two faces of each image
+    n = SHADOW_RESOLUTION
+    rast, _ = dr.rasterize(ctx, clip.contiguous(), geom.tri, (n, n), ranges=ranges)
+    depth = torch.where(rast[..., 3] > 0, rast[..., 2], torch.full_like(rast[..., 2], math.inf))
+    qp = to_light(pixel_world, pixel_image)
+    fx = ((qp[:, 0] + 1) * 0.5 * n - 0.5).clamp(0, n - 1)
+    fy = ((qp[:, 1] + 1) * 0.5 * n - 0.5).clamp(0, n - 1)
+    x0, y0 = fx.floor().long(), fy.floor().long()
+    wx, wy = fx - x0, fy - y0
+    bias = 0.01 / depth_range
+    lit = torch.zeros_like(fx)
+    for dy, wyy in ((0, 1 - wy), (1, wy)):
+        for dx, wxx in ((0, 1 - wx), (1, wx)):
+            d = depth[pixel_image, (y0 + dy).clamp(max=n - 1), (x0 + dx).clamp(max=n - 1)]
+            lit = lit + wxx * wyy * (qp[:, 2] <= d + bias).to(fx.dtype)
+    # Soften: never fully black, and partially lit with softness (ambient occlusion is not modelled).
+    return 1.0 - (1.0 - lit) * (0.85 / (1.0 + 0.15 * softness))
+
+
+def render(spec: SceneSpec, resolution: tuple[int, int], ctx: dr.RasterizeContext, shadows: bool = True,
+           antialias: bool = True, near: float = 0.05, far: float = 20.0, ground_texture: torch.Tensor | None = None,
+           background: torch.Tensor | None = None) -> tuple[torch.Tensor, Fragments, SceneGeometry]:
+    """Render a batch. Returns (image [B, 3, H, W] in [0, 1] before sensor effects, fragments, geometry).
+
+    ``ground_texture`` [B, h, w, 3] optionally replaces the procedural ground pattern (sampled with
+    mipmapped :func:`texture`); ``background`` [B, 3, H, W] fills pixels that no surface covers.
+    """
+    H, W = resolution
+    spec = spec.to(ctx.device)
+    device = ctx.device
+    B, S = spec.slot_valid.shape
+    geom = assemble(spec)
+    camera_pts, clip = project_vertices(geom.world, geom.image, spec, resolution, near, far)
+    rast, rast_db = dr.rasterize(ctx, clip.contiguous(), geom.tri, resolution, ranges=geom.ranges)
+    attrs = torch.cat((geom.world, geom.local, camera_pts), -1)
+    interp, _ = dr.interpolate(attrs, rast, geom.tri)
+    normal_w, _ = dr.interpolate(geom.normals, rast, geom.normal_tri)
+    tri_id = rast[..., 3].long() - 1
+    covered = tri_id >= 0
+    slot = torch.where(covered, geom.face_slot[tri_id.clamp(min=0)], torch.full_like(tri_id, -1))
+
+    b, py, px = covered.nonzero(as_tuple=True)
+    pix_slot = slot[b, py, px]
+    on_ground = pix_slot == S
+    obj_slot = pix_slot.clamp(max=S - 1) if S else pix_slot.clamp(max=0)
+    p_world, p_local, p_cam = interp[b, py, px, 0:3], interp[b, py, px, 3:6], interp[b, py, px, 6:9]
+    n_world = normal_w[b, py, px]
+    n_world = n_world / n_world.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    cam_to_world = torch.linalg.inv(spec.world_to_cam)
+    to_eye = cam_to_world[b, :3, 3] - p_world
+    to_eye = to_eye / to_eye.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    n_world = torch.where(((n_world * to_eye).sum(-1) < 0)[:, None], -n_world, n_world)
+
+    # Albedo: procedural solid textures on objects, procedural or image texture on the ground.
+    albedo = torch.empty_like(p_world)
+    defect = torch.zeros(B, H, W, dtype=torch.long, device=device)
+    if S:
+        size = spec.slot_scale[b, obj_slot].amax(-1)
+        tp = spec.slot_texture_params[b, obj_slot]
+        mod = pattern(spec.slot_texture[b, obj_slot], p_local / size[:, None] * tp[:, 0:1] * 0.25, tp[:, 1], tp[:, 2])
+        albedo = spec.slot_albedo[b, obj_slot] * mod[:, None]
+    g = spec.ground_texture_params[b]
+    ground_coords = p_world * g[:, 0:1]
+    ground_mod = pattern(spec.ground_texture[b], ground_coords, g[:, 1], g[:, 2]) * grain(ground_coords, g[:, 3], g[:, 2])
+    ground_albedo = spec.ground_albedo[b] * ground_mod[:, None]
+    if ground_texture is not None:
+        uv, uv_da = dr.interpolate(geom.uvs, rast, geom.uv_tri, rast_db=rast_db, diff_attrs="all")
+        tex = dr.texture(ground_texture.to(device), uv.contiguous(), uv_da.contiguous(), filter_mode="linear-mipmap-linear")
+        ground_albedo = tex[b, py, px] * ground_mod[:, None]
+    albedo = torch.where(on_ground[:, None], ground_albedo, albedo)
+
+    # Surface defects painted on the ground/tile; the last defect slot wins where they overlap.
+    D = spec.defect_type.shape[1]
+    for d in range(D):
+        rows = (on_ground & (spec.defect_type[b, d] >= 0)).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        bb = b[rows]
+        rel = p_world[rows, :2] - spec.defect_center[bb, d]
+        c, s = torch.cos(spec.defect_angle[bb, d]), torch.sin(spec.defect_angle[bb, d])
+        local2 = torch.stack((c * rel[:, 0] + s * rel[:, 1], -s * rel[:, 0] + c * rel[:, 1]), -1)
+        footprint = p_cam[rows, 2] / spec.K[bb, 0, 0]
+        mask, dark = defect_masks(spec.defect_kind[bb, d], local2, spec.defect_size[bb, d], spec.defect_seed[bb, d],
+                                  footprint)
+        albedo[rows] = albedo[rows] * (1 - spec.defect_contrast[bb, d] * dark)[:, None]
+        hit = rows[mask]
+        defect[b[hit], py[hit], px[hit]] = d + 1
+
+    params = {k: v.to(device) for k, v in spec.params.items()}
+    if shadows and S:
+        shadow = _shadow_factor(spec, geom, ctx, p_world, b, params["light.shadow_softness"][b])
+    else:
+        shadow = torch.ones_like(p_world[:, 0])
+    color = blinn_phong(albedo, n_world, spec.light_dir[b], to_eye, spec.light_color[b], params["light.ambient"][b],
+                        params["light.specular"][b], params["light.shininess"][b], shadow)
+    bg = torch.tensor(BACKGROUND[spec.surface], device=device)
+    image = bg.expand(B, H, W, 3).clone() if background is None else background.to(device).permute(0, 2, 3, 1).clone()
+    image[b, py, px] = color.to(image.dtype)
+    if antialias:
+        image = dr.antialias(image.contiguous(), rast, clip.contiguous(), geom.tri)
+    image = image.clamp(0, 1).permute(0, 3, 1, 2).contiguous()
+
+    R = spec.world_to_cam[:, :3, :3]
+    camera_map = torch.zeros(B, H, W, 3, device=device)
+    camera_map[b, py, px] = p_cam
+    normal_cam = torch.zeros(B, H, W, 3, device=device)
+    normal_cam[b, py, px] = (R[b] @ n_world[:, :, None])[..., 0]
+    world_map = torch.zeros(B, H, W, 3, device=device)
+    world_map[b, py, px] = p_world
+    return image, Fragments(rast, rast_db, clip, slot, world_map, camera_map, normal_cam, defect), geom
+

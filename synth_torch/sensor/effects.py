@@ -1,0 +1,364 @@
+"""Photometric sensor effects applied to rendered images, one parameter set per sample.
+
+Every effect is photometric: pixels never move, so masks, boxes, keypoints and depth rendered for the
+scene stay valid. Parameters, units, neutral values and the fixed order of operations are documented in
+``docs/sensor.md``; the conventions that matter in code are repeated here:
+
+* The input is treated as *linear* intensity in [0, 1]; ``sensor.gamma`` then encodes it for display.
+* Axes: ``x`` runs along columns (W, rightwards), ``y`` along rows (H, downwards). A motion-blur angle is
+  measured counter-clockwise *as displayed*, from the +x axis: 0 deg is horizontal, 90 deg vertical,
+  45 deg runs from bottom-left to top-right.
+* Noise is counter-based (:mod:`synth_torch.scenario.random`), drawn from the per-sample ``keys``, so a
+  sample's image never depends on which batch it was rendered in.
+* A sample whose value of an effect's parameter is neutral is passed through that effect untouched
+  (bit-exact); effects are computed only on the samples that use them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+import torch
+from kornia.color import rgb_to_grayscale
+from kornia.enhance import adjust_gamma, adjust_hue, adjust_saturation_with_gray_subtraction, jpeg_codec_differentiable
+from kornia.filters import filter2d, filter2d_separable, get_gaussian_kernel1d
+
+from synth_torch.scenario.random import uniform
+
+__all__ = ["SENSOR_DEFAULTS", "SENSOR_ORDER", "apply_sensor", "motion_blur_kernel"]
+
+#: Neutral value of every parameter: the value that leaves the image unchanged.
+SENSOR_DEFAULTS: dict[str, float] = {
+    "sensor.exposure_ev": 0.0,
+    "sensor.wb_red": 1.0,
+    "sensor.wb_blue": 1.0,
+    "sensor.motion_blur_px": 0.0,
+    "sensor.motion_blur_angle_deg": 0.0,
+    "sensor.defocus_px": 0.0,
+    "sensor.vignetting": 0.0,
+    "sensor.noise_sigma": 0.0,
+    "sensor.shot_noise": 0.0,
+    "sensor.gamma": 1.0,
+    "sensor.saturation": 1.0,
+    "sensor.hue_shift_deg": 0.0,
+    "sensor.grayscale": 0.0,
+    "sensor.jpeg_quality": 100.0,
+}
+
+#: The order in which :func:`apply_sensor` applies its effects.
+SENSOR_ORDER: tuple[str, ...] = (
+    "exposure",
+    "white_balance",
+    "motion_blur",
+    "defocus",
+    "vignetting",
+    "noise",
+    "clamp",
+    "gamma",
+    "saturation_hue",
+    "grayscale",
+    "jpeg",
+)
+
+# Allowed closed range of each parameter (None: unbounded on that side); non-finite values always raise.
+_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "sensor.exposure_ev": (None, None),
+    "sensor.wb_red": (0.0, None),
+    "sensor.wb_blue": (0.0, None),
+    "sensor.motion_blur_px": (0.0, None),
+    "sensor.motion_blur_angle_deg": (None, None),
+    "sensor.defocus_px": (0.0, None),
+    "sensor.vignetting": (0.0, 1.0),
+    "sensor.noise_sigma": (0.0, None),
+    "sensor.shot_noise": (0.0, None),
+    "sensor.gamma": (1e-3, None),
+    "sensor.saturation": (0.0, None),
+    "sensor.hue_shift_deg": (None, None),
+    "sensor.grayscale": (0.0, 1.0),
+    "sensor.jpeg_quality": (1.0, 100.0),
+}
+
+# Counter-based stream of the read + shot noise draw.
+_NOISE_STREAM = "sensor.noise"
+# Diagonal half field of view of the lens whose cos^4 law shapes the vignetting falloff (45 deg: tan^2 = 1).
+_VIGNETTE_TAN2 = 1.0
+# A Gaussian defocus kernel is truncated at this many sigmas, per sample.
+_DEFOCUS_TRUNCATE = 3.0
+
+
+def apply_sensor(image: torch.Tensor, params: Mapping[str, torch.Tensor | float], keys: torch.Tensor) -> torch.Tensor:
+    """Apply the sensor model to a batch of linear-intensity images, with per-sample parameters.
+
+    Order of operations (see ``docs/sensor.md``): exposure -> white balance -> motion blur -> defocus ->
+    vignetting -> shot + read noise -> clamp to [0, 1] -> gamma -> saturation, hue -> grayscale -> JPEG.
+
+    Args:
+        image: RGB images with linear intensities in [0, 1], floating point.
+        params: per-sample parameters ``name -> tensor [B]`` (a Python number or 0-d tensor is broadcast).
+            Missing ``sensor.*`` names take :data:`SENSOR_DEFAULTS`; keys that do not start with
+            ``sensor.`` are ignored, so the full scenario parameter dict can be passed.
+        keys: per-sample int64 random keys (:func:`synth_torch.scenario.random.sample_keys`).
+
+    Returns:
+        the images in [0, 1], same dtype and device as ``image``. Differentiable w.r.t. ``image``.
+        The input is never modified in place.
+
+    Raises:
+        ValueError: unknown ``sensor.*`` names, non-finite or out-of-range values, bad shapes.
+        TypeError: non-floating image or non-integer keys.
+
+    Shape:
+        - image: :math:`(B, 3, H, W)`
+        - params values: :math:`(B)`
+        - keys: :math:`(B)`
+        - output: :math:`(B, 3, H, W)`
+
+    Example:
+        >>> from synth_torch.scenario.random import sample_keys
+        >>> img = torch.full((2, 3, 16, 16), 0.25)
+        >>> keys = sample_keys(7, torch.arange(2))
+        >>> out = apply_sensor(img, {"sensor.exposure_ev": torch.tensor([0.0, 1.0])}, keys)
+        >>> out[:, 0, 0, 0]
+        tensor([0.2500, 0.5000])
+    """
+    _check_image_and_keys(image, keys)
+    p = _resolve_params(params, image.shape[0], image.device, image.dtype)
+    x = image
+
+    # Exposure and white balance: one per-channel gain, 2**ev * (wb_red, 1, wb_blue).
+    ev, wr, wb = p["sensor.exposure_ev"], p["sensor.wb_red"], p["sensor.wb_blue"]
+    gain_active = (ev != 0) | (wr != 1) | (wb != 1)
+
+    def _gain(xs: torch.Tensor, idx: slice | torch.Tensor) -> torch.Tensor:
+        e = torch.exp2(ev[idx])
+        gains = torch.stack([e * wr[idx], e, e * wb[idx]], dim=1)
+        return xs * gains[:, :, None, None]
+
+    x = _on_active(x, gain_active, _gain)
+
+    # Motion blur: anti-aliased line segment kernel.
+    length, angle = p["sensor.motion_blur_px"], p["sensor.motion_blur_angle_deg"]
+    x = _on_active(x, length > 0, lambda xs, i: filter2d(xs, motion_blur_kernel(length[i], angle[i]), "replicate"))
+
+    # Defocus: Gaussian with per-sample sigma, truncated per sample.
+    sigma = p["sensor.defocus_px"]
+    x = _on_active(x, sigma > 0, lambda xs, i: _defocus(xs, sigma[i]))
+
+    # Vignetting: cos^4-shaped radial falloff reaching 1 - strength at the corner pixel centres.
+    strength = p["sensor.vignetting"]
+    x = _on_active(x, strength > 0, lambda xs, i: xs * _vignette_gain(strength[i], xs.shape[-2], xs.shape[-1]))
+
+    # Shot + read noise: Gaussian with variance noise_sigma^2 + shot_noise * I, one draw per pixel.
+    read, shot = p["sensor.noise_sigma"], p["sensor.shot_noise"]
+
+    def _noise(xs: torch.Tensor, idx: slice | torch.Tensor) -> torch.Tensor:
+        z = _standard_normal(keys[idx], _NOISE_STREAM, tuple(xs.shape[1:])).to(xs.dtype)
+        var = read[idx, None, None, None] ** 2 + shot[idx, None, None, None] * xs.clamp_min(0.0)
+        # clamp_min keeps the gradient of sqrt finite (zero) where the variance is exactly 0.
+        return xs + var.clamp_min(1e-20).sqrt() * z
+
+    x = _on_active(x, (read > 0) | (shot > 0), _noise)
+
+    x = x.clamp(0.0, 1.0)
+
+    # Gamma encoding: out = I ** (1 / gamma); gamma = 2.2 brightens mid-tones like an sRGB-ish camera curve.
+    g = p["sensor.gamma"]
+    x = _on_active(x, g != 1, lambda xs, i: _gamma_encode(xs, g[i]))
+
+    # Saturation (blend with Rec.601 luma, as torchvision / PIL) then hue rotation in HSV.
+    sat = p["sensor.saturation"]
+    x = _on_active(x, sat != 1, lambda xs, i: adjust_saturation_with_gray_subtraction(xs, sat[i]))
+    hue = torch.remainder(p["sensor.hue_shift_deg"], 360.0)
+    x = _on_active(x, hue != 0, lambda xs, i: adjust_hue(xs, torch.deg2rad(hue[i])).clamp(0.0, 1.0))
+
+    # Grayscale: blend weight toward Rec.601 luma (0 = colour, 1 = fully gray).
+    gray = p["sensor.grayscale"]
+
+    def _gray(xs: torch.Tensor, idx: slice | torch.Tensor) -> torch.Tensor:
+        w = gray[idx, None, None, None]
+        return (1 - w) * xs + w * rgb_to_grayscale(xs).expand_as(xs)
+
+    x = _on_active(x, gray > 0, _gray)
+
+    # JPEG compression (differentiable codec, per-sample quality); 100 means off.
+    q = p["sensor.jpeg_quality"]
+    x = _on_active(x, q < 100, lambda xs, i: jpeg_codec_differentiable(xs, q[i]).clamp(0.0, 1.0))
+    return x
+
+
+def motion_blur_kernel(length: torch.Tensor, angle_deg: torch.Tensor, kernel_size: int | None = None) -> torch.Tensor:
+    """Anti-aliased linear motion-blur kernels, one per sample, normalised to sum 1.
+
+    The kernel is a segment of ``length`` pixels through the kernel centre, at ``angle_deg`` counter-clockwise
+    (as displayed) from the +x axis, convolved with a unit tent (linear interpolation) both along and across
+    the segment. In the segment frame (``t`` along, ``d`` across) a tap weighs
+    ``tent(d) * integral_{-L/2}^{L/2} tent(t - s) ds``, evaluated in closed form; as ``L -> 0`` this tends to
+    ``tent(t) * tent(d)``, so length 0 gives the delta kernel and sub-pixel lengths vary smoothly.
+    The support of a sample's kernel depends only on its own length, so a larger shared ``kernel_size``
+    only adds zero taps.
+
+    Args:
+        length: blur lengths in pixels, >= 0.
+        angle_deg: angles in degrees.
+        kernel_size: odd size; default ``2 * ceil(max(length) / 2 + 1) + 1``, enough for the longest blur.
+
+    Shape:
+        - length, angle_deg: :math:`(B)`
+        - output: :math:`(B, K, K)`
+
+    Example:
+        >>> k = motion_blur_kernel(torch.tensor([2.0]), torch.tensor([0.0]))
+        >>> k.shape, k[0, 2]
+        (torch.Size([1, 5, 5]), tensor([0.0000, 0.2500, 0.5000, 0.2500, 0.0000]))
+    """
+    if kernel_size is None:
+        lmax = float(length.max()) if length.numel() else 0.0
+        kernel_size = 2 * math.ceil(lmax / 2 + 1) + 1
+    if kernel_size % 2 != 1 or kernel_size < 1:
+        raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
+    dtype = length.dtype if length.is_floating_point() else torch.float32
+    r = (kernel_size - 1) // 2
+    offs = torch.arange(-r, r + 1, device=length.device, dtype=dtype)
+    ys, xs = offs[:, None], offs[None, :]  # row (down) and column (right) offsets
+    theta = torch.deg2rad(angle_deg.to(dtype))[:, None, None]
+    c, s = torch.cos(theta), torch.sin(theta)
+    # Direction as displayed (counter-clockwise, y up) is (cos, sin); rows grow downwards, hence -sin.
+    t = xs * c - ys * s
+    d = xs * s + ys * c
+    half = (length.to(dtype) / 2)[:, None, None]
+    along = _tent_cdf(t + half) - _tent_cdf(t - half)
+    tiny = half < 1e-6
+    along = torch.where(tiny, _tent(t), along)
+    k = _tent(d) * along
+    return k / k.sum(dim=(-2, -1), keepdim=True)
+
+
+def _standard_normal(keys: torch.Tensor, stream: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """Counter-based standard normals [B, *shape] using both Box-Muller outputs (half the hashing of ``normal``).
+
+    Pixel ``j`` of a sample takes the cosine branch of pair ``j`` for ``j < m`` and the sine branch of pair
+    ``j - m`` otherwise (``m = ceil(n / 2)``), so every value is a pure function of (key, stream, pixel index).
+    """
+    n = math.prod(shape)
+    m = (n + 1) // 2
+    u1 = uniform(keys, stream + "/radius", (m,)).clamp_min(1.0 / (1 << 24))
+    u2 = uniform(keys, stream + "/phase", (m,))
+    radius = torch.sqrt(-2.0 * torch.log(u1))
+    phase = (2.0 * math.pi) * u2
+    z = torch.cat([radius * torch.cos(phase), radius * torch.sin(phase)], dim=1)[:, :n]
+    return z.reshape(keys.shape[0], *shape)
+
+
+def _tent(u: torch.Tensor) -> torch.Tensor:
+    return (1 - u.abs()).clamp_min(0.0)
+
+
+def _tent_cdf(u: torch.Tensor) -> torch.Tensor:
+    """Integral of the unit tent from -inf to u."""
+    u = u.clamp(-1.0, 1.0)
+    return torch.where(u < 0, 0.5 * (u + 1) ** 2, 1 - 0.5 * (1 - u) ** 2)
+
+
+def _defocus(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur, each sample's kernel truncated at its own ``3 sigma`` and renormalised."""
+    radius = torch.ceil(_DEFOCUS_TRUNCATE * sigma)
+    r = max(int(radius.max()), 1)
+    k = get_gaussian_kernel1d(2 * r + 1, sigma[:, None])
+    offs = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype).abs()
+    k = torch.where(offs[None, :] <= radius[:, None], k, torch.zeros_like(k))
+    k = k / k.sum(dim=1, keepdim=True)
+    return filter2d_separable(x, k, k, "replicate")
+
+
+def _vignette_gain(strength: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Gain [B,1,H,W]: ``1 - strength * (1 - c(rho)) / (1 - c(1))`` with the cos^4 law ``c``.
+
+    ``rho`` is the distance from the image centre normalised to 1 at the corner pixel centres, and
+    ``c(rho) = cos^4(atan(rho * tan(45 deg))) = (1 + rho^2)^-2``.
+    """
+    dtype, device = strength.dtype, strength.device
+    ys = torch.arange(h, device=device, dtype=dtype) - (h - 1) / 2
+    xs = torch.arange(w, device=device, dtype=dtype) - (w - 1) / 2
+    corner2 = max(((h - 1) / 2) ** 2 + ((w - 1) / 2) ** 2, 1e-12)
+    rho2 = (ys[:, None] ** 2 + xs[None, :] ** 2) / corner2
+    cos4 = (1 + _VIGNETTE_TAN2 * rho2) ** -2
+    falloff = (1 - cos4) / (1 - (1 + _VIGNETTE_TAN2) ** -2)
+    return 1 - strength[:, None, None, None] * falloff[None, None]
+
+
+def _gamma_encode(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """``x ** (1 / gamma)`` with a finite (zero) gradient at black pixels."""
+    positive = x > 0
+    safe = torch.where(positive, x, torch.ones_like(x))
+    return torch.where(positive, adjust_gamma(safe, 1.0 / gamma), torch.zeros_like(x))
+
+
+def _on_active(
+    x: torch.Tensor,
+    active: torch.Tensor,
+    fn: Callable[[torch.Tensor, slice | torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Apply ``fn(x[idx], idx)`` to the active samples only; the others pass through bit-exactly."""
+    n_active = int(active.sum())
+    if n_active == 0:
+        return x
+    if n_active == x.shape[0]:
+        return fn(x, slice(None))
+    idx = active.nonzero().squeeze(1)
+    return x.index_copy(0, idx, fn(x.index_select(0, idx), idx))
+
+
+def _check_image_and_keys(image: torch.Tensor, keys: torch.Tensor) -> None:
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"image must be a torch.Tensor, got {type(image).__name__}")
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must have shape [B, 3, H, W], got {list(image.shape)}")
+    if not image.is_floating_point():
+        raise TypeError(f"image must be floating point in [0, 1], got dtype {image.dtype}")
+    if not isinstance(keys, torch.Tensor):
+        raise TypeError(f"keys must be a torch.Tensor of int64, got {type(keys).__name__}")
+    if keys.dtype != torch.int64:
+        raise TypeError(f"keys must be int64, got dtype {keys.dtype}")
+    if keys.shape != (image.shape[0],):
+        raise ValueError(f"keys must have shape [B] = [{image.shape[0]}], got {list(keys.shape)}")
+
+
+def _resolve_params(
+    params: Mapping[str, torch.Tensor | float], batch: int, device: torch.device, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    unknown = sorted(k for k in params if isinstance(k, str) and k.startswith("sensor.") and k not in SENSOR_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown sensor parameter(s) {unknown}; expected names from {sorted(SENSOR_DEFAULTS)}")
+    out: dict[str, torch.Tensor] = {}
+    for name, default in SENSOR_DEFAULTS.items():
+        value = params.get(name, default)
+        if isinstance(value, torch.Tensor):
+            if value.ndim == 0:
+                value = value.expand(batch)
+            elif value.shape != (batch,):
+                raise ValueError(f"{name} must have shape [B] = [{batch}], got {list(value.shape)}")
+            value = value.to(device=device, dtype=dtype)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = torch.full((batch,), float(value), device=device, dtype=dtype)
+        else:
+            raise ValueError(f"{name} must be a tensor [B] or a number, got {type(value).__name__}")
+        bad = ~torch.isfinite(value)
+        if bool(bad.any()):
+            raise ValueError(f"{name} must be finite; samples {_first(bad)} hold {value[bad][:8].tolist()}")
+        lo, hi = _RANGES[name]
+        bad = torch.zeros_like(value, dtype=torch.bool)
+        if lo is not None:
+            bad |= value < lo
+        if hi is not None:
+            bad |= value > hi
+        if bool(bad.any()):
+            raise ValueError(
+                f"{name} must lie in [{lo}, {hi}]; samples {_first(bad)} hold {value[bad][:8].tolist()}"
+            )
+        out[name] = value
+    return out
+
+
+def _first(mask: torch.Tensor, n: int = 8) -> list[int]:
+    return mask.nonzero().squeeze(1)[:n].tolist()
