@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
@@ -15,20 +13,13 @@ from synth_torch.scenario.config import PARAM_NAMES, ConfigError, Scenario, load
 from synth_torch.scenario.distributions import Dist
 from synth_torch.scenario.random import uniform
 from synth_torch.scenario.sampler import ScenarioSampler
+from synth_torch.scene.assets import pick_images
 from synth_torch.scene.renderer import render
 from synth_torch.sensor import apply_sensor
 
 MAX_SLICES = 64
+TEXTURE_SIZE = 256  # ground image textures are resampled to this square size (mipmapped lookups)
 MAX_PREDICATES = 2
-
-
-@dataclass(frozen=True)
-class SlicePredicate:
-    """``lo <= param < hi`` on a sampled scenario parameter (a mined slice is a conjunction of these)."""
-
-    param: str
-    lo: float
-    hi: float
 
 
 class SliceWeights:
@@ -65,8 +56,10 @@ class SliceWeights:
             raise ValueError(f"slice weights must be finite, non-negative and not all zero, got {probs.tolist()}")
         self.probs[: len(self)] = probs / probs.sum()
 
-    def add(self, name: str, predicates: list[SlicePredicate], weight: float) -> int:
-        """Append a mined slice; returns its slice id. Existing weights are scaled by (1 - weight)."""
+    def add(self, name: str, predicates, weight: float) -> int:
+        """Append a mined slice, the conjunction of ``predicates`` (objects with ``param``, ``lo``, ``hi``:
+        ``lo <= params[param] < hi``, e.g. :class:`synth_torch.loop.mining.Predicate`); returns its slice id.
+        Existing weights are scaled by (1 - weight)."""
         k = len(self)
         if k >= MAX_SLICES:
             raise ValueError(f"at most {MAX_SLICES} slices are supported")
@@ -211,7 +204,14 @@ class SynthDataset(IterableDataset):
             raise ValueError(f"slice ids must lie in [0, {len(self.weights)}), got {slice_id.tolist()}")
         spec = self.sampler.sample(sample_index, slice_id, self.weights.overrides(self.scenario), self.resolution)
         sc = self.scenario
-        image, frags, geom = render(spec, self.resolution, self.context, shadows=sc.shadows, antialias=sc.antialias)
+        ground_texture = background = None
+        if sc.texture_images:
+            choice = uniform(spec.keys, "ground.image")
+            ground_texture = pick_images(sc.texture_images, choice, (TEXTURE_SIZE, TEXTURE_SIZE)).permute(0, 2, 3, 1)
+        if sc.background_images:
+            background = pick_images(sc.background_images, uniform(spec.keys, "background.image"), self.resolution)
+        image, frags, geom = render(spec, self.resolution, self.context, shadows=sc.shadows, antialias=sc.antialias,
+                                    ground_texture=ground_texture, background=background)
         spec = spec.to(self.device)
         labels = extract_labels(spec, frags, geom, self.context, len(sc.categories), self.resolution)
         if self.sensor:

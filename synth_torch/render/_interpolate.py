@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import torch
 
 from synth_torch.render._dispatch import use_nvdiffrast
@@ -41,6 +44,39 @@ def pixel_attributes(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor):
     return (b, py, px), rast[b, py, px, 0], rast[b, py, px, 1], flat[vi]
 
 
+def _use_kernel(attr: torch.Tensor, rast: torch.Tensor, rast_db: torch.Tensor | None) -> bool:
+    """The compiled forward serves CPU calls that need no gradient; autograd goes through the torch path."""
+    tensors = [t for t in (attr, rast, rast_db) if t is not None]
+    if os.environ.get("SYNTH_TORCH_RENDER_BACKEND", "auto") == "torch":
+        return False
+    if any(t.device.type != "cpu" or t.dtype != rast.dtype for t in tensors):
+        return False
+    if rast.dtype not in (torch.float32, torch.float64):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def _interpolate_cpu(attr, rast, tri, rast_db, idx):
+    from synth_torch.render._numba_kernels import interpolate_rows
+
+    B, H, W, _ = rast.shape
+    a = attr if attr.ndim == 3 else attr[None]
+    tri32 = tri.to(torch.int32).contiguous()
+    if tri32.numel() and (int(tri32.min()) < 0 or int(tri32.max()) >= a.shape[1]):
+        raise ValueError(f"tri indexes vertices in [{int(tri32.min())}, {int(tri32.max())}] but attr has "
+                         f"{a.shape[1]} vertices")
+    out = torch.empty((B, H, W, a.shape[2]), dtype=rast.dtype)
+    out_da = torch.empty((B, H, W, 2 * len(idx)), dtype=rast.dtype)
+    bad = np.zeros(B * H, dtype=np.uint8)
+    rast_np = rast.detach().contiguous().numpy()
+    db_np = rast_db.detach().contiguous().numpy() if rast_db is not None else rast_np
+    interpolate_rows(a.detach().contiguous().numpy(), rast_np, tri32.numpy(), db_np, np.asarray(idx, dtype=np.int64),
+                     rast_np.dtype.type(1), out.numpy(), out_da.numpy(), bad)
+    if bad.any():
+        raise ValueError(f"rast holds triangle ids beyond tri (T = {tri.shape[0]}); pass the tri given to rasterize")
+    return out, out_da
+
+
 def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor, rast_db: torch.Tensor | None = None,
                 diff_attrs=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Interpolate vertex attributes ``u a_0 + v a_1 + (1 - u - v) a_2`` over covered pixels.
@@ -72,6 +108,10 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor, rast_
         import nvdiffrast.torch as nvdr
 
         return nvdr.interpolate(attr.contiguous(), rast, tri.to(torch.int32), rast_db=rast_db, diff_attrs=diff_attrs)
+    if rast_db is not None and rast_db.shape != rast.shape:
+        raise ValueError(f"rast_db must have the shape of rast {tuple(rast.shape)}, got {tuple(rast_db.shape)}")
+    if _use_kernel(attr, rast, rast_db):
+        return _interpolate_cpu(attr, rast, tri, rast_db, idx)
     B, H, W, _ = rast.shape
     C = attr.shape[-1]
     (b, py, px), u, v, a = pixel_attributes(attr, rast, tri)

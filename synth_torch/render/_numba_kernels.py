@@ -27,157 +27,194 @@ BOUND_SLACK = 1e-6  # == _raster.BOUND_SLACK (checked by the tests)
 
 
 @numba.njit(inline="always")
-def _covered(e, a, b):
-    return e > 0.0 or (e == 0.0 and (a > 0.0 or (a == 0.0 and b > 0.0)))
-
-
-@numba.njit(inline="always")
 def _screen(v, w, half_size, big):
     return min(max((v / w + 1.0) * half_size, -big), big)
 
 
+@numba.njit(inline="always")
+def _image_of(image_offsets, m):
+    """The image b of setup slot m: the last one with ``image_offsets[b] <= m`` (binary search)."""
+    lo, hi = 0, image_offsets.shape[0] - 2
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if image_offsets[mid] <= m:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+@numba.njit(inline="always")
+def _setup_one(pos, tri, t, base, height, width, coef, bbox, slot):
+    """Set up triangle ``t`` (vertex rows offset by ``base``) into ``coef[slot]`` (a0 b0 c0 a1 b1 c1 a2 b2 c2
+    za zb zc, float64) and ``bbox[slot]`` (x0 y0 x1 y1, int32; ``(0, 0, -1, -1)`` when culled)."""
+    i0, i1, i2 = base + tri[t, 0], base + tri[t, 1], base + tri[t, 2]
+    x0, y0, z0, w0 = np.float64(pos[i0, 0]), np.float64(pos[i0, 1]), np.float64(pos[i0, 2]), np.float64(pos[i0, 3])
+    x1, y1, z1, w1 = np.float64(pos[i1, 0]), np.float64(pos[i1, 1]), np.float64(pos[i1, 2]), np.float64(pos[i1, 3])
+    x2, y2, z2, w2 = np.float64(pos[i2, 0]), np.float64(pos[i2, 1]), np.float64(pos[i2, 2]), np.float64(pos[i2, 3])
+    a0, b0, c0 = y1 * w2 - w1 * y2, w1 * x2 - x1 * w2, x1 * y2 - y1 * x2
+    a1, b1, c1 = y2 * w0 - w2 * y0, w2 * x0 - x2 * w0, x2 * y0 - y2 * x0
+    a2, b2, c2 = y0 * w1 - w0 * y1, w0 * x1 - x0 * w1, x0 * y1 - y0 * x1
+    det = (x0 * a0 + y0 * b0) + w0 * c0
+    za = ((z0 * a0 + z1 * a1) + z2 * a2) / det
+    zb = ((z0 * b0 + z1 * b1) + z2 * b2) / det
+    zc = ((z0 * c0 + z1 * c1) + z2 * c2) / det
+    if det < 0.0:
+        a0, b0, c0, a1, b1, c1, a2, b2, c2 = -a0, -b0, -c0, -a1, -b1, -c1, -a2, -b2, -c2
+    row = coef[slot]
+    row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8] = a0, b0, c0, a1, b1, c1, a2, b2, c2
+    row[9], row[10], row[11] = za, zb, zc
+
+    keep = det != 0.0 and math.isfinite(det) and math.isfinite(za) and math.isfinite(zb) and math.isfinite(zc)
+    outside = ((x0 > w0 and x1 > w1 and x2 > w2) or (x0 < -w0 and x1 < -w1 and x2 < -w2)
+               or (y0 > w0 and y1 > w1 and y2 > w2) or (y0 < -w0 and y1 < -w1 and y2 < -w2)
+               or (z0 > w0 and z1 > w1 and z2 > w2) or (z0 < -w0 and z1 < -w1 and z2 < -w2)
+               or (w0 <= 0.0 and w1 <= 0.0 and w2 <= 0.0))
+    bx0, by0, bx1, by1 = 0, 0, width - 1, height - 1
+    if w0 > 0.0 and w1 > 0.0 and w2 > 0.0:
+        big = 4.0 * max(width, height)
+        half = 0.5 * width
+        s0, s1, s2 = _screen(x0, w0, half, big), _screen(x1, w1, half, big), _screen(x2, w2, half, big)
+        bx0 = max(math.ceil((min(min(s0, s1), s2) - 0.5) - BOUND_SLACK), 0)
+        bx1 = min(math.floor((max(max(s0, s1), s2) - 0.5) + BOUND_SLACK), width - 1)
+        half = 0.5 * height
+        s0, s1, s2 = _screen(y0, w0, half, big), _screen(y1, w1, half, big), _screen(y2, w2, half, big)
+        by0 = max(math.ceil((min(min(s0, s1), s2) - 0.5) - BOUND_SLACK), 0)
+        by1 = min(math.floor((max(max(s0, s1), s2) - 0.5) + BOUND_SLACK), height - 1)
+    box = bbox[slot]
+    if keep and not outside and bx0 <= bx1 and by0 <= by1:
+        box[0], box[1], box[2], box[3] = bx0, by0, bx1, by1
+    else:
+        box[0], box[1], box[2], box[3] = 0, 0, -1, -1
+
+
 @numba.njit(parallel=True, cache=True)
-def setup_triangles(pos, tri, image_offsets, tri_start, vert_offset, height, width, edges, zrow, bbox):
-    """Fill ``edges`` [M, 3, 3], ``zrow`` [M, 3] (float64) and ``bbox`` [M, 4] (int32) in place.
+def setup_triangles(pos, tri, image_offsets, tri_start, vert_offset, height, width, coef, bbox):
+    """Set up every slot: ``coef`` [M, 12] float64 and ``bbox`` [M, 4] int32, written in place.
 
     pos [N, 4] flat clip-space positions (float32 or float64); tri [T, 3] int32. Slot ``m`` of image
     ``b`` (``image_offsets[b] <= m < image_offsets[b + 1]``) is triangle ``tri_start[b] + m -
     image_offsets[b]`` with vertex rows offset by ``vert_offset[b]``.
     """
-    num_items = edges.shape[0]
-    last_image = image_offsets.shape[0] - 2
-    big = 4.0 * max(width, height)
-    half_w, half_h = 0.5 * width, 0.5 * height
-    for m in numba.prange(num_items):
-        lo, hi = 0, last_image  # image b: the last one with image_offsets[b] <= m
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if image_offsets[mid] <= m:
-                lo = mid
-            else:
-                hi = mid - 1
-        t = tri_start[lo] + (m - image_offsets[lo])
-        base = vert_offset[lo]
-        i0, i1, i2 = base + tri[t, 0], base + tri[t, 1], base + tri[t, 2]
-        x0, y0, z0, w0 = np.float64(pos[i0, 0]), np.float64(pos[i0, 1]), np.float64(pos[i0, 2]), np.float64(pos[i0, 3])
-        x1, y1, z1, w1 = np.float64(pos[i1, 0]), np.float64(pos[i1, 1]), np.float64(pos[i1, 2]), np.float64(pos[i1, 3])
-        x2, y2, z2, w2 = np.float64(pos[i2, 0]), np.float64(pos[i2, 1]), np.float64(pos[i2, 2]), np.float64(pos[i2, 3])
-        a0, b0, c0 = y1 * w2 - w1 * y2, w1 * x2 - x1 * w2, x1 * y2 - y1 * x2
-        a1, b1, c1 = y2 * w0 - w2 * y0, w2 * x0 - x2 * w0, x2 * y0 - y2 * x0
-        a2, b2, c2 = y0 * w1 - w0 * y1, w0 * x1 - x0 * w1, x0 * y1 - y0 * x1
-        det = (x0 * a0 + y0 * b0) + w0 * c0
-        za = ((z0 * a0 + z1 * a1) + z2 * a2) / det
-        zb = ((z0 * b0 + z1 * b1) + z2 * b2) / det
-        zc = ((z0 * c0 + z1 * c1) + z2 * c2) / det
-        zrow[m, 0], zrow[m, 1], zrow[m, 2] = za, zb, zc
-        if det < 0.0:
-            a0, b0, c0, a1, b1, c1, a2, b2, c2 = -a0, -b0, -c0, -a1, -b1, -c1, -a2, -b2, -c2
-        edges[m, 0, 0], edges[m, 0, 1], edges[m, 0, 2] = a0, b0, c0
-        edges[m, 1, 0], edges[m, 1, 1], edges[m, 1, 2] = a1, b1, c1
-        edges[m, 2, 0], edges[m, 2, 1], edges[m, 2, 2] = a2, b2, c2
+    for m in numba.prange(coef.shape[0]):
+        b = _image_of(image_offsets, m)
+        _setup_one(pos, tri, tri_start[b] + (m - image_offsets[b]), vert_offset[b], height, width, coef, bbox, m)
 
-        keep = (det != 0.0 and math.isfinite(det) and math.isfinite(za) and math.isfinite(zb)
-                and math.isfinite(zc))
-        outside = ((x0 > w0 and x1 > w1 and x2 > w2) or (x0 < -w0 and x1 < -w1 and x2 < -w2)
-                   or (y0 > w0 and y1 > w1 and y2 > w2) or (y0 < -w0 and y1 < -w1 and y2 < -w2)
-                   or (z0 > w0 and z1 > w1 and z2 > w2) or (z0 < -w0 and z1 < -w1 and z2 < -w2)
-                   or (w0 <= 0.0 and w1 <= 0.0 and w2 <= 0.0))
-        bx0, by0, bx1, by1 = 0, 0, width - 1, height - 1
-        if w0 > 0.0 and w1 > 0.0 and w2 > 0.0:
-            s0, s1, s2 = _screen(x0, w0, half_w, big), _screen(x1, w1, half_w, big), _screen(x2, w2, half_w, big)
-            bx0 = max(math.ceil((min(min(s0, s1), s2) - 0.5) - BOUND_SLACK), 0)
-            bx1 = min(math.floor((max(max(s0, s1), s2) - 0.5) + BOUND_SLACK), width - 1)
-            s0, s1, s2 = _screen(y0, w0, half_h, big), _screen(y1, w1, half_h, big), _screen(y2, w2, half_h, big)
-            by0 = max(math.ceil((min(min(s0, s1), s2) - 0.5) - BOUND_SLACK), 0)
-            by1 = min(math.floor((max(max(s0, s1), s2) - 0.5) + BOUND_SLACK), height - 1)
-        if keep and not outside and bx0 <= bx1 and by0 <= by1:
-            bbox[m, 0], bbox[m, 1], bbox[m, 2], bbox[m, 3] = bx0, by0, bx1, by1
-        else:
-            bbox[m, 0], bbox[m, 1], bbox[m, 2], bbox[m, 3] = 0, 0, -1, -1
+
+@numba.njit(inline="always")
+def _raster_rows(coef, bbox, lo, hi, r0, r1, xn_of, yn_of, id_base, rast, rast_db, row_base):
+    """Visibility then fill of rows ``r0..r1`` of one image from setup slots ``lo..hi-1``.
+
+    ``rast``/``rast_db`` are [B*H, W*4] views; image row ``j`` is view row ``row_base + j``. Every value
+    of those rows is written (zeros where no triangle covers the pixel centre).
+    """
+    width = xn_of.shape[0]
+    zbuf = np.full((r1 - r0 + 1, width), np.inf, dtype=np.float32)
+    index = np.full((r1 - r0 + 1, width), -1, dtype=np.int32)  # slot - lo of the nearest triangle
+    for m in range(lo, hi):
+        y0 = max(bbox[m, 1], r0)
+        y1 = min(bbox[m, 3], r1)
+        if y0 > y1:
+            continue
+        x0, x1 = bbox[m, 0], bbox[m, 2]
+        cf = coef[m]
+        a0, b0, c0, a1, b1, c1, a2, b2, c2 = cf[0], cf[1], cf[2], cf[3], cf[4], cf[5], cf[6], cf[7], cf[8]
+        za, zb, zc = cf[9], cf[10], cf[11]
+        # Fill rule: a centre exactly on edge k is ours iff edge k is a "top-left" one.
+        out0 = not (a0 > 0.0 or (a0 == 0.0 and b0 > 0.0))
+        out1 = not (a1 > 0.0 or (a1 == 0.0 and b1 > 0.0))
+        out2 = not (a2 > 0.0 or (a2 == 0.0 and b2 > 0.0))
+        slot = np.int32(m - lo)
+        for j in range(y0, y1 + 1):
+            yn = yn_of[j]
+            t0, t1, t2, tz = b0 * yn + c0, b1 * yn + c1, b2 * yn + c2, zb * yn + zc
+            zrow_buf = zbuf[j - r0]
+            index_row = index[j - r0]
+            for i in range(x0, x1 + 1):
+                xn = xn_of[i]
+                e0 = a0 * xn + t0
+                e1 = a1 * xn + t1
+                e2 = a2 * xn + t2
+                if (e0 >= 0.0) & (e1 >= 0.0) & (e2 >= 0.0):
+                    if (e0 == 0.0 and out0) or (e1 == 0.0 and out1) or (e2 == 0.0 and out2):
+                        continue  # rare: on an edge that belongs to the neighbour
+                    depth = za * xn + tz
+                    if not (depth >= -1.0 and depth <= 1.0):
+                        continue
+                    d32 = np.float32(depth)
+                    if d32 < zrow_buf[i]:
+                        zrow_buf[i] = d32
+                        index_row[i] = slot
+    dx_scale, dy_scale = 2.0 / width, 2.0 / yn_of.shape[0]
+    for j in range(r0, r1 + 1):
+        out = rast[row_base + j]
+        out_db = rast_db[row_base + j]
+        for k in range(4 * width):
+            out[k] = 0.0
+            out_db[k] = 0.0
+        yn = yn_of[j]
+        index_row = index[j - r0]
+        for i in range(width):
+            slot = index_row[i]
+            if slot < 0:
+                continue
+            cf = coef[lo + slot]
+            a0, b0, a1, b1, a2, b2 = cf[0], cf[1], cf[3], cf[4], cf[6], cf[7]
+            xn = xn_of[i]
+            e0 = a0 * xn + (b0 * yn + cf[2])
+            e1 = a1 * xn + (b1 * yn + cf[5])
+            e2 = a2 * xn + (b2 * yn + cf[8])
+            s = (e0 + e1) + e2
+            sa = (a0 + a1) + a2
+            sb = (b0 + b1) + b2
+            ss = s * s
+            k = 4 * i
+            out[k] = e0 / s
+            out[k + 1] = e1 / s
+            out[k + 2] = cf[9] * xn + (cf[10] * yn + cf[11])
+            out[k + 3] = np.float64(id_base + slot + 1)
+            out_db[k] = (a0 * s - e0 * sa) / ss * dx_scale
+            out_db[k + 1] = (b0 * s - e0 * sb) / ss * dy_scale
+            out_db[k + 2] = (a1 * s - e1 * sa) / ss * dx_scale
+            out_db[k + 3] = (b1 * s - e1 * sb) / ss * dy_scale
+
+
+@numba.njit(cache=True)
+def _pixel_centres(size):
+    out = np.empty(size, dtype=np.float64)
+    for i in range(size):
+        out[i] = (2.0 * i + 1.0) / size - 1.0
+    return out
 
 
 @numba.njit(parallel=True, cache=True)
-def rasterize_bands(edges, zrow, bbox, image_offsets, tri_start, height, width, band_rows, rast, rast_db):
-    """Write ``rast`` and ``rast_db`` [B, H, W, 4] (every pixel, zeros where empty) from a setup."""
-    num_images = rast.shape[0]
+def rasterize_images(pos, tri, image_offsets, tri_start, vert_offset, height, width, rast, rast_db):
+    """Setup, visibility and fill, one work item per image (setup kept in a per-image scratch buffer).
+
+    Arguments as :func:`setup_triangles`; ``rast``/``rast_db`` are [B*H, W*4] views of the outputs.
+    """
+    xn_of, yn_of = _pixel_centres(width), _pixel_centres(height)
+    for b in numba.prange(image_offsets.shape[0] - 1):
+        n = image_offsets[b + 1] - image_offsets[b]
+        coef = np.empty((n, 12), dtype=np.float64)
+        bbox = np.empty((n, 4), dtype=np.int32)
+        for k in range(n):
+            _setup_one(pos, tri, tri_start[b] + k, vert_offset[b], height, width, coef, bbox, k)
+        _raster_rows(coef, bbox, 0, n, 0, height - 1, xn_of, yn_of, tri_start[b], rast, rast_db, b * height)
+
+
+@numba.njit(parallel=True, cache=True)
+def rasterize_bands(coef, bbox, image_offsets, tri_start, height, width, band_rows, rast, rast_db):
+    """Visibility and fill from a precomputed setup, one work item per (image, band of ``band_rows`` rows)."""
+    xn_of, yn_of = _pixel_centres(width), _pixel_centres(height)
+    num_images = image_offsets.shape[0] - 1
     bands = (height + band_rows - 1) // band_rows
-    xn_of = np.empty(width, dtype=np.float64)
-    for i in range(width):
-        xn_of[i] = (2.0 * i + 1.0) / width - 1.0
-    yn_of = np.empty(height, dtype=np.float64)
-    for j in range(height):
-        yn_of[j] = (2.0 * j + 1.0) / height - 1.0
-    dx_scale, dy_scale = 2.0 / width, 2.0 / height
     for item in numba.prange(num_images * bands):
         b = item // bands
         r0 = (item % bands) * band_rows
         r1 = min(r0 + band_rows, height) - 1
-        zbuf = np.full((r1 - r0 + 1, width), np.inf, dtype=np.float32)
-        index = np.full((r1 - r0 + 1, width), -1, dtype=np.int32)  # setup slot minus the image's first
-        first = image_offsets[b]
-        for m in range(first, image_offsets[b + 1]):
-            y0 = max(bbox[m, 1], r0)
-            y1 = min(bbox[m, 3], r1)
-            if y0 > y1:
-                continue
-            x0, x1 = bbox[m, 0], bbox[m, 2]
-            a0, b0, c0 = edges[m, 0, 0], edges[m, 0, 1], edges[m, 0, 2]
-            a1, b1, c1 = edges[m, 1, 0], edges[m, 1, 1], edges[m, 1, 2]
-            a2, b2, c2 = edges[m, 2, 0], edges[m, 2, 1], edges[m, 2, 2]
-            tl0 = a0 > 0.0 or (a0 == 0.0 and b0 > 0.0)  # fill rule: pixels on this edge are ours
-            tl1 = a1 > 0.0 or (a1 == 0.0 and b1 > 0.0)
-            tl2 = a2 > 0.0 or (a2 == 0.0 and b2 > 0.0)
-            za, zb, zc = zrow[m, 0], zrow[m, 1], zrow[m, 2]
-            slot = np.int32(m - first)
-            for j in range(y0, y1 + 1):
-                yn = yn_of[j]
-                t0, t1, t2, tz = b0 * yn + c0, b1 * yn + c1, b2 * yn + c2, zb * yn + zc
-                zrow_buf = zbuf[j - r0]
-                index_row = index[j - r0]
-                for i in range(x0, x1 + 1):
-                    xn = xn_of[i]
-                    e0 = a0 * xn + t0
-                    e1 = a1 * xn + t1
-                    e2 = a2 * xn + t2
-                    depth = za * xn + tz
-                    inside = ((e0 > 0.0) | ((e0 == 0.0) & tl0)) & ((e1 > 0.0) | ((e1 == 0.0) & tl1)) \
-                        & ((e2 > 0.0) | ((e2 == 0.0) & tl2)) & (depth >= -1.0) & (depth <= 1.0)
-                    if inside:
-                        d32 = np.float32(depth)
-                        if d32 < zrow_buf[i]:
-                            zrow_buf[i] = d32
-                            index_row[i] = slot
-        for j in range(r0, r1 + 1):
-            yn = yn_of[j]
-            out = rast[b, j]
-            out_db = rast_db[b, j]
-            index_row = index[j - r0]
-            for i in range(width):
-                slot = index_row[i]
-                if slot < 0:
-                    for c in range(4):
-                        out[i, c] = 0.0
-                        out_db[i, c] = 0.0
-                    continue
-                m = first + slot
-                xn = xn_of[i]
-                a0, b0, a1, b1, a2, b2 = edges[m, 0, 0], edges[m, 0, 1], edges[m, 1, 0], edges[m, 1, 1], \
-                    edges[m, 2, 0], edges[m, 2, 1]
-                e0 = a0 * xn + (b0 * yn + edges[m, 0, 2])
-                e1 = a1 * xn + (b1 * yn + edges[m, 1, 2])
-                e2 = a2 * xn + (b2 * yn + edges[m, 2, 2])
-                s = (e0 + e1) + e2
-                out[i, 0] = e0 / s
-                out[i, 1] = e1 / s
-                out[i, 2] = zrow[m, 0] * xn + (zrow[m, 1] * yn + zrow[m, 2])
-                out[i, 3] = np.float64(tri_start[b] + slot + 1)
-                sa = (a0 + a1) + a2
-                sb = (b0 + b1) + b2
-                ss = s * s
-                out_db[i, 0] = (a0 * s - e0 * sa) / ss * dx_scale
-                out_db[i, 1] = (b0 * s - e0 * sb) / ss * dy_scale
-                out_db[i, 2] = (a1 * s - e1 * sa) / ss * dx_scale
-                out_db[i, 3] = (b1 * s - e1 * sb) / ss * dy_scale
+        _raster_rows(coef, bbox, image_offsets[b], image_offsets[b + 1], r0, r1, xn_of, yn_of, tri_start[b],
+                     rast, rast_db, b * height)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -186,35 +223,41 @@ def interpolate_rows(attr, rast, tri, rast_db, diff_idx, one, out, out_da, bad_i
 
     attr [Ba, V, C] (Ba == 1: shared by all images); rast, rast_db [B, H, W, 4]; tri [T, 3] int32;
     ``one`` is 1 in the dtype of ``rast`` (the arithmetic stays in that dtype, as in the torch path).
-    Writes every pixel of ``out`` [B, H, W, C] and ``out_da`` [B, H, W, 2 len(diff_idx)]; sets
-    ``bad_id[row]`` when a pixel holds a triangle id outside ``tri``.
+    Writes every value of ``out`` [B, H, W, C] and ``out_da`` [B, H, W, 2 len(diff_idx)]; sets
+    ``bad_id[row]`` when a pixel of that row holds a triangle id outside ``tri``.
     """
     num_images, height, width = rast.shape[0], rast.shape[1], rast.shape[2]
     shared = attr.shape[0] == 1
     channels = attr.shape[2]
+    num_da = out_da.shape[3]
     num_tri = tri.shape[0]
     for row in numba.prange(num_images * height):
         b = row // height
         j = row - b * height
         ab = 0 if shared else b
+        r = rast[b, j]
+        o = out[b, j]
+        o_da = out_da[b, j]
         for i in range(width):
-            t = np.int64(rast[b, j, i, 3]) - 1
-            if t < 0 or t >= num_tri:
-                if t >= num_tri:
-                    bad_id[row] = 1
-                for c in range(channels):
-                    out[b, j, i, c] = 0.0
-                for c in range(out_da.shape[3]):
-                    out_da[b, j, i, c] = 0.0
+            for c in range(channels):
+                o[i, c] = 0.0
+            for c in range(num_da):
+                o_da[i, c] = 0.0
+        for i in range(width):
+            t = np.int64(r[i, 3]) - 1
+            if t < 0:
+                continue
+            if t >= num_tri:
+                bad_id[row] = 1
                 continue
             k0, k1, k2 = tri[t, 0], tri[t, 1], tri[t, 2]
-            u, v = rast[b, j, i, 0], rast[b, j, i, 1]
+            u, v = r[i, 0], r[i, 1]
             w = (one - u) - v
             for c in range(channels):
-                out[b, j, i, c] = (u * attr[ab, k0, c] + v * attr[ab, k1, c]) + w * attr[ab, k2, c]
+                o[i, c] = (u * attr[ab, k0, c] + v * attr[ab, k1, c]) + w * attr[ab, k2, c]
             for d in range(diff_idx.shape[0]):
                 c = diff_idx[d]
                 d_u = attr[ab, k0, c] - attr[ab, k2, c]
                 d_v = attr[ab, k1, c] - attr[ab, k2, c]
-                out_da[b, j, i, 2 * d] = rast_db[b, j, i, 0] * d_u + rast_db[b, j, i, 2] * d_v
-                out_da[b, j, i, 2 * d + 1] = rast_db[b, j, i, 1] * d_u + rast_db[b, j, i, 3] * d_v
+                o_da[i, 2 * d] = rast_db[b, j, i, 0] * d_u + rast_db[b, j, i, 2] * d_v
+                o_da[i, 2 * d + 1] = rast_db[b, j, i, 1] * d_u + rast_db[b, j, i, 3] * d_v

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import torch
@@ -49,8 +48,10 @@ def _check_inputs(pos: torch.Tensor, tri: torch.Tensor, resolution, ranges) -> t
 
 
 def _band_rows(num_images: int, height: int) -> int:
-    """Rows per work item: enough items to keep every thread busy, never fewer than 8 rows."""
-    threads = max(1, int(os.environ.get("NUMBA_NUM_THREADS", 0)) or torch.get_num_threads())
+    """Rows per work item: enough items (4 per thread) to keep every thread busy, never fewer than 8 rows."""
+    import numba
+
+    threads = numba.get_num_threads()
     bands = max(1, -(-4 * threads // max(num_images, 1)))
     return max(8, -(-height // bands))
 
@@ -100,8 +101,8 @@ class _Rasterize(torch.autograd.Function):
 
 
 def _rasterize_cpu(pos, tri, ranges, num_images, num_vertices, instanced, height, width):
-    """``cpu`` backend: numba setup then visibility + fill; outputs are written in full (no zero-fill pass)."""
-    from synth_torch.render._numba_kernels import rasterize_bands, setup_triangles
+    """``cpu`` backend: numba setup, visibility and fill; every output value is written by the kernel."""
+    from synth_torch.render import _numba_kernels as nk
 
     T = tri.shape[0]
     if instanced:
@@ -113,19 +114,24 @@ def _rasterize_cpu(pos, tri, ranges, num_images, num_vertices, instanced, height
         image_offsets = np.concatenate(([0], np.cumsum(r[:, 1]))).astype(np.int64)
         tri_start = np.ascontiguousarray(r[:, 0])
         vert_offset = np.zeros(num_images, dtype=np.int64)
-    M = int(image_offsets[-1])
-    edges = np.empty((M, 3, 3), dtype=np.float64)
-    zrow = np.empty((M, 3), dtype=np.float64)
-    bbox = np.empty((M, 4), dtype=np.int32)
     pos_np = pos.detach().reshape(-1, 4).contiguous().numpy()
     tri_np = tri.to(torch.int32).contiguous().numpy()
-    if M:
-        setup_triangles(pos_np, tri_np, image_offsets, tri_start, vert_offset, height, width, edges, zrow, bbox)
     rast = torch.empty((num_images, height, width, 4), dtype=pos.dtype)
     rast_db = torch.empty_like(rast)
-    if num_images:
-        rasterize_bands(edges, zrow, bbox, image_offsets, tri_start, height, width, _band_rows(num_images, height),
-                        rast.numpy(), rast_db.numpy())
+    if num_images == 0:
+        return rast, rast_db
+    out = rast.view(num_images * height, width * 4).numpy()
+    out_db = rast_db.view(num_images * height, width * 4).numpy()
+    band_rows = _band_rows(num_images, height)
+    if band_rows >= height:  # enough images to keep every thread busy: one work item per image
+        nk.rasterize_images(pos_np, tri_np, image_offsets, tri_start, vert_offset, height, width, out, out_db)
+    else:  # few images: set up once, then split each image into row bands
+        M = int(image_offsets[-1])
+        coef = np.empty((M, 12), dtype=np.float64)
+        bbox = np.empty((M, 4), dtype=np.int32)
+        if M:
+            nk.setup_triangles(pos_np, tri_np, image_offsets, tri_start, vert_offset, height, width, coef, bbox)
+        nk.rasterize_bands(coef, bbox, image_offsets, tri_start, height, width, band_rows, out, out_db)
     return rast, rast_db
 
 

@@ -209,20 +209,24 @@ def render(spec: SceneSpec, resolution: tuple[int, int], ctx: dr.RasterizeContex
     # Albedo: procedural solid textures on objects, procedural or image texture on the ground.
     albedo = torch.empty_like(p_world)
     defect = torch.zeros(B, H, W, dtype=torch.long, device=device)
-    if S:
-        size = spec.slot_scale[b, obj_slot].amax(-1)
-        tp = spec.slot_texture_params[b, obj_slot]
-        mod = pattern(spec.slot_texture[b, obj_slot], p_local / size[:, None] * tp[:, 0:1] * 0.25, tp[:, 1], tp[:, 2])
-        albedo = spec.slot_albedo[b, obj_slot] * mod[:, None]
-    g = spec.ground_texture_params[b]
-    ground_coords = p_world * g[:, 0:1]
-    ground_mod = pattern(spec.ground_texture[b], ground_coords, g[:, 1], g[:, 2]) * grain(ground_coords, g[:, 3], g[:, 2])
-    ground_albedo = spec.ground_albedo[b] * ground_mod[:, None]
+    obj_rows, ground_rows = (~on_ground).nonzero().squeeze(1), on_ground.nonzero().squeeze(1)
+    if obj_rows.numel():
+        ob, os_ = b[obj_rows], obj_slot[obj_rows]
+        size = spec.slot_scale[ob, os_].amax(-1)
+        tp = spec.slot_texture_params[ob, os_]
+        coords = p_local[obj_rows] / size[:, None] * tp[:, 0:1] * 0.25
+        mod = pattern(spec.slot_texture[ob, os_], coords, tp[:, 1], tp[:, 2])
+        albedo[obj_rows] = spec.slot_albedo[ob, os_] * mod[:, None]
+    gb = b[ground_rows]
+    g = spec.ground_texture_params[gb]
+    ground_coords = p_world[ground_rows] * g[:, 0:1]
+    ground_mod = pattern(spec.ground_texture[gb], ground_coords, g[:, 1], g[:, 2]) * grain(ground_coords, g[:, 3], g[:, 2])
     if ground_texture is not None:
         uv, uv_da = dr.interpolate(geom.uvs, rast, geom.uv_tri, rast_db=rast_db, diff_attrs="all")
         tex = dr.texture(ground_texture.to(device), uv.contiguous(), uv_da.contiguous(), filter_mode="linear-mipmap-linear")
-        ground_albedo = tex[b, py, px] * ground_mod[:, None]
-    albedo = torch.where(on_ground[:, None], ground_albedo, albedo)
+        albedo[ground_rows] = tex[gb, py[ground_rows], px[ground_rows]] * ground_mod[:, None]
+    else:
+        albedo[ground_rows] = spec.ground_albedo[gb] * ground_mod[:, None]
 
     # Surface defects painted on the ground/tile; the last defect slot wins where they overlap.
     D = spec.defect_type.shape[1]

@@ -212,6 +212,12 @@ def motion_blur_kernel(length: torch.Tensor, angle_deg: torch.Tensor, kernel_siz
         >>> k.shape, k[0, 2]
         (torch.Size([1, 5, 5]), tensor([0.0000, 0.2500, 0.5000, 0.2500, 0.0000]))
     """
+    if length.ndim != 1 or angle_deg.shape != length.shape:
+        raise ValueError(
+            f"length and angle_deg must both have shape [B], got {list(length.shape)} and {list(angle_deg.shape)}"
+        )
+    if bool((length < 0).any()) or not bool(torch.isfinite(length).all()):
+        raise ValueError(f"length must be finite and >= 0, got {length.tolist()}")
     if kernel_size is None:
         lmax = float(length.max()) if length.numel() else 0.0
         kernel_size = 2 * math.ceil(lmax / 2 + 1) + 1

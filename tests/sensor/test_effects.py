@@ -448,7 +448,8 @@ def test_gradcheck_float64_every_effect_but_jpeg():
     params["sensor.exposure_ev"] = torch.tensor([-0.5, 0.2], dtype=torch.float64)  # stay clear of the clamp
     params["sensor.noise_sigma"] = torch.tensor([0.005, 0.01], dtype=torch.float64)
     keys = _keys(2)
-    assert torch.autograd.gradcheck(lambda x: apply_sensor(x, params, keys), (img,), eps=1e-6, atol=1e-5, fast_mode=True)
+    fn = lambda x: apply_sensor(x, params, keys)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (img,), eps=1e-6, atol=1e-5, fast_mode=True)
 
 
 def test_gradient_through_jpeg_and_black_pixels_is_finite():
