@@ -158,7 +158,7 @@ def test_look_at_axes_by_hand():
     torch.testing.assert_close(T[0, :3, 3], torch.tensor([0.0, 0.0, 2.0]), atol=1e-6, rtol=0)
     torch.testing.assert_close(T[0, 3], torch.tensor([0.0, 0.0, 0.0, 1.0]))
 
-    # Looking along world -x from (3, 0, 0): image right is world -y... worked out: z = (-1,0,0),
+    # Looking along world -x from (3, 0, 0): z = (-1,0,0),
     # x = z cross up = (-1,0,0) x (0,0,1) = (0,1,0), y = z cross x = (0,0,-1).
     T = look_at(torch.tensor([3.0, 0.0, 0.0]), torch.zeros(3))
     expected_R = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [-1.0, 0.0, 0.0]])

@@ -61,9 +61,10 @@ def _setup_one(pos, tri, t, base, height, width, coef, bbox, slot):
     zc = ((z0 * c0 + z1 * c1) + z2 * c2) / det
     if det < 0.0:
         a0, b0, c0, a1, b1, c1, a2, b2, c2 = -a0, -b0, -c0, -a1, -b1, -c1, -a2, -b2, -c2
-    row = coef[slot]
-    row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8] = a0, b0, c0, a1, b1, c1, a2, b2, c2
-    row[9], row[10], row[11] = za, zb, zc
+    coef[slot, 0], coef[slot, 1], coef[slot, 2] = a0, b0, c0
+    coef[slot, 3], coef[slot, 4], coef[slot, 5] = a1, b1, c1
+    coef[slot, 6], coef[slot, 7], coef[slot, 8] = a2, b2, c2
+    coef[slot, 9], coef[slot, 10], coef[slot, 11] = za, zb, zc
 
     keep = det != 0.0 and math.isfinite(det) and math.isfinite(za) and math.isfinite(zb) and math.isfinite(zc)
     outside = ((x0 > w0 and x1 > w1 and x2 > w2) or (x0 < -w0 and x1 < -w1 and x2 < -w2)
@@ -81,11 +82,10 @@ def _setup_one(pos, tri, t, base, height, width, coef, bbox, slot):
         s0, s1, s2 = _screen(y0, w0, half, big), _screen(y1, w1, half, big), _screen(y2, w2, half, big)
         by0 = max(math.ceil((min(min(s0, s1), s2) - 0.5) - BOUND_SLACK), 0)
         by1 = min(math.floor((max(max(s0, s1), s2) - 0.5) + BOUND_SLACK), height - 1)
-    box = bbox[slot]
     if keep and not outside and bx0 <= bx1 and by0 <= by1:
-        box[0], box[1], box[2], box[3] = bx0, by0, bx1, by1
+        bbox[slot, 0], bbox[slot, 1], bbox[slot, 2], bbox[slot, 3] = bx0, by0, bx1, by1
     else:
-        box[0], box[1], box[2], box[3] = 0, 0, -1, -1
+        bbox[slot, 0], bbox[slot, 1], bbox[slot, 2], bbox[slot, 3] = 0, 0, -1, -1
 
 
 @numba.njit(parallel=True, cache=True)
@@ -117,9 +117,10 @@ def _raster_rows(coef, bbox, lo, hi, r0, r1, xn_of, yn_of, id_base, rast, rast_d
         if y0 > y1:
             continue
         x0, x1 = bbox[m, 0], bbox[m, 2]
-        cf = coef[m]
-        a0, b0, c0, a1, b1, c1, a2, b2, c2 = cf[0], cf[1], cf[2], cf[3], cf[4], cf[5], cf[6], cf[7], cf[8]
-        za, zb, zc = cf[9], cf[10], cf[11]
+        a0, b0, c0 = coef[m, 0], coef[m, 1], coef[m, 2]
+        a1, b1, c1 = coef[m, 3], coef[m, 4], coef[m, 5]
+        a2, b2, c2 = coef[m, 6], coef[m, 7], coef[m, 8]
+        za, zb, zc = coef[m, 9], coef[m, 10], coef[m, 11]
         # Fill rule: a centre exactly on edge k is ours iff edge k is a "top-left" one.
         out0 = not (a0 > 0.0 or (a0 == 0.0 and b0 > 0.0))
         out1 = not (a1 > 0.0 or (a1 == 0.0 and b1 > 0.0))
@@ -128,8 +129,7 @@ def _raster_rows(coef, bbox, lo, hi, r0, r1, xn_of, yn_of, id_base, rast, rast_d
         for j in range(y0, y1 + 1):
             yn = yn_of[j]
             t0, t1, t2, tz = b0 * yn + c0, b1 * yn + c1, b2 * yn + c2, zb * yn + zc
-            zrow_buf = zbuf[j - r0]
-            index_row = index[j - r0]
+            jj = j - r0
             for i in range(x0, x1 + 1):
                 xn = xn_of[i]
                 e0 = a0 * xn + t0
@@ -142,41 +142,40 @@ def _raster_rows(coef, bbox, lo, hi, r0, r1, xn_of, yn_of, id_base, rast, rast_d
                     if not (depth >= -1.0 and depth <= 1.0):
                         continue
                     d32 = np.float32(depth)
-                    if d32 < zrow_buf[i]:
-                        zrow_buf[i] = d32
-                        index_row[i] = slot
+                    if d32 < zbuf[jj, i]:
+                        zbuf[jj, i] = d32
+                        index[jj, i] = slot
     dx_scale, dy_scale = 2.0 / width, 2.0 / yn_of.shape[0]
     for j in range(r0, r1 + 1):
-        out = rast[row_base + j]
-        out_db = rast_db[row_base + j]
+        o = row_base + j
         for k in range(4 * width):
-            out[k] = 0.0
-            out_db[k] = 0.0
+            rast[o, k] = 0.0
+        for k in range(4 * width):
+            rast_db[o, k] = 0.0
         yn = yn_of[j]
-        index_row = index[j - r0]
         for i in range(width):
-            slot = index_row[i]
+            slot = index[j - r0, i]
             if slot < 0:
                 continue
-            cf = coef[lo + slot]
-            a0, b0, a1, b1, a2, b2 = cf[0], cf[1], cf[3], cf[4], cf[6], cf[7]
+            m = lo + slot
+            a0, b0, a1, b1, a2, b2 = coef[m, 0], coef[m, 1], coef[m, 3], coef[m, 4], coef[m, 6], coef[m, 7]
             xn = xn_of[i]
-            e0 = a0 * xn + (b0 * yn + cf[2])
-            e1 = a1 * xn + (b1 * yn + cf[5])
-            e2 = a2 * xn + (b2 * yn + cf[8])
+            e0 = a0 * xn + (b0 * yn + coef[m, 2])
+            e1 = a1 * xn + (b1 * yn + coef[m, 5])
+            e2 = a2 * xn + (b2 * yn + coef[m, 8])
             s = (e0 + e1) + e2
             sa = (a0 + a1) + a2
             sb = (b0 + b1) + b2
             ss = s * s
             k = 4 * i
-            out[k] = e0 / s
-            out[k + 1] = e1 / s
-            out[k + 2] = cf[9] * xn + (cf[10] * yn + cf[11])
-            out[k + 3] = np.float64(id_base + slot + 1)
-            out_db[k] = (a0 * s - e0 * sa) / ss * dx_scale
-            out_db[k + 1] = (b0 * s - e0 * sb) / ss * dy_scale
-            out_db[k + 2] = (a1 * s - e1 * sa) / ss * dx_scale
-            out_db[k + 3] = (b1 * s - e1 * sb) / ss * dy_scale
+            rast[o, k] = e0 / s
+            rast[o, k + 1] = e1 / s
+            rast[o, k + 2] = coef[m, 9] * xn + (coef[m, 10] * yn + coef[m, 11])
+            rast[o, k + 3] = np.float64(id_base + slot + 1)
+            rast_db[o, k] = (a0 * s - e0 * sa) / ss * dx_scale
+            rast_db[o, k + 1] = (b0 * s - e0 * sb) / ss * dy_scale
+            rast_db[o, k + 2] = (a1 * s - e1 * sa) / ss * dx_scale
+            rast_db[o, k + 3] = (b1 * s - e1 * sb) / ss * dy_scale
 
 
 @numba.njit(cache=True)

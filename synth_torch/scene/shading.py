@@ -22,6 +22,18 @@ def _waves(p: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
     return (torch.sin(_TWO_PI * proj) * torch.tensor([0.55, 0.3, 0.15], device=p.device)).sum(-1)
 
 
+_STREAK_FREQ = (0.35, 1.0, 2.37, 5.13)
+_STREAK_WEIGHT = (0.35, 0.3, 0.2, 0.15)
+
+
+def _streaks(x: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """Irregular 1-D streak profile in [-1, 1] along ``x`` [P]."""
+    out = torch.zeros_like(x)
+    for k, (f, w) in enumerate(zip(_STREAK_FREQ, _STREAK_WEIGHT)):
+        out = out + w * torch.sin(_TWO_PI * (f * x + (k + 1) * phase))
+    return out
+
+
 def pattern(kind: torch.Tensor, coords: torch.Tensor, contrast: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
     """Brightness modulation in [0, 1] of texture ``kind`` [P] (index into TEXTURES) at texture-space
     ``coords`` [P, 3] (already multiplied by the texture scale); ``contrast`` [P] in [0, 1]."""
@@ -41,8 +53,8 @@ def pattern(kind: torch.Tensor, coords: torch.Tensor, contrast: torch.Tensor, ph
             v = 0.5 + 0.5 * torch.sin(_TWO_PI * (p[:, 0] + 1.5 * _waves(0.5 * p, ph)))
         elif name == "wood":
             v = torch.frac(torch.sqrt(p[:, 0] ** 2 + p[:, 1] ** 2) + 0.3 * _waves(0.3 * p, ph))
-        else:  # brushed: fine streaks along x
-            v = 0.5 + 0.5 * _waves(p * torch.tensor([0.05, 6.0, 6.0], device=p.device), ph)
+        else:  # brushed: irregular streaks along y (incommensurate frequencies across x)
+            v = 0.5 + 0.5 * _streaks(p[:, 0] + 0.02 * p[:, 1], ph)
         out[rows] = 1.0 - contrast[rows] * v
     return out
 

@@ -1,0 +1,332 @@
+"""``SliceMiner``: the Lightning callback that closes the data loop.
+
+Every round (each ``every_n_train_steps`` training steps, and/or at the end of each validation):
+
+1. **Evaluate** the model per slice on the data module's fixed validation suites with the task's
+   ``per_sample_loss`` (eval mode, no gradients). Each rank evaluates its share of every suite; the per-slice
+   loss *sums and counts* are all-reduced (every rank calls the same collective), so every rank builds the
+   same :class:`~synth_torch.loop.rules.SliceStats`.
+2. **Re-weight**: :meth:`SliceReweighter.update` (rule ``group_dro``, ``plr`` or ``exp3`` with its floor,
+   ``max_change``, ``min_samples`` and stall safeguards), and the result is written into the training
+   dataset's shared weights (``train_dataset.weights.set``), so the next rendered batches follow the new mix.
+   With ``reweight=False`` the round only measures and logs (a fixed-mixture baseline).
+3. **Mine** (every ``mine_every`` rounds): render a fresh pool from the scenario's base distribution
+   (disjoint sample indices, see :mod:`synth_torch.loop.datamodule`), compute per-sample losses, all-gather
+   losses and parameters, run :func:`~synth_torch.loop.mining.find_slices` on rank 0 (excluding the current
+   slice names) and broadcast the result, so all ranks add the same slices: ``weights.add`` +
+   ``reweighter.add_slices``; their validation suites are created on first use.
+4. **Log** per-slice losses and weights as scalars (any logger), the mined slices, a weights chart and an
+   image grid of the currently worst slice (wandb only), and ``slice_miner.json`` in the log folder.
+
+The callback's ``state_dict`` holds the reweighter state and the round history; the data module's holds the
+dataset position and weights (with the mined slices), so a resumed run continues the same weights and stream.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+from synth_torch.loop.datamodule import MINE_START, SUITE_STRIDE
+from synth_torch.loop.mining import MinedSlice, Predicate, find_slices
+from synth_torch.loop.rules import RULES, SliceReweighter, SliceStats
+from synth_torch.loop.tasks import slice_key
+from synth_torch.scenario.config import PARAM_NAMES, ConfigError
+
+try:
+    from typing_extensions import override
+except ImportError:  # pragma: no cover
+    def override(f):
+        return f
+
+__all__ = ["SliceMiner"]
+
+_MINING_KEYS = {"n_bins", "max_order", "min_support", "min_effect", "alpha", "top_k"}
+
+
+class SliceMiner(Callback):
+    """Re-weights the live stream's slices toward the model's failures and mines new slices.
+
+    Args:
+        rule: ``"group_dro"``, ``"plr"`` or ``"exp3"`` (see :class:`~synth_torch.loop.rules.SliceReweighter`).
+        every_n_train_steps: run a round every N optimizer steps (None: only on validation).
+        on_validation: also run a round at the end of every validation (not during the sanity check).
+        reweight: apply the rule; False keeps the mixture fixed (rounds still measure and log).
+        reweighter: keyword arguments of :class:`SliceReweighter` (``eta``, ``floor``, ``max_change``,
+            ``min_samples``, ``patience``, ``min_delta``, ...).
+        prior: ``"scenario"`` (the scenario's slice weights: starting point and stall cap) or ``"uniform"``.
+        mine: run slice mining; mine_every: every N rounds; mine_samples: pool size per mining round (split
+            over ranks); mine_from: ``"base"`` (a slice without overrides, i.e. the scenario's base
+            distribution) or ``"mixture"`` (the scenario's own mixture); max_mined: stop mining after N slices;
+            mined_share: initial share of a mined slice (default ``1 / K``); params: parameter names to mine
+            on (default: every scenario parameter); mining: keyword arguments of ``find_slices``.
+        log_images: log an image grid of the worst slice (wandb); verbose: print one line per round.
+
+    Example (see ``configs/callbacks/slice_miner.yaml``)::
+
+        trainer = pl.Trainer(max_steps=200, callbacks=[SliceMiner("group_dro", every_n_train_steps=25)])
+        trainer.fit(task, datamodule=SynthDataModule("defects"))
+    """
+
+    def __init__(self, rule: str = "group_dro", every_n_train_steps: int | None = 50, on_validation: bool = False,
+                 reweight: bool = True, reweighter: dict | None = None, prior: str = "scenario", mine: bool = True,
+                 mine_every: int = 1, mine_samples: int = 128, mine_from: str = "base", max_mined: int = 4,
+                 mined_share: float | None = None, params: list[str] | None = None, mining: dict | None = None,
+                 log_images: bool = True, image_count: int = 16, verbose: bool = True):
+        if rule not in RULES:
+            raise ConfigError(f"callbacks.slice_miner.rule must be one of {RULES}, got {rule!r}")
+        if every_n_train_steps is not None and int(every_n_train_steps) < 1:
+            raise ConfigError(f"callbacks.slice_miner.every_n_train_steps must be >= 1 or null, got {every_n_train_steps}")
+        if every_n_train_steps is None and not on_validation:
+            raise ConfigError("callbacks.slice_miner: set every_n_train_steps or on_validation, or nothing ever runs")
+        if prior not in ("scenario", "uniform"):
+            raise ConfigError(f"callbacks.slice_miner.prior must be 'scenario' or 'uniform', got {prior!r}")
+        if mine_from not in ("base", "mixture"):
+            raise ConfigError(f"callbacks.slice_miner.mine_from must be 'base' or 'mixture', got {mine_from!r}")
+        mining = dict(mining or {})
+        unknown = sorted(set(mining) - _MINING_KEYS)
+        if unknown:
+            raise ConfigError(f"callbacks.slice_miner.mining: unknown key(s) {unknown}; allowed: {sorted(_MINING_KEYS)}")
+        if params is not None:
+            bad = sorted(set(params) - set(PARAM_NAMES))
+            if bad:
+                raise ConfigError(f"callbacks.slice_miner.params: unknown parameter(s) {bad}")
+        self.rule, self.every_n_train_steps, self.on_validation = rule, every_n_train_steps, bool(on_validation)
+        self.reweight, self.reweighter_kwargs, self.prior = bool(reweight), dict(reweighter or {}), prior
+        self.mine, self.mine_every, self.mine_samples = bool(mine), int(mine_every), int(mine_samples)
+        self.mine_from, self.max_mined, self.mined_share = mine_from, int(max_mined), mined_share
+        self.params = None if params is None else list(params)
+        self.mining = mining
+        self.log_images, self.image_count, self.verbose = bool(log_images), int(image_count), bool(verbose)
+        self.reweighter: SliceReweighter | None = None
+        self.history: list[dict] = []  # one entry per round (and per mining event)
+        self.mined: list[dict] = []
+        self.rounds = 0
+        self._pending: dict | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(rule=self.rule, every=self.every_n_train_steps, reweight=self.reweight,
+                                        mine=self.mine)
+
+    # ------------------------------------------------------------------ lifecycle
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "train_dataset"):
+            raise ConfigError("SliceMiner needs a SynthDataModule passed as trainer.fit(..., datamodule=...)")
+        if not hasattr(pl_module, "per_sample_loss"):
+            raise ConfigError(f"SliceMiner needs a task with per_sample_loss(batch); {type(pl_module).__name__} has none")
+        if dm.train_dataset is None:
+            dm.setup(stage)
+        if self.reweighter is None:
+            weights = dm.train_dataset.weights
+            prior = weights.get().double() if self.prior == "scenario" else None
+            self.reweighter = SliceReweighter(len(weights), self.rule, prior=prior, **self.reweighter_kwargs)
+        if self._pending is not None:
+            self._apply_state(self._pending)
+            self._pending = None
+
+    @override
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self.every_n_train_steps and trainer.global_step % self.every_n_train_steps == 0:
+            self.run_round(trainer, pl_module)
+
+    @override
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self.on_validation and not trainer.sanity_checking and trainer.state.fn == "fit":
+            self.run_round(trainer, pl_module)
+
+    # ------------------------------------------------------------------ one round
+    @torch.no_grad()
+    def evaluate(self, trainer, pl_module) -> SliceStats:
+        """Per-slice mean loss on the validation suites, all-reduced over ranks (every rank must call this)."""
+        dm = trainer.datamodule
+        names = list(dm.slice_names)
+        k = len(names)
+        sums = torch.zeros(k, dtype=torch.float64)
+        counts = torch.zeros(k, dtype=torch.float64)
+        for s, name in enumerate(names):
+            for batch in dm.suite(name):
+                loss = pl_module.per_sample_loss(batch.to(pl_module.device)).double().cpu()
+                sums[s] += loss.sum()
+                counts[s] += loss.numel()
+        both = trainer.strategy.reduce(torch.stack([sums, counts]).to(pl_module.device), reduce_op="sum").cpu()
+        sums, counts = both[0], both[1]
+        loss = torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, math.nan))
+        return SliceStats(loss=loss, count=counts)
+
+    def run_round(self, trainer, pl_module) -> None:
+        """Evaluate, re-weight, mine and log (collective: every rank must call it at the same point)."""
+        if self.reweighter is None:
+            self.setup(trainer, pl_module, "fit")
+        dm = trainer.datamodule
+        weights = dm.train_dataset.weights
+        stats = self.evaluate(trainer, pl_module)
+        before = weights.get()
+        if self.reweight:
+            weights.set(self.reweighter.update(stats).float())
+        self.rounds += 1
+        record = {"step": int(trainer.global_step), "round": self.rounds, "names": list(weights.names),
+                  "weights_before": before.tolist(), "weights": weights.get().tolist(),
+                  "loss": [None if math.isnan(v) else v for v in stats.loss.tolist()],
+                  "count": stats.count.tolist(), "stalled": self.reweighter.stalled.tolist(), "mined": []}
+        if self.mine and self.rounds % self.mine_every == 0 and len(self.mined) < self.max_mined:
+            record["mined"] = self._mine(trainer, pl_module)
+        self.history.append(record)
+        self._log(trainer, pl_module, stats, record)
+
+    # ------------------------------------------------------------------ mining
+    def _pool_slice_ids(self, dm, n: int) -> torch.Tensor:
+        scenario = dm.scenario
+        if self.mine_from == "base":
+            free = [i for i, s in enumerate(scenario.slices.values()) if not s.overrides]
+            if free:
+                return torch.full((n,), free[0], dtype=torch.int64)
+        prior = torch.tensor([s.weight for s in scenario.slices.values()], dtype=torch.float64)
+        g = torch.Generator().manual_seed(dm.seed * 1_000_003 + self.rounds)
+        return torch.multinomial(prior / prior.sum(), n, replacement=True, generator=g)
+
+    def _mine(self, trainer, pl_module) -> list[dict]:
+        dm = trainer.datamodule
+        ds = dm.train_dataset
+        world, rank = trainer.world_size, trainer.global_rank
+        per_rank = math.ceil(self.mine_samples / world)
+        start = MINE_START + self.rounds * SUITE_STRIDE + rank * per_rank
+        index = torch.arange(start, start + per_rank)
+        slice_ids = self._pool_slice_ids(dm, per_rank)
+        losses, params = [], {}
+        for batch in dm.render_pool(index, slice_ids):
+            losses.append(pl_module.per_sample_loss(batch.to(pl_module.device)).double().cpu())
+            for key, value in batch.params.items():
+                params.setdefault(key, []).append(value.double().cpu())
+        names = sorted(k for k in params if k in PARAM_NAMES and (self.params is None or k in self.params))
+        table = torch.stack([torch.cat(losses)] + [torch.cat(params[k]) for k in names])  # [1 + P, n]
+        if world > 1:  # every rank gathers (same collective), rank 0 mines, its result is broadcast
+            table = trainer.strategy.all_gather(table.to(pl_module.device)).cpu()  # [world, 1 + P, n]
+            table = table.permute(1, 0, 2).reshape(table.shape[1], -1)
+        found: list[dict] = []
+        if trainer.global_rank == 0:
+            found = self._select(dm, table[0], dict(zip(names, table[1:])), ds.weights.names)
+        found = trainer.strategy.broadcast(found, src=0)
+        for item in found:
+            preds = [Predicate(*p) for p in item["predicates"]]
+            share = self.mined_share if self.mined_share is not None else 1.0 / (len(ds.weights) + 1)
+            ds.weights.add(item["name"], preds, share)
+            self.reweighter.add_slices(1, initial_share=share)
+            item["step"] = int(trainer.global_step)
+            self.mined.append(item)
+        if found and self.reweight:
+            ds.weights.set(self.reweighter.probs.float())
+        return found
+
+    def _select(self, dm, losses: torch.Tensor, params: dict, current: list[str]) -> list[dict]:
+        """Mined slices that can be rendered (every predicate meets the base distribution's support)."""
+        room = self.max_mined - len(self.mined)
+        kwargs = {"min_support": 16} | self.mining
+        found: list[MinedSlice] = find_slices(params, losses, exclude=current, **kwargs)
+        out = []
+        for s in found:
+            if len(out) >= room:
+                break
+            try:
+                for p in s.predicates:
+                    dm.scenario.parameters[p.param].restrict(p.lo, p.hi)
+            except ConfigError as exc:
+                rank_zero_info(f"SliceMiner: skipping mined slice {s.name!r}: {exc}")
+                continue
+            out.append({"name": s.name, "predicates": [(p.param, p.lo, p.hi) for p in s.predicates],
+                        "support": s.support, "mean_loss": s.mean_loss, "rest_loss": s.rest_loss,
+                        "effect_size": s.effect_size, "p_value": s.p_value})
+        return out
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, trainer, pl_module, stats: SliceStats, record: dict) -> None:
+        if not trainer.is_global_zero:
+            return
+        names, step = record["names"], record["step"]
+        metrics: dict[str, float] = {"slices/num_slices": float(len(names)), "slices/num_mined": float(len(self.mined))}
+        # stats cover the slices before this round's mining
+        for i, name in enumerate(names):
+            metrics[f"slices/weight/{slice_key(name)}"] = record["weights"][i]
+            if i < stats.num_slices and record["loss"][i] is not None:
+                metrics[f"slices/loss/{slice_key(name)}"] = record["loss"][i]
+        finite = [v for v in record["loss"] if v is not None]
+        if finite:
+            metrics["slices/worst_loss"] = max(finite)
+            metrics["slices/mean_loss"] = sum(finite) / len(finite)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+            self._log_wandb(trainer, logger, record, stats)
+        if self.verbose:
+            w = ", ".join(f"{n}={v:.3f}" for n, v in zip(names, record["weights"]))
+            lo = ", ".join(f"{n}={v:.3f}" for n, v in zip(names, record["loss"]) if v is not None)
+            mined = f"; mined {[m['name'] for m in record['mined']]}" if record["mined"] else ""
+            rank_zero_info(f"SliceMiner step {step}: loss [{lo}] -> weights [{w}]{mined}")
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "slice_miner.json").write_text(json.dumps({"rule": self.rule, "reweight": self.reweight,
+                                                              "history": self.history, "mined": self.mined}, indent=1))
+
+    def _log_wandb(self, trainer, logger, record: dict, stats: SliceStats) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        if not isinstance(logger, WandbLogger):
+            return
+        import wandb
+
+        run = logger.experiment
+        names = record["names"]
+        rows = [[h["step"], n, h["weights"][i]] for h in self.history for i, n in enumerate(h["names"])]
+        payload = {
+            "slices/weights_table": wandb.Table(columns=["step", "slice", "weight"], data=rows),
+            "slices/weights_chart": wandb.plot.line_series(
+                xs=[h["step"] for h in self.history],
+                ys=[[h["weights"][i] if i < len(h["weights"]) else 0.0 for h in self.history]
+                    for i in range(len(names))],
+                keys=names, title="slice weights", xname="step"),
+            "trainer/global_step": record["step"],
+        }
+        if self.mined:
+            cols = ["step", "name", "support", "mean_loss", "rest_loss", "effect_size", "p_value"]
+            payload["slices/mined"] = wandb.Table(columns=cols, data=[[m[c] for c in cols] for m in self.mined])
+        run.log(payload)
+        if self.log_images and finite_any(stats.loss):
+            import torchvision
+
+            worst = int(torch.nan_to_num(stats.loss, nan=-math.inf).argmax())
+            suite = trainer.datamodule.suite(names[worst])
+            images = torch.cat([b.image for b in suite])[: self.image_count]
+            grid = torchvision.utils.make_grid(images, nrow=8)
+            logger.log_image("slices/worst_slice", images=[grid],
+                             caption=[f"{names[worst]} loss={float(stats.loss[worst]):.3f}"], step=record["step"])
+
+    # ------------------------------------------------------------------ checkpointing
+    @override
+    def state_dict(self) -> dict:
+        return {"version": 1, "reweighter": None if self.reweighter is None else self.reweighter.state_dict(),
+                "history": self.history, "mined": self.mined, "rounds": self.rounds}
+
+    @override
+    def load_state_dict(self, state_dict: dict) -> None:
+        if self.reweighter is None:
+            self._pending = state_dict
+        else:
+            self._apply_state(state_dict)
+
+    def _apply_state(self, state: dict) -> None:
+        if state.get("reweighter") is not None:
+            self.reweighter.load_state_dict(state["reweighter"])
+        self.history = list(state.get("history", []))
+        self.mined = list(state.get("mined", []))
+        self.rounds = int(state.get("rounds", len(self.history)))
+
+
+def finite_any(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t).any())
