@@ -45,7 +45,7 @@ except ImportError:  # pragma: no cover
     def override(f):
         return f
 
-__all__ = ["SliceMiner"]
+__all__ = ["SliceMiner", "StreamRecorder"]
 
 _MINING_KEYS = {"n_bins", "max_order", "min_support", "min_effect", "alpha", "top_k"}
 
@@ -330,3 +330,31 @@ class SliceMiner(Callback):
 
 def finite_any(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).any())
+
+
+class StreamRecorder(Callback):
+    """Records, on every rank, the sample ids each training step consumed and the slice weights after it, in
+    ``<out_dir>/stream_rank<r>.json`` (written at the end of training). A debugging aid for determinism,
+    resume and DDP checks; it runs no collective.
+    """
+
+    def __init__(self, out_dir: str | None = None):
+        self.out_dir = out_dir
+        self.steps: list[dict] = []
+
+    @override
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self.steps.append({"batch_index": int(getattr(batch, "batch_index", -1)),
+                           "sample_id": [int(x) for x in getattr(batch, "sample_id", torch.zeros(0)).tolist()]})
+
+    @override
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        weights = trainer.datamodule.train_dataset.weights
+        self.steps[-1].update(step=int(trainer.global_step), weights=weights.get().tolist(), names=list(weights.names))
+
+    @override
+    def on_train_end(self, trainer, pl_module) -> None:
+        out = Path(self.out_dir or trainer.default_root_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"stream_rank{trainer.global_rank}.json").write_text(json.dumps(
+            {"rank": trainer.global_rank, "world_size": trainer.world_size, "steps": self.steps}))

@@ -20,8 +20,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.classification import BinaryJaccardIndex, MulticlassJaccardIndex
-from torchmetrics.segmentation import DiceScore
+from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex, MulticlassJaccardIndex
 
 from synth_torch.data.batch import Batch
 from synth_torch.scenario.config import ConfigError
@@ -190,6 +189,10 @@ class SliceTask(pl.LightningModule):
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
 
+    @staticmethod
+    def _updated(metrics: dict) -> bool:
+        return any(m.update_count > 0 for m in metrics.values())
+
     def _metrics_for(self, key: str) -> dict:
         if key not in self._val_metrics:
             self._val_metrics[key] = {k: m.to(self.device) for k, m in self._make_metrics().items()}
@@ -219,7 +222,16 @@ class SliceTask(pl.LightningModule):
     def on_validation_epoch_end(self) -> None:
         values: dict[str, float] = {}
         per_slice: dict[str, dict[str, float]] = {}
-        for key in self._expected_keys():
+        keys = self._expected_keys()
+        # A key no rank has seen (e.g. limit_val_batches cut the suites) is skipped; the flags are summed over
+        # ranks first so every rank computes (and synchronises) the same keys.
+        seen = torch.tensor([float(k in self._val_metrics and self._updated(self._val_metrics[k])) for k in keys],
+                            device=self.device)
+        if self._trainer is not None:
+            seen = self.trainer.strategy.reduce(seen, reduce_op="sum")
+        for key, flag in zip(keys, seen.tolist()):
+            if flag == 0:
+                continue
             metrics = self._metrics_for(key)
             with warnings.catch_warnings():  # a rank may hold no sample of a slice; compute still syncs
                 warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
@@ -254,8 +266,9 @@ class SegmentationTask(SliceTask):
         class_weights: optional CE class weights [num_classes] (background is usually > 95 % of pixels).
         miner_loss: per-image loss for the miner, ``"dice"`` (1 - soft foreground Dice) or ``"ce"`` (mean CE).
 
-    Metrics: ``iou`` (multiclass Jaccard, macro over present classes), ``dice`` (torchmetrics DiceScore over
-    the non-background classes, global) and ``fg_iou`` (IoU of the foreground mask, class-agnostic).
+    Metrics (torchmetrics, accumulated over the whole suite): ``iou`` (``MulticlassJaccardIndex``, macro over
+    the classes present), ``dice`` (Dice of the foreground mask, i.e. ``BinaryF1Score`` of defect/object vs
+    background pixels) and ``fg_iou`` (``BinaryJaccardIndex`` of the foreground mask).
     """
 
     metric_names = ("iou", "dice", "fg_iou")
@@ -307,8 +320,7 @@ class SegmentationTask(SliceTask):
     def _make_metrics(self) -> dict:
         return {
             "iou": MulticlassJaccardIndex(self.num_classes, average="macro", validate_args=False),
-            "dice": DiceScore(self.num_classes, include_background=False, average="micro",
-                              aggregation_level="global", input_format="index"),
+            "dice": BinaryF1Score(validate_args=False),
             "fg_iou": BinaryJaccardIndex(validate_args=False),
         }
 
@@ -316,7 +328,7 @@ class SegmentationTask(SliceTask):
         labels = self._labels(batch)
         pred = self(batch.image).argmax(1)
         metrics["iou"].update(pred, labels)
-        metrics["dice"].update(pred, labels)
+        metrics["dice"].update((pred > 0).long(), (labels > 0).long())
         metrics["fg_iou"].update((pred > 0).long(), (labels > 0).long())
 
     @torch.no_grad()

@@ -57,21 +57,22 @@ def _use_kernel(attr: torch.Tensor, rast: torch.Tensor, rast_db: torch.Tensor | 
 
 
 def _interpolate_cpu(attr, rast, tri, rast_db, idx):
-    from synth_torch.render._numba_kernels import interpolate_rows
+    from synth_torch.render import _numba_kernels as nk
 
     B, H, W, _ = rast.shape
     a = attr if attr.ndim == 3 else attr[None]
-    tri32 = tri.to(torch.int32).contiguous()
+    tri32 = tri.to(device="cpu", dtype=torch.int32).contiguous()
     if tri32.numel() and (int(tri32.min()) < 0 or int(tri32.max()) >= a.shape[1]):
         raise ValueError(f"tri indexes vertices in [{int(tri32.min())}, {int(tri32.max())}] but attr has "
                          f"{a.shape[1]} vertices")
-    out = torch.empty((B, H, W, a.shape[2]), dtype=rast.dtype)
-    out_da = torch.empty((B, H, W, 2 * len(idx)), dtype=rast.dtype)
+    out = nk.empty((B, H, W, a.shape[2]), rast.dtype)
+    out_da = nk.empty((B, H, W, 2 * len(idx)), rast.dtype)
     bad = np.zeros(B * H, dtype=np.uint8)
-    rast_np = rast.detach().contiguous().numpy()
-    db_np = rast_db.detach().contiguous().numpy() if rast_db is not None else rast_np
-    interpolate_rows(a.detach().contiguous().numpy(), rast_np, tri32.numpy(), db_np, np.asarray(idx, dtype=np.int64),
-                     rast_np.dtype.type(1), out.numpy(), out_da.numpy(), bad)
+    rast_np = rast.detach().contiguous().view(B * H, W * 4).numpy()
+    db_np = rast_db.detach().contiguous().view(B * H, W * 4).numpy() if rast_db is not None else rast_np
+    nk.interpolate_rows(a.detach().contiguous().numpy(), rast_np, tri32.numpy(), db_np,
+                        np.asarray(idx, dtype=np.int64), rast_np.dtype.type(1), H,
+                        out.view(B * H, W * a.shape[2]).numpy(), out_da.view(B * H, W * 2 * len(idx)).numpy(), bad)
     if bad.any():
         raise ValueError(f"rast holds triangle ids beyond tri (T = {tri.shape[0]}); pass the tri given to rasterize")
     return out, out_da

@@ -217,46 +217,52 @@ def rasterize_bands(coef, bbox, image_offsets, tri_start, height, width, band_ro
 
 
 @numba.njit(parallel=True, cache=True)
-def interpolate_rows(attr, rast, tri, rast_db, diff_idx, one, out, out_da, bad_id):
+def interpolate_rows(attr, rast, tri, rast_db, diff_idx, one, height, out, out_da, bad_id):
     """``out = u a_0 + v a_1 + (1 - u - v) a_2`` per pixel, and interleaved (dA/dX, dA/dY) for ``diff_idx``.
 
-    attr [Ba, V, C] (Ba == 1: shared by all images); rast, rast_db [B, H, W, 4]; tri [T, 3] int32;
-    ``one`` is 1 in the dtype of ``rast`` (the arithmetic stays in that dtype, as in the torch path).
-    Writes every value of ``out`` [B, H, W, C] and ``out_da`` [B, H, W, 2 len(diff_idx)]; sets
+    attr [Ba, V, C] (Ba == 1: shared by all images); rast, rast_db [B*H, W*4] row views; tri [T, 3] int32;
+    ``one`` is 1 in the dtype of ``rast`` (the arithmetic stays in that dtype, as in the torch path);
+    ``height`` is H. Writes every value of ``out`` [B*H, W*C] and ``out_da`` [B*H, W*2D] (D = len(diff_idx)); sets
     ``bad_id[row]`` when a pixel of that row holds a triangle id outside ``tri``.
     """
-    num_images, height, width = rast.shape[0], rast.shape[1], rast.shape[2]
+    rows = rast.shape[0]
+    width = rast.shape[1] // 4
     shared = attr.shape[0] == 1
     channels = attr.shape[2]
-    num_da = out_da.shape[3]
+    num_diff = diff_idx.shape[0]
     num_tri = tri.shape[0]
-    for row in numba.prange(num_images * height):
-        b = row // height
-        j = row - b * height
-        ab = 0 if shared else b
-        r = rast[b, j]
-        o = out[b, j]
-        o_da = out_da[b, j]
+    for row in numba.prange(rows):
+        ab = 0 if shared else row // height
+        for k in range(width * channels):
+            out[row, k] = 0.0
+        for k in range(width * 2 * num_diff):
+            out_da[row, k] = 0.0
         for i in range(width):
-            for c in range(channels):
-                o[i, c] = 0.0
-            for c in range(num_da):
-                o_da[i, c] = 0.0
-        for i in range(width):
-            t = np.int64(r[i, 3]) - 1
+            t = np.int64(rast[row, 4 * i + 3]) - 1
             if t < 0:
                 continue
             if t >= num_tri:
                 bad_id[row] = 1
                 continue
             k0, k1, k2 = tri[t, 0], tri[t, 1], tri[t, 2]
-            u, v = r[i, 0], r[i, 1]
+            u, v = rast[row, 4 * i], rast[row, 4 * i + 1]
             w = (one - u) - v
+            o = i * channels
             for c in range(channels):
-                o[i, c] = (u * attr[ab, k0, c] + v * attr[ab, k1, c]) + w * attr[ab, k2, c]
-            for d in range(diff_idx.shape[0]):
+                out[row, o + c] = (u * attr[ab, k0, c] + v * attr[ab, k1, c]) + w * attr[ab, k2, c]
+            o = i * 2 * num_diff
+            for d in range(num_diff):
                 c = diff_idx[d]
                 d_u = attr[ab, k0, c] - attr[ab, k2, c]
                 d_v = attr[ab, k1, c] - attr[ab, k2, c]
-                o_da[i, 2 * d] = rast_db[b, j, i, 0] * d_u + rast_db[b, j, i, 2] * d_v
-                o_da[i, 2 * d + 1] = rast_db[b, j, i, 1] * d_u + rast_db[b, j, i, 3] * d_v
+                out_da[row, o + 2 * d] = rast_db[row, 4 * i] * d_u + rast_db[row, 4 * i + 2] * d_v
+                out_da[row, o + 2 * d + 1] = rast_db[row, 4 * i + 1] * d_u + rast_db[row, 4 * i + 3] * d_v
+
+
+def empty(shape, dtype) -> "torch.Tensor":
+    """Uninitialised CPU tensor for a kernel to fill, allocated by numpy (2 MB pages on Linux, far fewer
+    page faults than small pages for the tens of MB a batch of images takes)."""
+    import torch
+
+    np_dtype = {torch.float32: np.float32, torch.float64: np.float64}[dtype]
+    return torch.from_numpy(np.empty(shape, dtype=np_dtype))

@@ -116,8 +116,8 @@ def _rasterize_cpu(pos, tri, ranges, num_images, num_vertices, instanced, height
         vert_offset = np.zeros(num_images, dtype=np.int64)
     pos_np = pos.detach().reshape(-1, 4).contiguous().numpy()
     tri_np = tri.to(torch.int32).contiguous().numpy()
-    rast = torch.empty((num_images, height, width, 4), dtype=pos.dtype)
-    rast_db = torch.empty_like(rast)
+    rast = nk.empty((num_images, height, width, 4), pos.dtype)
+    rast_db = nk.empty((num_images, height, width, 4), pos.dtype)
     if num_images == 0:
         return rast, rast_db
     out = rast.view(num_images * height, width * 4).numpy()

@@ -16,7 +16,7 @@ from synth_torch.scenario.sampler import GROUND_HALF_SIZE, SceneSpec
 from synth_torch.scene.library import template
 from synth_torch.scene.shading import blinn_phong, defect_masks, grain, pattern
 
-SHADOW_RESOLUTION = 128
+SHADOW_RESOLUTION = 192
 BACKGROUND = {"tabletop": (0.62, 0.68, 0.75), "inspection": (0.06, 0.06, 0.06)}
 
 
@@ -143,7 +143,7 @@ def _shadow_factor(spec: SceneSpec, geom: SceneGeometry, ctx, pixel_world: torch
     x = x / x.norm(dim=-1, keepdim=True)
     y = torch.linalg.cross(z, x)
     R = torch.stack((x, y, z), 1)  # [B, 3, 3] world -> light
-    radius = 1.5 * spec.params["objects.spread"].to(device) + 0.3
+    radius = 1.2 * spec.params["objects.spread"].to(device) + 0.15
     depth_range = 4.0
 
     def to_light(points, image):

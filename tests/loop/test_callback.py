@@ -1,0 +1,154 @@
+"""SliceMiner: re-weighting into the dataset, planted-slice mining, checkpoint/resume, wandb offline files."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from synth_torch.loop.callback import SliceMiner, StreamRecorder
+from synth_torch.loop.datamodule import SynthDataModule
+from synth_torch.loop.tasks import SegmentationTask, TinyUNet
+from synth_torch.scenario.config import ConfigError
+
+# The planted region: the base distribution of light.intensity covers [0.05, 1.0]; the fake task fails on
+# images with light.intensity < 0.3 (about a quarter of them).
+PLANTED = {"light": {"intensity": [0.05, 1.0]}}
+
+
+class PlantedTask(pl.LightningModule):
+    """A task whose per-image loss is high exactly where ``light.intensity < 0.3`` (plus a little noise)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def per_sample_loss(self, batch) -> torch.Tensor:
+        x = batch.params["light.intensity"].float()
+        noise = torch.sin(batch.sample_id.double() * 12.9898).float() * 0.05  # deterministic "noise"
+        return (x < 0.3).float() + 0.1 + noise
+
+    def training_step(self, batch, batch_idx):
+        return (self.w - 1).pow(2).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _trainer(tmp_path, callbacks, max_steps, logger=False, **kw) -> pl.Trainer:
+    return pl.Trainer(max_steps=max_steps, callbacks=callbacks, logger=logger, enable_progress_bar=False,
+                      enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                      default_root_dir=str(tmp_path), accelerator="cpu", devices=1, **kw)
+
+
+def test_round_writes_reweighter_output_into_dataset_weights(tmp_path):
+    dm = SynthDataModule("tabletop", PLANTED, batch_size=2, resolution=16, val_samples_per_slice=8, val_batch_size=8)
+    miner = SliceMiner("group_dro", every_n_train_steps=1, mine=False, verbose=False,
+                       reweighter={"eta": 5.0, "min_samples": 1, "max_change": None})
+    _trainer(tmp_path, [miner], max_steps=1).fit(PlantedTask(), datamodule=dm)
+    probs = dm.train_dataset.weights.get()
+    assert torch.allclose(probs, miner.reweighter.probs.float(), atol=1e-6)
+    # low_light (intensity 0.06-0.18 < 0.3) is the slice with the high loss: its weight grew
+    names = list(dm.slice_names)
+    low = names.index("low_light")
+    rec = miner.history[-1]
+    assert rec["loss"][low] == max(rec["loss"])
+    assert probs[low] > rec["weights_before"][low]
+    assert (tmp_path / "slice_miner.json").is_file()
+
+
+def test_planted_slice_is_mined_added_and_rendered(tmp_path):
+    dm = SynthDataModule("tabletop", PLANTED, batch_size=2, resolution=16, val_samples_per_slice=4, val_batch_size=16)
+    miner = SliceMiner("group_dro", every_n_train_steps=1, mine_samples=160, max_mined=1, verbose=False,
+                       params=["light.intensity", "light.ambient", "camera.distance", "objects.count"],
+                       mining={"min_support": 20, "max_order": 1})
+    _trainer(tmp_path, [miner], max_steps=1).fit(PlantedTask(), datamodule=dm)
+    assert len(miner.mined) == 1, miner.history
+    mined = miner.mined[0]
+    param, lo, hi = mined["predicates"][0]
+    assert param == "light.intensity" and lo == float("-inf") and 0.2 <= hi <= 0.4
+    assert mined["mean_loss"] > mined["rest_loss"] + 0.5
+    weights = dm.train_dataset.weights
+    assert weights.names[-1] == mined["name"] and len(weights) == len(dm.scenario.slices) + 1
+    assert miner.reweighter.num_slices == len(weights)
+    # the new slice renders inside its region and has a validation suite
+    (suite,) = dm.suite(mined["name"])
+    assert (suite.params["light.intensity"] < hi).all()
+    # the next round excludes it (no duplicate) and evaluates it
+    miner.run_round(dm.trainer, dm.trainer.lightning_module)
+    assert [m["name"] for m in miner.mined].count(mined["name"]) == 1
+    assert miner.history[-1]["loss"][-1] is not None
+
+
+def test_bad_miner_arguments_raise():
+    with pytest.raises(ConfigError, match="rule"):
+        SliceMiner("nope")
+    with pytest.raises(ConfigError, match="mining"):
+        SliceMiner(mining={"bins": 3})
+    with pytest.raises(ConfigError, match="params"):
+        SliceMiner(params=["light.nope"])
+    with pytest.raises(ConfigError, match="every_n_train_steps"):
+        SliceMiner(every_n_train_steps=None, on_validation=False)
+
+
+def _seg_run(tmp_path, name, max_steps, ckpt_path=None, logger=False):
+    pl.seed_everything(0)
+    dm = SynthDataModule("defects", batch_size=2, resolution=16, val_samples_per_slice=4, val_batch_size=4)
+    task = SegmentationTask(functools.partial(TinyUNet, width=4, depth=2), dm.num_classes, target="foreground")
+    miner = SliceMiner("group_dro", every_n_train_steps=1, mine=True, mine_samples=48, max_mined=1, verbose=False,
+                       reweighter={"eta": 3.0, "min_samples": 1},
+                       mining={"min_support": 8, "min_effect": 0.0, "alpha": 0.999, "max_order": 1})
+    recorder = StreamRecorder(str(tmp_path / name))
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=2, save_top_k=-1,
+                                        filename="{step}")
+    trainer = _trainer(tmp_path / name, [miner, recorder, ckpt], max_steps=max_steps, logger=logger)
+    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+    return dm, miner, recorder
+
+
+def test_checkpoint_resume_continues_same_weights_and_stream(tmp_path):
+    dm_a, miner_a, rec_a = _seg_run(tmp_path, "a", max_steps=4)
+    assert miner_a.mined, "the loose mining thresholds should add a slice, so resume must restore it"
+    dm_b, miner_b, rec_b = _seg_run(tmp_path, "b", max_steps=4, ckpt_path=str(tmp_path / "ckpt" / "step=2.ckpt"))
+    # the resumed run trained on exactly the batches the uninterrupted run trained on after step 2
+    assert [s["sample_id"] for s in rec_b.steps] == [s["sample_id"] for s in rec_a.steps[2:]]
+    assert [s["weights"] for s in rec_b.steps] == [s["weights"] for s in rec_a.steps[2:]]
+    assert dm_b.train_dataset.weights.names == dm_a.train_dataset.weights.names
+    assert torch.equal(dm_b.train_dataset.weights.get(), dm_a.train_dataset.weights.get())
+    sa, sb = miner_a.reweighter.state_dict(), miner_b.reweighter.state_dict()
+    for key in ("q", "prior", "cum_count", "last_loss", "log_w"):
+        assert torch.equal(torch.nan_to_num(sa[key]), torch.nan_to_num(sb[key])), key
+    assert miner_b.rounds == miner_a.rounds and miner_b.mined == miner_a.mined
+
+
+def test_wandb_offline_run_holds_metrics_and_weights(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="synth-torch-test")
+    pl.seed_everything(0)
+    dm = SynthDataModule("defects", batch_size=2, resolution=16, val_samples_per_slice=2, val_batch_size=2)
+    task = SegmentationTask(functools.partial(TinyUNet, width=4, depth=2), dm.num_classes, target="foreground")
+    miner = SliceMiner(every_n_train_steps=1, mine=False, verbose=False, image_count=2)
+    trainer = pl.Trainer(max_steps=2, val_check_interval=2, check_val_every_n_epoch=None, callbacks=[miner],
+                         logger=logger, enable_progress_bar=False, num_sanity_val_steps=0, log_every_n_steps=1,
+                         default_root_dir=str(tmp_path))
+    trainer.fit(task, datamodule=dm)
+    run_dir = Path(logger.experiment.dir).parent
+    logger.experiment.finish()
+    assert run_dir.name.startswith("offline-run-")
+    summary = json.loads((run_dir / "files" / "wandb-summary.json").read_text())
+    for name in dm.slice_names:
+        assert f"slices/weight/{name}" in summary
+        assert f"val/fg_iou/{name}" in summary
+    assert summary["slices/num_slices"] == len(dm.slice_names)
+    assert abs(sum(summary[f"slices/weight/{n}"] for n in dm.slice_names) - 1.0) < 1e-5
+    assert "slices/worst_slice" in summary  # the image grid of the worst slice
+    assert list(run_dir.glob("*.wandb"))

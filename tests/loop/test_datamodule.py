@@ -1,0 +1,173 @@
+"""SynthDataModule, the real-data readers and the tasks' per-sample losses (tiny resolutions, CPU)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+
+from synth_torch.data.batch import Batch, decode_sample_id
+from synth_torch.loop.datamodule import (VAL_START, CocoDetectionReal, MagneticTileSegmentation, RealBatch,
+                                         SynthDataModule, collate_batch)
+from synth_torch.loop.tasks import DetectionTask, SegmentationTask, TinyUNet, detection_model, segmentation_model
+from synth_torch.scenario.config import ConfigError
+
+REAL = Path(__file__).resolve().parents[3] / "shared" / "real"
+if not REAL.is_dir():  # the shared folder beside the repository (../shared/real)
+    REAL = Path(__file__).resolve().parents[2].parent / "shared" / "real"
+
+
+def _dm(**kw) -> SynthDataModule:
+    args = dict(scenario="defects", batch_size=2, resolution=16, val_samples_per_slice=2, val_batch_size=2)
+    args.update(kw)
+    dm = SynthDataModule(**args)
+    dm.setup("fit")
+    return dm
+
+
+def test_train_loader_yields_batch_dataclass():
+    dm = _dm()
+    loader = dm.train_dataloader()
+    assert loader.batch_size is None
+    batch = next(iter(loader))
+    assert isinstance(batch, Batch)
+    assert batch.image.shape == (2, 3, 16, 16) and batch.semantic.shape == (2, 16, 16)
+    assert batch.batch_index == 0
+    assert dm.num_classes == len(dm.scenario.class_names) + 1
+
+
+def test_collate_keeps_batches_and_rejects_other_types():
+    dm = _dm()
+    b = dm.train_dataset.render_batch(torch.arange(2))
+    assert collate_batch(b) is b
+    with pytest.raises(TypeError, match="Batch"):
+        collate_batch({"image": torch.zeros(1)})
+
+
+def test_validation_suites_are_fixed_per_slice_and_disjoint_from_training():
+    dm1, dm2 = _dm(), _dm()
+    for sid, name in enumerate(dm1.slice_names):
+        (b1,), (b2,) = dm1.suite(name), dm2.suite(name)
+        assert torch.equal(b1.image, b2.image) and torch.equal(b1.sample_id, b2.sample_id)
+        index, slice_id = decode_sample_id(b1.sample_id)
+        assert (slice_id == sid).all()
+        assert (index >= VAL_START).all()  # training uses indices < 10**9
+    # the loader iterates every suite, one slice per batch
+    seen = [b.slice_names[int(b.slice_id[0])] for b in dm1.val_dataloader()]
+    assert seen == list(dm1.slice_names)
+
+
+def test_stream_follows_shared_weights():
+    dm = _dm(batch_size=8)
+    probs = torch.zeros(len(dm.train_dataset.weights))
+    probs[2] = 1.0
+    dm.train_dataset.weights.set(probs)
+    batch = next(iter(dm.train_dataloader()))
+    assert (batch.slice_id == 2).all()
+
+
+def test_resume_position_counts_consumed_batches():
+    dm = _dm()
+    dm._consumed = 3
+    state = dm.state_dict()
+    assert state["dataset"]["next_batch"] == 3
+    other = _dm()
+    other.load_state_dict(state)
+    assert other.train_dataset.next_batch == 3
+    assert next(iter(other.train_dataloader())).batch_index == 3
+
+
+def test_bad_arguments_raise_clear_errors():
+    with pytest.raises(ConfigError, match="val_samples_per_slice"):
+        SynthDataModule("defects", val_samples_per_slice=0)
+    with pytest.raises(ConfigError, match="no_such_scenario"):
+        SynthDataModule("no_such_scenario")
+    with pytest.raises(ConfigError, match="device"):
+        SynthDataModule("defects", device="tpu")
+
+
+def test_missing_real_root_is_skipped_or_raises(tmp_path):
+    with pytest.warns(UserWarning, match="not found"):
+        dm = _dm(real_root=str(tmp_path / "absent"))
+    assert dm.real_val is None and not isinstance(dm.val_dataloader(), list)
+    with pytest.raises(FileNotFoundError, match="absent"):
+        _dm(real_root=str(tmp_path / "absent"), real_required=True)
+
+
+@pytest.mark.skipif(not (REAL / "magnetic_tile").is_dir(), reason="../shared/real/magnetic_tile not present")
+def test_magnetic_tile_masks_map_to_scenario_classes():
+    names = ("blowhole", "crack", "break", "fray", "uneven")
+    ds = MagneticTileSegmentation(REAL / "magnetic_tile", names, resolution=32, split="all")
+    val = MagneticTileSegmentation(REAL / "magnetic_tile", names, resolution=32, split="val")
+    train = MagneticTileSegmentation(REAL / "magnetic_tile", names, resolution=32, split="train")
+    assert len(val) + len(train) == len(ds) and not {i[0] for i in val.items} & {i[0] for i in train.items}
+    blow = next(i for i, it in enumerate(ds.items) if "MT_Blowhole" in str(it[0]))
+    item = ds[blow]
+    assert item["image"].shape == (3, 32, 32) and 0 <= item["image"].min() and item["image"].max() <= 1
+    assert set(item["semantic"].unique().tolist()) <= {0, 1}  # blowhole is class 1
+    free = next(i for i, it in enumerate(ds.items) if "MT_Free" in str(it[0]))
+    assert ds[free]["semantic"].max() == 0
+    dm = _dm(resolution=32, real_root=str(REAL / "magnetic_tile"), real_every=2)
+    loaders = dm.val_dataloader()
+    real = next(iter(loaders[1]))
+    assert isinstance(real, RealBatch) and real.semantic.shape[1:] == (32, 32)
+    kinds = [type(b).__name__ for b, _ in zip(dm.train_dataloader(), range(4))]
+    assert kinds == ["Batch", "RealBatch", "Batch", "Batch"]
+
+
+@pytest.mark.skipif(not (REAL / "fruits_nuts").is_dir(), reason="../shared/real/fruits_nuts not present")
+def test_coco_reader_rescales_boxes():
+    ds = CocoDetectionReal(REAL / "fruits_nuts", resolution=64)
+    item = ds[0]
+    assert item["image"].shape == (3, 64, 64)
+    assert item["boxes"].shape[1] == 4 and len(item["boxes"]) == len(item["labels"]) > 0
+    assert (item["boxes"] >= 0).all() and (item["boxes"] <= 64.01).all()
+    assert set(item["labels"].tolist()) <= {1, 2, 3}
+
+
+def test_segmentation_per_sample_loss_is_per_image_and_side_effect_free():
+    dm = _dm(batch_size=4)
+    task = SegmentationTask(functools.partial(TinyUNet, width=4, depth=2), dm.num_classes, target="foreground")
+    task.train()
+    batch = dm.train_dataset.render_batch(torch.arange(4))
+    before = [b.clone() for b in task.buffers()]
+    loss = task.per_sample_loss(batch)
+    assert loss.shape == (4,) and not loss.requires_grad and task.training
+    assert ((loss >= 0) & (loss <= 1)).all()
+    assert all(torch.equal(a, b) for a, b in zip(before, task.buffers()))
+    ce = SegmentationTask(functools.partial(TinyUNet, width=4, depth=2), dm.num_classes, miner_loss="ce")
+    assert ce.per_sample_loss(batch).shape == (4,)
+
+
+@pytest.mark.parametrize("arch", ["tiny_unet", "lraspp_mobilenet_v3_large"])
+def test_segmentation_models_build_without_downloads(arch):
+    net = segmentation_model(6, arch=arch, width=4, depth=2)
+    task = SegmentationTask(net, 6)
+    assert task(torch.rand(1, 3, 32, 32)).shape == (1, 6, 32, 32)
+
+
+def test_detection_per_sample_loss_is_deterministic_and_side_effect_free():
+    dm = _dm(scenario="tabletop", batch_size=2, resolution=32)
+    net = functools.partial(detection_model, arch="fasterrcnn", backbone="resnet18", image_size=32)
+    task = DetectionTask(net, dm.num_classes)
+    task.train()
+    batch = dm.train_dataset.render_batch(torch.arange(2))
+    rng = torch.get_rng_state()
+    bn = [b.clone() for b in task.buffers()]
+    a, b = task.per_sample_loss(batch), task.per_sample_loss(batch)
+    assert a.shape == (2,) and torch.equal(a, b) and torch.isfinite(a).all()
+    assert torch.equal(rng, torch.get_rng_state()) and task.training
+    assert all(torch.equal(x, y) for x, y in zip(bn, task.buffers()))
+    task.miner_loss = "f1"
+    f1 = task.per_sample_loss(batch)
+    assert f1.shape == (2,) and ((f1 >= 0) & (f1 <= 1)).all()
+
+
+@pytest.mark.parametrize("arch", ["retinanet", "fcos"])
+def test_other_detectors_train_one_step(arch):
+    dm = _dm(scenario="tabletop", batch_size=2, resolution=32)
+    task = DetectionTask(detection_model(dm.num_classes, arch=arch, image_size=32), dm.num_classes)
+    loss = task.training_step(dm.train_dataset.render_batch(torch.arange(2)), 0)
+    assert torch.isfinite(loss) and loss.requires_grad
