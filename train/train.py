@@ -98,7 +98,7 @@ def train(cfg: DictConfig) -> dict:
             paths["wandb_run"] = str(Path(logger.experiment.dir).parent)
         elif logger.log_dir:
             paths[f"{type(logger).__name__}"] = str(logger.log_dir)
-    miner_json = Path(trainer.log_dir or trainer.default_root_dir) / "slice_miner.json"
+    miner_json = Path(trainer.default_root_dir) / "slice_miner.json"
     if miner_json.is_file():
         paths["slice_miner"] = str(miner_json)
     if trainer.is_global_zero:

@@ -16,7 +16,8 @@ Every round (each ``every_n_train_steps`` training steps, and/or at the end of e
    slice names) and broadcast the result, so all ranks add the same slices: ``weights.add`` +
    ``reweighter.add_slices``; their validation suites are created on first use.
 4. **Log** per-slice losses and weights as scalars (any logger), the mined slices, a weights chart and an
-   image grid of the currently worst slice (wandb only), and ``slice_miner.json`` in the log folder.
+   image grid of the currently worst slice (wandb only), and the whole history as ``slice_miner.json`` in
+   ``trainer.default_root_dir`` (the run's output folder).
 
 The callback's ``state_dict`` holds the reweighter state and the round history; the data module's holds the
 dataset position and weights (with the mined slices), so a resumed run continues the same weights and stream.
@@ -269,7 +270,7 @@ class SliceMiner(Callback):
             lo = ", ".join(f"{n}={v:.3f}" for n, v in zip(names, record["loss"]) if v is not None)
             mined = f"; mined {[m['name'] for m in record['mined']]}" if record["mined"] else ""
             rank_zero_info(f"SliceMiner step {step}: loss [{lo}] -> weights [{w}]{mined}")
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        out_dir = Path(trainer.default_root_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "slice_miner.json").write_text(json.dumps({"rule": self.rule, "reweight": self.reweight,
                                                               "history": self.history, "mined": self.mined}, indent=1))

@@ -117,9 +117,13 @@ def detection_model(num_classes: int, arch: str = "fasterrcnn", backbone: str = 
     if backbone == "mobilenet_v3_large":
         if arch != "fasterrcnn":
             raise ConfigError("model.net.backbone 'mobilenet_v3_large' is only wired for arch 'fasterrcnn'")
-        anchors = AnchorGenerator((tuple(anchor_sizes),) * 3, ((0.5, 1.0, 2.0),) * 3)
-        return det.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=num_classes,
-                                                     rpn_anchor_generator=anchors, **size)
+        if len(anchor_sizes) != 5:
+            raise ConfigError(f"model.net.anchor_sizes: need 5 sizes, got {list(anchor_sizes)}")
+        model = det.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=num_classes,
+                                                      **size)
+        # same number of anchors per location (5 sizes x 3 ratios) as torchvision's, sized for small images
+        model.rpn.anchor_generator = AnchorGenerator((tuple(anchor_sizes),) * 3, ((0.5, 1.0, 2.0),) * 3)
+        return model
     if backbone != "resnet18":
         raise ConfigError(f"model.net.backbone: expected 'resnet18' or 'mobilenet_v3_large', got {backbone!r}")
     if len(anchor_sizes) != 5:

@@ -1,19 +1,24 @@
 """Compiled kernels of the ``cpu`` backend (numba).
 
 ``setup_triangles``
-    Triangle setup, parallel over (image, triangle) pairs. One slot per pair, culled pairs get an
-    empty box, so each image's triangles stay one contiguous, id-ordered range.
+    Triangle setup, parallel over (image, triangle) slots (used when there are few images).
+``rasterize_images``
+    Setup, visibility and fill, one work item per image; the image's setup stays in a per-item
+    scratch buffer (cache-resident) instead of a batch-wide array.
 ``rasterize_bands``
-    Visibility and fill, parallel over (image, row band) work items. Every pixel belongs to exactly
-    one work item and triangles are visited in ascending id order inside it, so the result never
-    depends on thread count or timing.
+    Visibility and fill from a precomputed setup, one work item per (image, band of rows).
 ``interpolate_rows``
     Forward of :func:`synth_torch.render.interpolate` when no gradient is needed, parallel over rows.
 
-Every float64 expression mirrors :mod:`synth_torch.render._raster` operand by operand (see the
-"arithmetic contract" there), so ids are identical to the ``torch`` reference and the backend
-agreement tests can ask for bitwise-equal setups. numba does not contract ``a * b + c`` into FMAs
-without ``fastmath``, which must stay off here.
+Every pixel belongs to exactly one work item and triangles are visited in ascending id order inside
+it, so results never depend on thread count or timing. Every float64 expression mirrors
+:mod:`synth_torch.render._raster` operand by operand (see its "arithmetic contract"), so setups are
+bitwise equal and ids identical to the ``torch`` reference. numba does not contract ``a * b + c`` into
+FMAs without ``fastmath``, which must stay off here (the exact predicates rely on it too).
+
+Setup layout, one row per slot: ``coef`` [M, 15] float64 = (a0 b0 c0 a1 b1 c1 a2 b2 c2 | za zb zc |
+bound0 bound1 bound2) and ``bbox`` [M, 5] int32 = (x0 y0 x1 y1 flags), flags bit k (k < 3) = edge k
+owns on-edge pixels, bit 3 = the orientation sign is negative.
 """
 
 from __future__ import annotations
@@ -23,12 +28,102 @@ import math
 import numba
 import numpy as np
 
-BOUND_SLACK = 1e-6  # == _raster.BOUND_SLACK (checked by the tests)
+BOUND_SLACK = 1e-6  # == _raster.BOUND_SLACK
+ERR = 1e-14  # == _raster.ERR
+NEG_ORIENTATION = 8
+
+
+# ----------------------------------------------------------------------------------------------------
+# Exact sign of a 3x3 determinant (error-free transformations, Dekker / Shewchuk expansions)
+
+
+@numba.njit(inline="always")
+def _two_sum(a, b):
+    s = a + b
+    bv = s - a
+    av = s - bv
+    return s, (a - av) + (b - bv)
+
+
+@numba.njit(inline="always")
+def _split(a):
+    c = 134217729.0 * a  # 2**27 + 1
+    hi = c - (c - a)
+    return hi, a - hi
+
+
+@numba.njit(inline="always")
+def _two_product(a, b):
+    p = a * b
+    ah, al = _split(a)
+    bh, bl = _split(b)
+    return p, al * bl - (((p - ah * bh) - al * bh) - ah * bl)
+
+
+@numba.njit(inline="always")
+def _grow(expansion, length, value):
+    """Add ``value`` to the nonoverlapping expansion ``expansion[:length]``; returns the new length."""
+    q = value
+    for k in range(length):
+        q, expansion[k] = _two_sum(q, expansion[k])
+    expansion[length] = q
+    return length + 1
+
+
+@numba.njit(inline="always")
+def _add_triple(expansion, length, x, y, z):
+    """Add the exact product ``x * y * z`` (four doubles) to the expansion."""
+    h, l = _two_product(x, y)
+    h1, l1 = _two_product(h, z)
+    h2, l2 = _two_product(l, z)
+    length = _grow(expansion, length, l2)
+    length = _grow(expansion, length, l1)
+    length = _grow(expansion, length, h2)
+    return _grow(expansion, length, h1)
+
+
+@numba.njit(cache=True)
+def exact_det3_sign(px, py, pw, qx, qy, qw, rx, ry, rw):
+    """Exact sign (-1, 0, 1) of ``r . (p x q)`` for finite doubles (no overflow or underflow)."""
+    e = np.empty(24, dtype=np.float64)
+    n = 0
+    n = _add_triple(e, n, rx, py, qw)
+    n = _add_triple(e, n, -rx, pw, qy)
+    n = _add_triple(e, n, ry, pw, qx)
+    n = _add_triple(e, n, -ry, px, qw)
+    n = _add_triple(e, n, rw, px, qy)
+    n = _add_triple(e, n, -rw, py, qx)
+    for k in range(n - 1, -1, -1):
+        if e[k] > 0.0:
+            return 1
+        if e[k] < 0.0:
+            return -1
+    return 0
+
+
+@numba.njit(inline="always")
+def _sign(value, bound, px, py, pw, qx, qy, qw, rx, ry, rw):
+    """Sign of ``r . (p x q)`` given its float value and an error bound: exact only when in doubt."""
+    if value > bound:
+        return 1
+    if value < -bound:
+        return -1
+    return exact_det3_sign(px, py, pw, qx, qy, qw, rx, ry, rw)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Triangle setup
 
 
 @numba.njit(inline="always")
 def _screen(v, w, half_size, big):
     return min(max((v / w + 1.0) * half_size, -big), big)
+
+
+@numba.njit(inline="always")
+def _owner(sigma, sa, sb):
+    """Fill rule on the exact signs of (a, b) of an edge (orientation ``sigma`` applied)."""
+    return sigma * sa > 0 or (sa == 0 and sigma * sb > 0)
 
 
 @numba.njit(inline="always")
@@ -45,28 +140,53 @@ def _image_of(image_offsets, m):
 
 
 @numba.njit(inline="always")
+def _load(pos, row):
+    return np.float64(pos[row, 0]), np.float64(pos[row, 1]), np.float64(pos[row, 2]), np.float64(pos[row, 3])
+
+
+@numba.njit(inline="always")
 def _setup_one(pos, tri, t, base, height, width, coef, bbox, slot):
-    """Set up triangle ``t`` (vertex rows offset by ``base``) into ``coef[slot]`` (a0 b0 c0 a1 b1 c1 a2 b2 c2
-    za zb zc, float64) and ``bbox[slot]`` (x0 y0 x1 y1, int32; ``(0, 0, -1, -1)`` when culled)."""
-    i0, i1, i2 = base + tri[t, 0], base + tri[t, 1], base + tri[t, 2]
-    x0, y0, z0, w0 = np.float64(pos[i0, 0]), np.float64(pos[i0, 1]), np.float64(pos[i0, 2]), np.float64(pos[i0, 3])
-    x1, y1, z1, w1 = np.float64(pos[i1, 0]), np.float64(pos[i1, 1]), np.float64(pos[i1, 2]), np.float64(pos[i1, 3])
-    x2, y2, z2, w2 = np.float64(pos[i2, 0]), np.float64(pos[i2, 1]), np.float64(pos[i2, 2]), np.float64(pos[i2, 3])
+    """Set up triangle ``t`` (vertex rows offset by ``base``) into ``coef[slot]`` and ``bbox[slot]``."""
+    x0, y0, z0, w0 = _load(pos, base + tri[t, 0])
+    x1, y1, z1, w1 = _load(pos, base + tri[t, 1])
+    x2, y2, z2, w2 = _load(pos, base + tri[t, 2])
     a0, b0, c0 = y1 * w2 - w1 * y2, w1 * x2 - x1 * w2, x1 * y2 - y1 * x2
     a1, b1, c1 = y2 * w0 - w2 * y0, w2 * x0 - x2 * w0, x2 * y0 - y2 * x0
     a2, b2, c2 = y0 * w1 - w0 * y1, w0 * x1 - x0 * w1, x0 * y1 - y0 * x1
+    pa0, pb0, pc0 = abs(y1 * w2) + abs(w1 * y2), abs(w1 * x2) + abs(x1 * w2), abs(x1 * y2) + abs(y1 * x2)
+    pa1, pb1, pc1 = abs(y2 * w0) + abs(w2 * y0), abs(w2 * x0) + abs(x2 * w0), abs(x2 * y0) + abs(y2 * x0)
+    pa2, pb2, pc2 = abs(y0 * w1) + abs(w0 * y1), abs(w0 * x1) + abs(x0 * w1), abs(x0 * y1) + abs(y0 * x1)
     det = (x0 * a0 + y0 * b0) + w0 * c0
     za = ((z0 * a0 + z1 * a1) + z2 * a2) / det
     zb = ((z0 * b0 + z1 * b1) + z2 * b2) / det
     zc = ((z0 * c0 + z1 * c1) + z2 * c2) / det
-    if det < 0.0:
+    finite = math.isfinite(det) and math.isfinite(za) and math.isfinite(zb) and math.isfinite(zc)
+    sigma = 0
+    if finite:
+        sigma = _sign(det, ERR * ((abs(x0) * pa0 + abs(y0) * pb0) + abs(w0) * pc0),
+                      x1, y1, w1, x2, y2, w2, x0, y0, w0)
+    flags = 0
+    if sigma != 0:
+        if _owner(sigma, _sign(a0, ERR * pa0, x1, y1, w1, x2, y2, w2, 1.0, 0.0, 0.0),
+                  _sign(b0, ERR * pb0, x1, y1, w1, x2, y2, w2, 0.0, 1.0, 0.0)):
+            flags |= 1
+        if _owner(sigma, _sign(a1, ERR * pa1, x2, y2, w2, x0, y0, w0, 1.0, 0.0, 0.0),
+                  _sign(b1, ERR * pb1, x2, y2, w2, x0, y0, w0, 0.0, 1.0, 0.0)):
+            flags |= 2
+        if _owner(sigma, _sign(a2, ERR * pa2, x0, y0, w0, x1, y1, w1, 1.0, 0.0, 0.0),
+                  _sign(b2, ERR * pb2, x0, y0, w0, x1, y1, w1, 0.0, 1.0, 0.0)):
+            flags |= 4
+    if sigma < 0:
         a0, b0, c0, a1, b1, c1, a2, b2, c2 = -a0, -b0, -c0, -a1, -b1, -c1, -a2, -b2, -c2
+        flags |= NEG_ORIENTATION
     coef[slot, 0], coef[slot, 1], coef[slot, 2] = a0, b0, c0
     coef[slot, 3], coef[slot, 4], coef[slot, 5] = a1, b1, c1
     coef[slot, 6], coef[slot, 7], coef[slot, 8] = a2, b2, c2
     coef[slot, 9], coef[slot, 10], coef[slot, 11] = za, zb, zc
+    coef[slot, 12] = ERR * ((pa0 + pb0) + pc0)
+    coef[slot, 13] = ERR * ((pa1 + pb1) + pc1)
+    coef[slot, 14] = ERR * ((pa2 + pb2) + pc2)
 
-    keep = det != 0.0 and math.isfinite(det) and math.isfinite(za) and math.isfinite(zb) and math.isfinite(zc)
     outside = ((x0 > w0 and x1 > w1 and x2 > w2) or (x0 < -w0 and x1 < -w1 and x2 < -w2)
                or (y0 > w0 and y1 > w1 and y2 > w2) or (y0 < -w0 and y1 < -w1 and y2 < -w2)
                or (z0 > w0 and z1 > w1 and z2 > w2) or (z0 < -w0 and z1 < -w1 and z2 < -w2)
@@ -82,15 +202,16 @@ def _setup_one(pos, tri, t, base, height, width, coef, bbox, slot):
         s0, s1, s2 = _screen(y0, w0, half, big), _screen(y1, w1, half, big), _screen(y2, w2, half, big)
         by0 = max(math.ceil((min(min(s0, s1), s2) - 0.5) - BOUND_SLACK), 0)
         by1 = min(math.floor((max(max(s0, s1), s2) - 0.5) + BOUND_SLACK), height - 1)
-    if keep and not outside and bx0 <= bx1 and by0 <= by1:
+    if det != 0.0 and sigma != 0 and finite and not outside and bx0 <= bx1 and by0 <= by1:
         bbox[slot, 0], bbox[slot, 1], bbox[slot, 2], bbox[slot, 3] = bx0, by0, bx1, by1
     else:
         bbox[slot, 0], bbox[slot, 1], bbox[slot, 2], bbox[slot, 3] = 0, 0, -1, -1
+    bbox[slot, 4] = flags
 
 
 @numba.njit(parallel=True, cache=True)
 def setup_triangles(pos, tri, image_offsets, tri_start, vert_offset, height, width, coef, bbox):
-    """Set up every slot: ``coef`` [M, 12] float64 and ``bbox`` [M, 4] int32, written in place.
+    """Set up every slot into ``coef`` [M, 15] and ``bbox`` [M, 5] (see the module docstring).
 
     pos [N, 4] flat clip-space positions (float32 or float64); tri [T, 3] int32. Slot ``m`` of image
     ``b`` (``image_offsets[b] <= m < image_offsets[b + 1]``) is triangle ``tri_start[b] + m -
@@ -101,12 +222,34 @@ def setup_triangles(pos, tri, image_offsets, tri_start, vert_offset, height, wid
         _setup_one(pos, tri, tri_start[b] + (m - image_offsets[b]), vert_offset[b], height, width, coef, bbox, m)
 
 
+# ----------------------------------------------------------------------------------------------------
+# Visibility and fill
+
+
+@numba.njit(cache=True)
+def _exact_covered(pos, tri, t, base, flags, xn, yn, e0, e1, e2, bound0, bound1, bound2):
+    """Fill rule for a pixel centre within rounding distance of an edge: exact signs of the edge values."""
+    x0, y0, _, w0 = _load(pos, base + tri[t, 0])
+    x1, y1, _, w1 = _load(pos, base + tri[t, 1])
+    x2, y2, _, w2 = _load(pos, base + tri[t, 2])
+    sigma = -1 if flags & NEG_ORIENTATION else 1
+    s = sigma * _sign(sigma * e0, bound0, x1, y1, w1, x2, y2, w2, xn, yn, 1.0)
+    if s < 0 or (s == 0 and not flags & 1):
+        return False
+    s = sigma * _sign(sigma * e1, bound1, x2, y2, w2, x0, y0, w0, xn, yn, 1.0)
+    if s < 0 or (s == 0 and not flags & 2):
+        return False
+    s = sigma * _sign(sigma * e2, bound2, x0, y0, w0, x1, y1, w1, xn, yn, 1.0)
+    return s > 0 or (s == 0 and flags & 4 != 0)
+
+
 @numba.njit(inline="always")
-def _raster_rows(coef, bbox, lo, hi, r0, r1, xn_of, yn_of, id_base, rast, rast_db, row_base):
+def _raster_rows(pos, tri, base, coef, bbox, lo, hi, r0, r1, xn_of, yn_of, id_base, rast, rast_db, row_base):
     """Visibility then fill of rows ``r0..r1`` of one image from setup slots ``lo..hi-1``.
 
-    ``rast``/``rast_db`` are [B*H, W*4] views; image row ``j`` is view row ``row_base + j``. Every value
-    of those rows is written (zeros where no triangle covers the pixel centre).
+    Slot ``lo + k`` is triangle ``id_base + k`` with vertex rows offset by ``base``. ``rast``/``rast_db``
+    are [B*H, W*4] views; image row ``j`` is view row ``row_base + j``. Every value of those rows is
+    written (zeros where no triangle covers the pixel centre).
     """
     width = xn_of.shape[0]
     zbuf = np.full((r1 - r0 + 1, width), np.inf, dtype=np.float32)
@@ -121,10 +264,8 @@ def _raster_rows(coef, bbox, lo, hi, r0, r1, xn_of, yn_of, id_base, rast, rast_d
         a1, b1, c1 = coef[m, 3], coef[m, 4], coef[m, 5]
         a2, b2, c2 = coef[m, 6], coef[m, 7], coef[m, 8]
         za, zb, zc = coef[m, 9], coef[m, 10], coef[m, 11]
-        # Fill rule: a centre exactly on edge k is ours iff edge k is a "top-left" one.
-        out0 = not (a0 > 0.0 or (a0 == 0.0 and b0 > 0.0))
-        out1 = not (a1 > 0.0 or (a1 == 0.0 and b1 > 0.0))
-        out2 = not (a2 > 0.0 or (a2 == 0.0 and b2 > 0.0))
+        d0, d1, d2 = coef[m, 12], coef[m, 13], coef[m, 14]
+        nd0, nd1, nd2 = -d0, -d1, -d2
         slot = np.int32(m - lo)
         for j in range(y0, y1 + 1):
             yn = yn_of[j]
@@ -135,9 +276,11 @@ def _raster_rows(coef, bbox, lo, hi, r0, r1, xn_of, yn_of, id_base, rast, rast_d
                 e0 = a0 * xn + t0
                 e1 = a1 * xn + t1
                 e2 = a2 * xn + t2
-                if (e0 >= 0.0) & (e1 >= 0.0) & (e2 >= 0.0):
-                    if (e0 == 0.0 and out0) or (e1 == 0.0 and out1) or (e2 == 0.0 and out2):
-                        continue  # rare: on an edge that belongs to the neighbour
+                if (e0 >= nd0) & (e1 >= nd1) & (e2 >= nd2):
+                    if (e0 <= d0) | (e1 <= d1) | (e2 <= d2):  # rare: within rounding distance of an edge
+                        if not _exact_covered(pos, tri, id_base + slot, base, bbox[m, 4], xn, yn, e0, e1, e2,
+                                              d0, d1, d2):
+                            continue
                     depth = za * xn + tz
                     if not (depth >= -1.0 and depth <= 1.0):
                         continue
@@ -195,15 +338,17 @@ def rasterize_images(pos, tri, image_offsets, tri_start, vert_offset, height, wi
     xn_of, yn_of = _pixel_centres(width), _pixel_centres(height)
     for b in numba.prange(image_offsets.shape[0] - 1):
         n = image_offsets[b + 1] - image_offsets[b]
-        coef = np.empty((n, 12), dtype=np.float64)
-        bbox = np.empty((n, 4), dtype=np.int32)
+        coef = np.empty((n, 15), dtype=np.float64)
+        bbox = np.empty((n, 5), dtype=np.int32)
         for k in range(n):
             _setup_one(pos, tri, tri_start[b] + k, vert_offset[b], height, width, coef, bbox, k)
-        _raster_rows(coef, bbox, 0, n, 0, height - 1, xn_of, yn_of, tri_start[b], rast, rast_db, b * height)
+        _raster_rows(pos, tri, vert_offset[b], coef, bbox, 0, n, 0, height - 1, xn_of, yn_of, tri_start[b],
+                     rast, rast_db, b * height)
 
 
 @numba.njit(parallel=True, cache=True)
-def rasterize_bands(coef, bbox, image_offsets, tri_start, height, width, band_rows, rast, rast_db):
+def rasterize_bands(pos, tri, coef, bbox, image_offsets, tri_start, vert_offset, height, width, band_rows, rast,
+                    rast_db):
     """Visibility and fill from a precomputed setup, one work item per (image, band of ``band_rows`` rows)."""
     xn_of, yn_of = _pixel_centres(width), _pixel_centres(height)
     num_images = image_offsets.shape[0] - 1
@@ -212,8 +357,12 @@ def rasterize_bands(coef, bbox, image_offsets, tri_start, height, width, band_ro
         b = item // bands
         r0 = (item % bands) * band_rows
         r1 = min(r0 + band_rows, height) - 1
-        _raster_rows(coef, bbox, image_offsets[b], image_offsets[b + 1], r0, r1, xn_of, yn_of, tri_start[b],
-                     rast, rast_db, b * height)
+        _raster_rows(pos, tri, vert_offset[b], coef, bbox, image_offsets[b], image_offsets[b + 1], r0, r1, xn_of,
+                     yn_of, tri_start[b], rast, rast_db, b * height)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Interpolation
 
 
 @numba.njit(parallel=True, cache=True)
@@ -222,8 +371,8 @@ def interpolate_rows(attr, rast, tri, rast_db, diff_idx, one, height, out, out_d
 
     attr [Ba, V, C] (Ba == 1: shared by all images); rast, rast_db [B*H, W*4] row views; tri [T, 3] int32;
     ``one`` is 1 in the dtype of ``rast`` (the arithmetic stays in that dtype, as in the torch path);
-    ``height`` is H. Writes every value of ``out`` [B*H, W*C] and ``out_da`` [B*H, W*2D] (D = len(diff_idx)); sets
-    ``bad_id[row]`` when a pixel of that row holds a triangle id outside ``tri``.
+    ``height`` is H. Writes every value of ``out`` [B*H, W*C] and ``out_da`` [B*H, W*2D] (D = len(diff_idx));
+    sets ``bad_id[row]`` when a pixel of that row holds a triangle id outside ``tri``.
     """
     rows = rast.shape[0]
     width = rast.shape[1] // 4
@@ -259,9 +408,9 @@ def interpolate_rows(attr, rast, tri, rast_db, diff_idx, one, height, out, out_d
                 out_da[row, o + 2 * d + 1] = rast_db[row, 4 * i + 1] * d_u + rast_db[row, 4 * i + 3] * d_v
 
 
-def empty(shape, dtype) -> "torch.Tensor":
-    """Uninitialised CPU tensor for a kernel to fill, allocated by numpy (2 MB pages on Linux, far fewer
-    page faults than small pages for the tens of MB a batch of images takes)."""
+def empty(shape, dtype):
+    """Uninitialised CPU tensor for a kernel to fill, allocated by numpy (which asks Linux for 2 MB pages:
+    far fewer page faults than torch's allocator for the tens of MB a batch of images takes)."""
     import torch
 
     np_dtype = {torch.float32: np.float32, torch.float64: np.float64}[dtype]

@@ -10,9 +10,12 @@ against the x/y planes. Depth ``z/w = (z_0 e_0 + z_1 e_1 + z_2 e_2) / det`` is a
 clipped per pixel to ``[-1, 1]`` (near and far planes).
 
 Fill rule: a pixel centre exactly on an edge (``e_k == 0``) belongs to the triangle for which the
-edge coefficients ``(a_k, b_k)`` satisfy ``a_k > 0 or (a_k == 0 and b_k > 0)``. Edge rows are cross
-products of the two edge vertices, so two triangles sharing an edge get exactly negated rows, exactly
-negated edge values, and exactly one of them takes the pixel: no cracks, no double coverage.
+edge normal ``(a_k, b_k)`` satisfies ``a_k > 0 or (a_k == 0 and b_k > 0)``: the rule of the sample point
+moved by an infinitesimal ``(+eps, +eps**2)``, so every pixel centre on shared edges or vertices goes to
+exactly one triangle of a closed mesh or fan. That needs exact signs: wherever a float edge value is
+within its rounding error bound of zero (``|e_k| <= bound_k``), the sign of ``e_k``, and likewise of
+``det``, ``a_k`` and ``b_k``, is recomputed exactly (the reference uses ``fractions.Fraction``, the
+``cpu`` kernels error-free transformations); elsewhere the float sign is already exact.
 
 Depth test: the smallest ``z/w`` rounded to float32 wins; ties go to the lowest triangle id.
 
@@ -25,7 +28,11 @@ expression, operand order included (written out below, never ``sum`` or ``linalg
       a_k = y_i * w_j - w_i * y_j;  b_k = w_i * x_j - x_i * w_j;  c_k = x_i * y_j - y_i * x_j
 
 - ``det = (x_0 * a_0 + y_0 * b_0) + w_0 * c_0``; ``zrow = ((z_0 * r_0 + z_1 * r_1) + z_2 * r_2) / det``;
-  edges are ``rows`` negated when ``det < 0``;
+  edges are ``rows`` negated when the exact sign of ``det`` is negative;
+- rounding bounds: with ``pa_k = |y_i * w_j| + |w_i * y_j|``, ``pb_k = |w_i * x_j| + |x_i * w_j|``,
+  ``pc_k = |x_i * y_j| + |y_i * x_j|``: ``bound_k = ERR * ((pa_k + pb_k) + pc_k)`` for ``e_k``,
+  ``ERR * pa_k`` and ``ERR * pb_k`` for ``a_k``, ``b_k``, and
+  ``ERR * ((|x_0| * pa_0 + |y_0| * pb_0) + |w_0| * pc_0)`` for ``det``;
 - pixel centre ``x_n = (2 i + 1) / W - 1`` (``y_n`` likewise with ``j`` and ``H``);
 - edge value ``e_k = a_k * x_n + (b_k * y_n + c_k)``, depth ``zrow_a * x_n + (zrow_b * y_n + zrow_c)``;
 - ``s = (e_0 + e_1) + e_2``, ``u = e_0 / s``, ``v = e_1 / s``;
@@ -42,10 +49,12 @@ stay one contiguous, id-ordered range.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 
 BOUND_SLACK = 1e-6  # pixels added on each side of the projected extent (absorbs rounding)
+ERR = 1e-14  # relative rounding bound of the float edge values and determinants (about 45 ulp)
 EMPTY_BOX = (0, 0, -1, -1)
 
 
@@ -56,6 +65,8 @@ class TriangleSetup:
     Shapes (M = number of image-triangle pairs, culled ones included):
         image: [M] image index; tri: [M] global triangle index; vidx: [M, 3] rows of the flat pos.
         edges: [M, 3, 3] ``(a_k, b_k, c_k)`` per edge, sign-normalised; zrow: [M, 3] ``z/w = a x_n + b y_n + c``.
+        bound: [M, 3] rounding bound of each edge value; owner: [M, 3] bool, edge k owns on-edge centres.
+        sigma: [M] exact orientation sign (0: degenerate); xyw: [M, 3, 3] vertex (x, y, w) for exact signs.
         bbox: [M, 4] int32 inclusive candidate pixel bounds (x0, y0, x1, y1); :data:`EMPTY_BOX` when culled.
     """
 
@@ -64,6 +75,10 @@ class TriangleSetup:
     vidx: torch.Tensor
     edges: torch.Tensor
     zrow: torch.Tensor
+    bound: torch.Tensor
+    owner: torch.Tensor
+    sigma: torch.Tensor
+    xyw: torch.Tensor
     bbox: torch.Tensor
 
 
@@ -89,6 +104,26 @@ def image_triangles(num_images: int, num_vertices: int, tri: torch.Tensor, range
 def pixel_ndc(index: torch.Tensor, size: int) -> torch.Tensor:
     """NDC coordinate of pixel centres ``(2 i + 1) / size - 1`` in float64 (same expression as the kernel)."""
     return (2.0 * index.to(torch.float64) + 1.0) / size - 1.0
+
+
+def exact_det3_sign(p, q, r) -> int:
+    """Exact sign (-1, 0, 1) of ``r . (p x q)`` for 3-tuples of floats (rational arithmetic)."""
+    (px, py, pw), (qx, qy, qw), (rx, ry, rw) = ([Fraction(float(c)) for c in v] for v in (p, q, r))
+    d = rx * (py * qw - pw * qy) + ry * (pw * qx - px * qw) + rw * (px * qy - py * qx)
+    return (d > 0) - (d < 0)
+
+
+def robust_sign(value: torch.Tensor, bound: torch.Tensor, p: torch.Tensor, q: torch.Tensor,
+                r: torch.Tensor) -> torch.Tensor:
+    """Sign of ``r . (p x q)`` (rows of [N, 3]) from its float ``value``: the float sign where
+    ``|value| > bound``, the exact one elsewhere. Returns int64 [N]."""
+    sign = torch.where(value > bound, 1, torch.where(value < -bound, -1, 0))
+    unsure = ((value <= bound) & (value >= -bound)).nonzero().squeeze(1)
+    if unsure.numel():
+        p, q, r = (t[unsure].tolist() for t in torch.broadcast_tensors(p, q, r))
+        sign[unsure] = torch.tensor([exact_det3_sign(*args) for args in zip(p, q, r)], dtype=sign.dtype,
+                                    device=sign.device)
+    return sign
 
 
 def adjugate_rows(v0, v1, v2):
@@ -135,26 +170,63 @@ def triangle_setup(pos_flat: torch.Tensor, tri: torch.Tensor, ranges: torch.Tens
     verts, (z0, z1, z2) = _split_vertices(p)
     rows, det = adjugate_rows(*verts)
     zrow = torch.stack([((z0 * rows[0][k] + z1 * rows[1][k]) + z2 * rows[2][k]) / det for k in range(3)], dim=1)
+    finite = torch.isfinite(det) & torch.isfinite(zrow).all(1)
+
+    # Rounding bounds (permanents of the minors) and exact signs where the float ones are in doubt.
+    perm = []
+    for i, j in ((1, 2), (2, 0), (0, 1)):
+        (xi, yi, wi), (xj, yj, wj) = verts[i], verts[j]
+        perm.append(((yi * wj).abs() + (wi * yj).abs(), (wi * xj).abs() + (xi * wj).abs(),
+                     (xi * yj).abs() + (yi * xj).abs()))
+    x0, y0, w0 = verts[0]
+    xyw = p[..., [0, 1, 3]]  # [M, 3 vertices, (x, y, w)]
+    det_bound = ERR * ((x0.abs() * perm[0][0] + y0.abs() * perm[0][1]) + w0.abs() * perm[0][2])
+    sigma = robust_sign(torch.where(finite, det, torch.ones_like(det)),  # non-finite: culled below, not examined
+                        torch.where(finite, det_bound, torch.zeros_like(det)), xyw[:, 1], xyw[:, 2], xyw[:, 0])
+    sigma = torch.where(finite, sigma, torch.zeros_like(sigma))
+    unit_x, unit_y = xyw.new_tensor([1.0, 0.0, 0.0]), xyw.new_tensor([0.0, 1.0, 0.0])
+    owner, bound = [], []
+    for k, (i, j) in enumerate(((1, 2), (2, 0), (0, 1))):
+        sa = robust_sign(rows[k][0], ERR * perm[k][0], xyw[:, i], xyw[:, j], unit_x)
+        sb = robust_sign(rows[k][1], ERR * perm[k][1], xyw[:, i], xyw[:, j], unit_y)
+        owner.append((sigma * sa > 0) | ((sa == 0) & (sigma * sb > 0)))
+        bound.append(ERR * ((perm[k][0] + perm[k][1]) + perm[k][2]))
     edges = torch.stack([torch.stack(r, dim=1) for r in rows], dim=1)  # [M, 3 edges, (a, b, c)]
-    edges = torch.where((det < 0)[:, None, None], -edges, edges)
+    edges = torch.where((sigma < 0)[:, None, None], -edges, edges)
 
     x, y, z, w = p.unbind(-1)
     outside = ((x > w).all(1) | (x < -w).all(1) | (y > w).all(1) | (y < -w).all(1)
                | (z > w).all(1) | (z < -w).all(1) | (w <= 0).all(1))
-    keep = (det != 0) & torch.isfinite(det) & torch.isfinite(zrow).all(1) & ~outside
+    keep = (det != 0) & (sigma != 0) & finite & ~outside
     in_front = (w > 0).all(1)
     big = 4.0 * max(width, height)
-    x0, x1 = _pixel_bounds(x, w, in_front, width, big)
-    y0, y1 = _pixel_bounds(y, w, in_front, height, big)
-    keep &= (x0 <= x1) & (y0 <= y1)
-    bbox = torch.stack((x0, y0, x1, y1), dim=1)
+    bx0, bx1 = _pixel_bounds(x, w, in_front, width, big)
+    by0, by1 = _pixel_bounds(y, w, in_front, height, big)
+    keep &= (bx0 <= bx1) & (by0 <= by1)
+    bbox = torch.stack((bx0, by0, bx1, by1), dim=1)
     bbox = torch.where(keep[:, None], bbox, torch.tensor(EMPTY_BOX, dtype=torch.int32, device=bbox.device))
-    return TriangleSetup(image=image, tri=tri_idx, vidx=vidx, edges=edges, zrow=zrow, bbox=bbox)
+    return TriangleSetup(image=image, tri=tri_idx, vidx=vidx, edges=edges, zrow=zrow, bound=torch.stack(bound, 1),
+                         owner=torch.stack(owner, 1), sigma=sigma, xyw=xyw, bbox=bbox)
 
 
-def _covered(e: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Fill rule on one edge: strictly inside, or on the edge and the edge is a 'top-left' one."""
-    return (e > 0) | ((e == 0) & ((a > 0) | ((a == 0) & (b > 0))))
+def covered(setup: TriangleSetup, m: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor) -> torch.Tensor:
+    """Fill rule for setup slots ``m`` at NDC points ``(xn, yn)`` [P]: every edge value must be positive, or
+    zero on an edge that owns on-edge centres (signs exact, see the module docstring)."""
+    edges = setup.edges[m]
+    inside = torch.ones_like(xn, dtype=torch.bool)
+    point = torch.stack((xn, yn, torch.ones_like(xn)), 1)
+    sigma = setup.sigma[m]
+    for k, (e, (i, j)) in enumerate(zip(edge_values(edges, xn, yn), ((1, 2), (2, 0), (0, 1)))):
+        bound = setup.bound[m, k]
+        sign = torch.where(e > bound, 1, torch.where(e < -bound, -1, 0))
+        unsure = ((sign == 0) & inside).nonzero().squeeze(1)  # exact signs only where still needed
+        if unsure.numel():
+            xyw = setup.xyw[m[unsure]]
+            exact = [exact_det3_sign(*args) for args in zip(xyw[:, i].tolist(), xyw[:, j].tolist(),
+                                                             point[unsure].tolist())]
+            sign[unsure] = sigma[unsure] * torch.tensor(exact, dtype=sign.dtype, device=sign.device)
+        inside &= (sign > 0) | ((sign == 0) & setup.owner[m, k])
+    return inside
 
 
 def sortable_depth_key(depth32: torch.Tensor) -> torch.Tensor:
@@ -198,10 +270,7 @@ def visibility_torch(setup: TriangleSetup, num_images: int, height: int, width: 
         k = torch.arange(m.numel(), device=device) - (cum[m] - count[m] - base)
         px, py = bb[m, 0] + k % nx[m], bb[m, 1] + k // nx[m]
         xn, yn = pixel_ndc(px, width), pixel_ndc(py, height)
-        ed = setup.edges[m]
-        inside = torch.ones_like(xn, dtype=torch.bool)
-        for kk, e in enumerate(edge_values(ed, xn, yn)):
-            inside &= _covered(e, ed[:, kk, 0], ed[:, kk, 1])
+        inside = covered(setup, m, xn, yn)
         depth = plane_depth(setup.zrow[m], xn, yn)
         inside &= (depth >= -1.0) & (depth <= 1.0)
         flat = (setup.image[m] * height + py) * width + px

@@ -127,11 +127,12 @@ def _rasterize_cpu(pos, tri, ranges, num_images, num_vertices, instanced, height
         nk.rasterize_images(pos_np, tri_np, image_offsets, tri_start, vert_offset, height, width, out, out_db)
     else:  # few images: set up once, then split each image into row bands
         M = int(image_offsets[-1])
-        coef = np.empty((M, 12), dtype=np.float64)
-        bbox = np.empty((M, 4), dtype=np.int32)
+        coef = np.empty((M, 15), dtype=np.float64)
+        bbox = np.empty((M, 5), dtype=np.int32)
         if M:
             nk.setup_triangles(pos_np, tri_np, image_offsets, tri_start, vert_offset, height, width, coef, bbox)
-        nk.rasterize_bands(coef, bbox, image_offsets, tri_start, height, width, band_rows, out, out_db)
+        nk.rasterize_bands(pos_np, tri_np, coef, bbox, image_offsets, tri_start, vert_offset, height, width,
+                           band_rows, out, out_db)
     return rast, rast_db
 
 

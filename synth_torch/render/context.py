@@ -34,15 +34,17 @@ _NVDIFFRAST_HINT = (
 
 
 @functools.lru_cache(maxsize=None)
-def nvdiffrast_available() -> bool:
-    """True when ``nvdiffrast.torch`` imports and CUDA is available."""
-    if not torch.cuda.is_available():
-        return False
+def _nvdiffrast_importable() -> bool:
     try:
         importlib.import_module("nvdiffrast.torch")
     except Exception:  # an install without a working toolchain fails at import, not only with ImportError
         return False
     return True
+
+
+def nvdiffrast_available() -> bool:
+    """True when CUDA is available and ``nvdiffrast.torch`` imports."""
+    return torch.cuda.is_available() and _nvdiffrast_importable()
 
 
 def _resolve_backend(backend: str, device: torch.device) -> str:
@@ -54,7 +56,9 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
         return "cpu" if device.type == "cpu" else "torch"
     if backend == "nvdiffrast":
         if device.type != "cuda":
-            raise ValueError(f"backend 'nvdiffrast' runs on CUDA devices only, got device {device}")
+            hint = "" if _nvdiffrast_importable() else f"; nvdiffrast is not installed either: {_NVDIFFRAST_HINT}"
+            raise ValueError(f"backend 'nvdiffrast' runs on CUDA devices only, got device {device}; use "
+                             f"backend='cpu' or 'auto' on CPU{hint}")
         if not nvdiffrast_available():
             raise RuntimeError(f"backend 'nvdiffrast' was requested but nvdiffrast is not importable: {_NVDIFFRAST_HINT}")
     if backend == "cpu" and device.type != "cpu":

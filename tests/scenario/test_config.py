@@ -9,6 +9,7 @@ import yaml
 
 from synth_torch.scenario.config import (
     PARAM_NAMES,
+    BUILTIN_DIR,
     PARAMETERS,
     ConfigError,
     Scenario,
@@ -32,17 +33,34 @@ def test_builtins_are_listed_and_load():
         assert all(s.weight > 0 for s in sc.slices.values())
 
 
-def test_tabletop_contents():
+def _expected_dist(value) -> Dist:
+    """The distribution a YAML value denotes, written independently of parse_dist."""
+    if isinstance(value, (int, float)):
+        return Dist("constant", float(value))
+    if isinstance(value, list):
+        return Dist("uniform", float(value[0]), float(value[1]))
+    (kind, (lo, hi)), = value.items()
+    return Dist(kind, float(lo), float(hi))
+
+
+def test_tabletop_matches_its_yaml():
+    raw = yaml.safe_load((BUILTIN_DIR / "tabletop.yaml").read_text())
     sc = load_scenario("tabletop")
-    assert sc.class_names == ("box", "ball", "can", "capsule", "ring")
-    assert sc.slice_names[0] == "base" and "low_light" in sc.slice_names
-    assert sc.surface == "tabletop" and sc.placement == "ground"
-    assert sc.max_objects == 10 and sc.max_distractors == 2
-    assert sc.max_occluders == 4  # from the heavy_occlusion slice, although the base has none
-    assert sc.parameters["camera.distance"] == Dist("uniform", 0.6, 0.95)
-    assert sc.parameters["light.shininess"] == Dist("loguniform", 8.0, 96.0)
-    assert sc.slices["low_light"].overrides["light.intensity"] == Dist("uniform", 0.06, 0.18)
-    assert "camera.distance" not in sc.slices["low_light"].overrides
+    assert sc.class_names == tuple(c["name"] for c in raw["categories"])
+    assert sc.slice_names == tuple(raw["slices"])
+    assert sc.surface == raw["surface"] and sc.placement == raw["placement"]
+    for section in PARAMETERS:
+        for name, value in (raw.get(section) or {}).items():
+            assert sc.parameters[f"{section}.{name}"] == _expected_dist(value), f"{section}.{name}"
+    for sname, spec in raw["slices"].items():
+        assert sc.slices[sname].weight == pytest.approx(spec["weight"])
+        expected = {f"{sec}.{n}": _expected_dist(v) for sec, vals in spec.items() if sec != "weight"
+                    for n, v in vals.items()}
+        assert sc.slices[sname].overrides == expected, sname
+    # Slot counts take the largest value over the base and every slice.
+    assert sc.max_objects == int(_expected_dist(raw["objects"]["count"]).support[1])
+    occluders = [_expected_dist(s.get("objects", {}).get("occluders", 0)).support[1] for s in raw["slices"].values()]
+    assert sc.max_occluders == int(max(occluders + [_expected_dist(raw["objects"]["occluders"]).support[1]]))
 
 
 def test_defects_contents():

@@ -1,0 +1,262 @@
+"""The ``synth-torch`` command line.
+
+``synth-torch preview``
+    Render samples of a scenario into one PNG grid with instance masks, tight boxes, class names and
+    keypoints drawn over the images (see ``docs/labels.md`` for what each label means).
+``synth-torch demo``
+    Render a lit, textured, antialiased grid of the mesh primitives with the public rendering API
+    (:mod:`synth_torch.render`, :mod:`synth_torch.camera`, :mod:`synth_torch.scene.meshes`): a first run
+    that needs nothing but the package.
+``synth-torch bench [ARGS...]``
+    Run ``benchmarks/bench_dataset.py`` (from the working directory or the source checkout) with ARGS.
+
+Heavy imports happen inside the commands, so ``synth-torch --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
+
+
+class CLIError(Exception):
+    """A user error: printed as ``synth-torch: error: ...`` with exit status 2."""
+
+
+def _check_writable(out: Path) -> Path:
+    out = Path(out)
+    if out.is_dir():
+        raise CLIError(f"--out {str(out)!r} is a directory; give a file name such as {str(out / 'grid.png')!r}")
+    if out.suffix.lower() != ".png":
+        raise CLIError(f"--out must be a .png file, got {str(out)!r}")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise CLIError(f"cannot write {str(out)!r}: folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise CLIError(f"cannot write {str(out)!r}: folder {str(parent)!r} is not writable")
+    return out
+
+
+def save_png_atomic(image, out: Path) -> None:
+    """Write a uint8 [3, H, W] tensor to ``out`` through a temporary file in the same folder + ``os.replace``,
+    so readers never see a half-written file and a failure leaves no partial output."""
+    from PIL import Image
+
+    out = Path(out)
+    array = image.permute(1, 2, 0).contiguous().numpy()
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(array).save(f, format="PNG")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def annotate(batch, index: int):
+    """uint8 [3, H, W] image ``index`` of a :class:`~synth_torch.data.Batch` with masks, boxes, names, keypoints."""
+    import torch
+    from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmentation_masks
+
+    image = (batch.image[index].clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    keep = (batch.valid[index] & (batch.visible_pixels[index] > 0)).nonzero().squeeze(1).cpu()
+    if keep.numel() == 0:
+        return image
+    colors = [PALETTE[int(k) % len(PALETTE)] for k in keep]
+    masks = batch.instance[index].cpu()[None] == (keep + 1)[:, None, None]
+    image = draw_segmentation_masks(image, masks, alpha=0.45, colors=colors)
+    names = [batch.class_names[int(c) - 1] if 0 < int(c) <= len(batch.class_names) else str(int(c))
+             for c in batch.labels[index, keep]]
+    image = draw_bounding_boxes(image, batch.boxes[index, keep].cpu(), labels=names, colors=colors, width=1)
+    kp = batch.keypoints[index, keep].cpu()
+    for k, color in zip(range(len(keep)), colors):  # one call per instance: each has its own colour
+        image = draw_keypoints(image, kp[k:k + 1, :, :2], colors=color, radius=1, visibility=kp[k:k + 1, :, 2] == 2)
+    return image
+
+
+def preview(args) -> Path:
+    import torch
+    from torchvision.utils import make_grid
+
+    from synth_torch import SynthDataset
+    from synth_torch.scenario.distributions import ConfigError
+
+    out = _check_writable(Path(args.out))
+    if args.n <= 0:
+        raise CLIError(f"--n must be positive, got {args.n}")
+    try:
+        ds = SynthDataset(args.scenario, batch_size=args.n, resolution=args.resolution, seed=args.seed)
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from exc
+    slice_id = None
+    if args.slice is not None:
+        if args.slice not in ds.slice_names:
+            raise CLIError(f"unknown slice {args.slice!r} for scenario {ds.scenario.name!r}; "
+                           f"choose one of {list(ds.slice_names)}")
+        slice_id = torch.full((args.n,), ds.slice_names.index(args.slice))
+    images = []
+    for start in range(0, args.n, 16):  # bounded memory for large --n
+        index = torch.arange(start, min(start + 16, args.n))
+        batch = ds.render_batch(index, None if slice_id is None else slice_id[: len(index)])
+        images += [annotate(batch, i) for i in range(len(batch))]
+    grid = make_grid(torch.stack(images), nrow=max(1, round(args.n ** 0.5)), padding=2, pad_value=255)
+    save_png_atomic(grid, out)
+    return out
+
+
+def _checker(size: int = 64, squares: int = 8):
+    import torch
+
+    i = torch.arange(size) * squares // size
+    c = ((i[:, None] + i[None, :]) % 2).float()
+    return (0.55 + 0.45 * c)[None, :, :, None].expand(1, size, size, 3).contiguous()
+
+
+def demo_image(resolution: int = 256):
+    """uint8 [3, R, R]: the seven primitives on a checkered floor, Blinn-Phong lit, textured, antialiased."""
+    import math
+
+    import torch
+
+    import synth_torch.render as dr
+    from synth_torch.camera import Camera, intrinsics, orbit_pose
+    from synth_torch.scene.meshes import PRIMITIVES, join
+
+    shapes = [name for name in PRIMITIVES if name != "plane"]
+    parts, tints = [], []
+    cols = 4
+    for i, name in enumerate(shapes):
+        mesh = PRIMITIVES[name]()
+        lo, hi = mesh.bounds()
+        mesh = mesh.scaled(0.8 / float((hi - lo).max()))
+        lo = mesh.bounds()[0]
+        x, y = (i % cols - (cols - 1) / 2) * 1.1, (i // cols - 0.5) * 1.1
+        T = torch.eye(4)
+        T[:3, 3] = torch.tensor([x, y, -float(lo[2])])  # resting on the floor
+        parts.append(mesh.transformed(T))
+        hue = i / len(shapes)
+        tints.append(torch.tensor([0.5 + 0.5 * math.cos(2 * math.pi * (hue + k / 3)) for k in range(3)]))
+    floor = PRIMITIVES["plane"]((6.0, 4.0), subdivisions=1)
+    parts.append(floor)
+    tints.append(torch.tensor([0.9, 0.9, 0.9]))
+    mesh, owner = join(parts)
+    # Per-vertex tint (every part has its own vertices).
+    vertex_owner = torch.zeros(mesh.vertices.shape[0], dtype=torch.long)
+    vertex_owner[mesh.faces.flatten()] = owner.repeat_interleave(3)
+    tint = torch.stack(tints)[vertex_owner]
+
+    R = int(resolution)
+    cam = Camera(intrinsics(1.1 * R, 1.1 * R, R / 2, R / 2), orbit_pose((0.0, 0.0, 0.3), 5.2, -1.25, 0.62), R, R,
+                 near=0.5, far=20.0)
+    ctx = dr.RasterizeContext(device="cpu")
+    pos = cam.project_to_clip(mesh.vertices).contiguous()
+    tri = mesh.faces.to(torch.int32)
+    rast, rast_db = dr.rasterize(ctx, pos, tri, (R, R))
+    normal, _ = dr.interpolate(mesh.normals[None], rast, mesh.normal_faces.to(torch.int32))
+    normal = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    world, _ = dr.interpolate(mesh.vertices[None], rast, tri)
+    color, _ = dr.interpolate(tint[None], rast, tri)
+    uv, uv_da = dr.interpolate(mesh.uvs[None] * 2.0, rast, mesh.uv_faces.to(torch.int32), rast_db=rast_db,
+                               diff_attrs="all")
+    albedo = dr.texture(_checker(), uv.contiguous(), uv_da.contiguous(), filter_mode="linear-mipmap-linear")
+    eye = torch.linalg.inv(cam.world_to_cam[0])[:3, 3]
+    to_eye = eye - world
+    to_eye = to_eye / to_eye.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    light = torch.tensor([0.5, -0.6, 0.8])
+    light = light / light.norm()
+    half = (light + to_eye) / (light + to_eye).norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    diffuse = (normal @ light).clamp_min(0)[..., None]
+    specular = ((normal * half).sum(-1).clamp_min(0) ** 48)[..., None]
+    shaded = albedo * color * (0.25 + 0.85 * diffuse) + 0.35 * specular
+    covered = rast[..., 3:4] > 0
+    sky = torch.tensor([0.80, 0.86, 0.93])
+    image = torch.where(covered, shaded, sky)
+    image = dr.antialias(image.contiguous(), rast, pos, tri)
+    image = image.clamp(0, 1) ** (1 / 2.2)  # display gamma
+    return (image[0].permute(2, 0, 1) * 255).round().to(torch.uint8)
+
+
+def demo(args) -> Path:
+    out = _check_writable(Path(args.out))
+    if not 16 <= args.resolution <= 4096:
+        raise CLIError(f"--resolution must lie in 16..4096, got {args.resolution}")
+    save_png_atomic(demo_image(args.resolution), out)
+    return out
+
+
+def _bench_script() -> Path | None:
+    here = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_dataset.py"
+    for path in (Path.cwd() / "benchmarks" / "bench_dataset.py", here):
+        if path.is_file():
+            return path
+    return None
+
+
+def bench(args) -> None:
+    import runpy
+
+    script = _bench_script()
+    if script is None:
+        raise CLIError("benchmarks/bench_dataset.py not found (looked in the working directory and next to the "
+                       "synth_torch package); run from a source checkout")
+    saved = sys.argv
+    sys.argv = [str(script), *args.args]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = saved
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="synth-torch", description="Online synthetic data for computer vision.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("preview", help="render a labeled grid of scenario samples to a PNG")
+    p.add_argument("--scenario", default="tabletop", help="built-in name (tabletop, defects) or YAML path")
+    p.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
+    p.add_argument("--out", default="preview.png", help="output PNG (written atomically)")
+    p.add_argument("--slice", default=None, help="render every sample from this named slice")
+    p.add_argument("--resolution", type=int, default=128, help="image size in pixels (default 128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=preview)
+
+    d = sub.add_parser("demo", help="render lit, textured, antialiased primitives with the public render API")
+    d.add_argument("--out", default="demo.png")
+    d.add_argument("--resolution", type=int, default=256)
+    d.set_defaults(func=demo)
+
+    b = sub.add_parser("bench", help="run benchmarks/bench_dataset.py with the given arguments",
+                       description="Every further argument goes to benchmarks/bench_dataset.py "
+                       "(use `synth-torch bench -- --help` for its help).")
+    b.set_defaults(func=bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.args = extra[1:] if extra[:1] == ["--"] else extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        result = args.func(args)
+    except CLIError as exc:
+        parser.exit(2, f"synth-torch: error: {exc}\n")
+    if isinstance(result, Path):
+        print(f"wrote {result}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""texture: exact nearest/bilinear values on a small known texture, boundary modes, mip pyramids."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import synth_torch.render as dr
+
+F64 = torch.float64
+# 2 rows x 4 columns, one channel: texel (i, j) = tex[0, j, i] = 10 j + i, centred at uv ((i + .5)/4, (j + .5)/2)
+TEX = torch.tensor([[[[0.0], [1.0], [2.0], [3.0]], [[10.0], [11.0], [12.0], [13.0]]]], dtype=F64)
+
+
+def sample(uv, **kwargs):
+    uv = torch.tensor(uv, dtype=F64).reshape(1, 1, -1, 2)
+    return dr.texture(TEX, uv, **kwargs)[0, 0, :, 0]
+
+
+def test_nearest_returns_the_texel_containing_uv():
+    uv = [[(i + f) / 4, (j + g) / 2] for j in range(2) for i in range(4) for f, g in ((0.5, 0.5), (0.01, 0.99))]
+    expected = torch.tensor([10.0 * j + i for j in range(2) for i in range(4) for _ in range(2)], dtype=F64)
+    torch.testing.assert_close(sample(uv, filter_mode="nearest"), expected, atol=0, rtol=0)
+
+
+def test_linear_is_exact_at_texel_centres_and_averages_between_them():
+    centres = [[(i + 0.5) / 4, (j + 0.5) / 2] for j in range(2) for i in range(4)]
+    torch.testing.assert_close(sample(centres, filter_mode="linear"), TEX.reshape(-1), atol=1e-12, rtol=0)
+    # halfway between texels (1, 0) and (2, 0); between rows 0 and 1 at column 3; the 2x2 centre
+    got = sample([[0.5, 0.25], [0.875, 0.5], [0.5, 0.5]], filter_mode="linear")
+    torch.testing.assert_close(got, torch.tensor([1.5, 8.0, 6.5], dtype=F64), atol=1e-12, rtol=0)
+    # a quarter of the way from column 1 to 2, three quarters from row 0 to 1: 0.25 * 1.25 + 0.75 * 11.25
+    got = sample([[(1.5 + 0.25) / 4, (0.5 + 0.75) / 2]], filter_mode="linear")
+    torch.testing.assert_close(got, torch.tensor([8.75], dtype=F64), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+def test_wrap_repeats_the_texture(mode):
+    uv = [[0.3, 0.2], [0.9, 0.7]]
+    shifted = [[u + 1.0, v - 2.0] for u, v in uv]
+    torch.testing.assert_close(sample(shifted, filter_mode=mode, boundary_mode="wrap"),
+                               sample(uv, filter_mode=mode, boundary_mode="wrap"), atol=1e-12, rtol=0)
+
+
+def test_boundary_modes_at_the_left_edge():
+    # u = 0 lies halfway between texel column 3 (wrapped) / column 0 (clamped) / nothing (zero) and column 0
+    v = 0.25  # row 0 centre
+    assert sample([[0.0, v]], filter_mode="linear", boundary_mode="wrap").item() == pytest.approx(1.5)
+    assert sample([[0.0, v]], filter_mode="linear", boundary_mode="clamp").item() == pytest.approx(0.0)
+    row1 = 0.75
+    assert sample([[0.0, row1]], filter_mode="linear", boundary_mode="clamp").item() == pytest.approx(10.0)
+    assert sample([[0.0, row1]], filter_mode="linear", boundary_mode="zero").item() == pytest.approx(5.0)
+    assert sample([[0.0, row1]], filter_mode="linear", boundary_mode="wrap").item() == pytest.approx(11.5)
+
+
+def test_clamp_and_zero_far_outside():
+    far = [[3.0, 0.25], [-2.0, 0.75], [0.625, 9.0]]
+    torch.testing.assert_close(sample(far, filter_mode="linear", boundary_mode="clamp"),
+                               torch.tensor([3.0, 10.0, 12.0], dtype=F64))
+    torch.testing.assert_close(sample(far, filter_mode="nearest", boundary_mode="clamp"),
+                               torch.tensor([3.0, 10.0, 12.0], dtype=F64))
+    assert (sample(far, filter_mode="linear", boundary_mode="zero") == 0).all()
+    assert (sample(far, filter_mode="nearest", boundary_mode="zero") == 0).all()
+
+
+def test_mip_pyramid_of_a_constant_texture_is_constant():
+    tex = torch.full((1, 16, 8, 3), 0.7, dtype=F64)
+    mip = dr.texture_construct_mip(tex)
+    assert [tuple(t.shape[1:3]) for t in mip.levels] == [(16, 8), (8, 4), (4, 2), (2, 1), (1, 1)]
+    for level in mip.levels:
+        torch.testing.assert_close(level, torch.full_like(level, 0.7))
+    uv = torch.rand(1, 5, 6, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    for scale in (0.01, 0.3, 5.0):
+        uv_da = torch.full((1, 5, 6, 4), scale, dtype=F64)
+        out = dr.texture(tex, uv, uv_da, mip=mip, filter_mode="linear-mipmap-linear")
+        torch.testing.assert_close(out, torch.full_like(out, 0.7))
+
+
+def test_mip_levels_are_box_filtered_and_odd_sizes_raise():
+    tex = torch.arange(16, dtype=F64).reshape(1, 4, 4, 1)
+    mip = dr.texture_construct_mip(tex, max_mip_level=1)
+    assert len(mip.levels) == 2
+    torch.testing.assert_close(mip.levels[1][0, :, :, 0], torch.tensor([[2.5, 4.5], [10.5, 12.5]], dtype=F64))
+    with pytest.raises(ValueError, match="odd side"):
+        dr.texture_construct_mip(torch.zeros(1, 6, 4, 1))
+
+
+def test_distant_checkerboard_mipmaps_to_its_mean():
+    n = 64
+    ii, jj = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    tex = ((ii + jj) % 2).to(F64)[None, :, :, None]  # 1-texel checkerboard, mean 0.5
+    g = torch.Generator().manual_seed(1)
+    uv = torch.rand(1, 8, 8, 2, generator=g, dtype=F64)
+    far = torch.tensor([0.25, 0.0, 0.0, 0.25], dtype=F64).expand(1, 8, 8, 4)  # 16 texels per pixel
+    out = dr.texture(tex, uv, far, filter_mode="linear-mipmap-linear")
+    torch.testing.assert_close(out, torch.full_like(out, 0.5), atol=1e-6, rtol=0)
+    aliased = dr.texture(tex, uv, filter_mode="nearest")
+    assert set(aliased.unique().tolist()) == {0.0, 1.0}
+    near = torch.tensor([1e-3, 0.0, 0.0, 1e-3], dtype=F64).expand(1, 8, 8, 4)  # magnified: level 0
+    torch.testing.assert_close(dr.texture(tex, uv, near, filter_mode="linear-mipmap-linear"),
+                               dr.texture(tex, uv, filter_mode="linear"))
+
+
+def test_mip_level_bias_alone_selects_the_level():
+    tex = torch.arange(16, dtype=F64).reshape(1, 4, 4, 1)
+    uv = torch.full((1, 1, 1, 2), 0.5, dtype=F64)
+    level1 = dr.texture(tex, uv, mip_level_bias=torch.ones(1, 1, 1, dtype=F64), filter_mode="linear-mipmap-linear")
+    assert level1.item() == pytest.approx(7.5)  # centre of the 2x2 level: mean of all
+    level0 = dr.texture(tex, uv, filter_mode="linear")
+    assert level0.item() == pytest.approx(7.5)  # centre of 4x4: mean of the middle four = 7.5 too
+    half = dr.texture(tex, torch.full((1, 1, 1, 2), 0.3, dtype=F64), mip_level_bias=torch.full((1, 1, 1), 0.5, dtype=F64),
+                      filter_mode="linear-mipmap-linear")
+    lo = dr.texture(tex, torch.full((1, 1, 1, 2), 0.3, dtype=F64), filter_mode="linear")
+    hi = dr.texture(dr.texture_construct_mip(tex).levels[1], torch.full((1, 1, 1, 2), 0.3, dtype=F64),
+                    filter_mode="linear")
+    torch.testing.assert_close(half, 0.5 * (lo + hi))
+
+
+def test_batched_textures_and_validation():
+    tex = torch.stack((TEX[0], 2 * TEX[0]))
+    uv = torch.full((2, 1, 1, 2), 0.3, dtype=F64)
+    out = dr.texture(tex, uv, filter_mode="linear")
+    torch.testing.assert_close(out[1], 2 * out[0])
+    with pytest.raises(ValueError, match="filter_mode must be one of"):
+        dr.texture(TEX, uv[:1], filter_mode="cubic")
+    with pytest.raises(ValueError, match="boundary_mode must be one of"):
+        dr.texture(TEX, uv[:1], boundary_mode="mirror")
+    with pytest.raises(ValueError, match="needs uv_da or mip_level_bias"):
+        dr.texture(TEX, uv[:1], filter_mode="linear-mipmap-linear")
+    with pytest.raises(ValueError, match="matches neither 1 nor uv's batch"):
+        dr.texture(torch.cat((tex, tex)), uv)

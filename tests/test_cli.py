@@ -1,0 +1,148 @@
+"""The ``synth-torch`` command line (run in-process through ``synth_torch.cli.main``)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from synth_torch import SynthDataset
+from synth_torch.cli import annotate, main
+
+
+def read_png(path) -> np.ndarray:
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        return np.asarray(im.convert("RGB"))
+
+
+def test_preview_writes_an_annotated_grid(tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["preview", "--scenario", "tabletop", "--n", "4", "--resolution", "48", "--out", str(out)]) == 0
+    grid = read_png(out)
+    # make_grid: 2 x 2 tiles of 48 px with 2 px padding around and between.
+    assert grid.shape == (2 * 48 + 3 * 2, 2 * 48 + 3 * 2, 3)
+    assert "wrote" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temporary file left behind
+    assert stat.S_IMODE(out.stat().st_mode) & 0o044  # readable like any file open() creates (umask permitting)
+    # The first tile is sample 0 with its labels drawn: it differs from the bare image exactly where labels are.
+    batch = SynthDataset("tabletop", batch_size=1, resolution=48, seed=0).render_batch(torch.arange(1))
+    bare = (batch.image[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    tile = grid[2:50, 2:50]
+    changed = (tile != bare).any(-1)
+    drawn = annotate(batch, 0).permute(1, 2, 0).numpy()
+    assert np.array_equal(tile, drawn)
+    masks = (batch.instance[0] > 0).numpy()
+    assert changed[masks].mean() > 0.9  # instance pixels are tinted
+    assert changed.any() and not changed.all()
+
+
+def test_preview_of_a_slice(tmp_path):
+    out = tmp_path / "dark.png"
+    main(["preview", "--scenario", "tabletop", "--n", "1", "--resolution", "32", "--slice", "low_light", "--out",
+          str(out)])
+    bright = tmp_path / "base.png"
+    main(["preview", "--scenario", "tabletop", "--n", "1", "--resolution", "32", "--slice", "base", "--out",
+          str(bright)])
+    assert read_png(out).mean() < read_png(bright).mean()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["preview", "--slice", "sunny", "--n", "1"], "unknown slice 'sunny'"),
+    (["preview", "--scenario", "nope", "--n", "1"], "neither a built-in"),
+    (["preview", "--n", "0"], "--n must be positive"),
+    (["preview", "--out", "{tmp}/missing/grid.png"], "does not exist"),
+    (["preview", "--out", "{tmp}"], "is a directory"),
+    (["preview", "--out", "{tmp}/grid.jpg"], "must be a .png"),
+    (["demo", "--out", "{tmp}/missing/demo.png"], "does not exist"),
+    (["demo", "--resolution", "4"], "--resolution must lie in"),
+])
+def test_clear_errors(tmp_path, capsys, argv, message):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "x.png")]
+    with pytest.raises(SystemExit) as info:
+        main(argv + ["--resolution", "32"] if argv[0] == "preview" else argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "synth-torch: error:" in err and message in err, err
+    assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob(".*tmp"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
+def test_unwritable_folder(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(SystemExit):
+            main(["demo", "--resolution", "16", "--out", str(locked / "demo.png")])
+        assert "not writable" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)
+
+
+def test_demo_renders_lit_textured_antialiased_meshes(tmp_path):
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--resolution", "64", "--out", str(out)]) == 0
+    image = read_png(out).astype(float)
+    assert image.shape == (64, 64, 3)
+    sky = np.array([0.80, 0.86, 0.93]) ** (1 / 2.2) * 255
+    background = (np.abs(image - sky) < 1.5).all(-1)
+    assert 0.05 < background.mean() < 0.8  # objects and floor cover part of the view
+    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 200  # shading and texture, not flat colours
+    # Antialiasing blends silhouettes: pixels next to the sky take values between sky and surface.
+    edge = background[:, 1:] != background[:, :-1]
+    assert edge.any()
+
+
+def test_bench_runs_the_benchmark_script(tmp_path, monkeypatch, capsys):
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "bench_dataset.py").write_text(
+        "import sys\nif __name__ == '__main__':\n    print('bench args', sys.argv[1:])\n")
+    monkeypatch.chdir(tmp_path)
+    saved = list(sys.argv)
+    assert main(["bench", "--batch", "2", "--resolutions", "32"]) == 0
+    assert "bench args ['--batch', '2', '--resolutions', '32']" in capsys.readouterr().out
+    assert main(["bench", "--", "--help"]) == 0  # `--` passes the benchmark's own options through
+    assert "bench args ['--help']" in capsys.readouterr().out
+    assert sys.argv == saved
+
+
+def test_other_commands_reject_unknown_arguments(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--colour", "red"])
+    assert info.value.code == 2 and "unrecognized arguments: --colour red" in capsys.readouterr().err
+
+
+def test_bench_without_the_script(tmp_path, monkeypatch, capsys):
+    import synth_torch.cli as cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "pkg" / "synth_torch" / "cli.py"))
+    with pytest.raises(SystemExit) as info:
+        main(["bench"])
+    assert info.value.code == 2 and "bench_dataset.py not found" in capsys.readouterr().err
+
+
+def test_console_script_is_declared():
+    """``synth-torch`` resolves to synth_torch.cli:main (pyproject [project.scripts])."""
+    from importlib.metadata import entry_points
+
+    scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
+    if "synth-torch" not in scripts:
+        pytest.skip("package not installed (pip install -e .)")
+    assert scripts["synth-torch"] == "synth_torch.cli:main"
+
+
+@pytest.mark.slow
+def test_module_help_in_a_subprocess():
+    result = subprocess.run([sys.executable, "-m", "synth_torch.cli", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "preview" in result.stdout and "demo" in result.stdout
