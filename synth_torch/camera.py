@@ -22,6 +22,17 @@ from dataclasses import dataclass, replace
 import torch
 
 
+def mat_vec(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``M @ v`` for M [..., R, 3] and v [..., 3] (broadcast), written elementwise so that every result is
+    bit-identical whatever the batch size (BLAS kernels change summation order with the problem size)."""
+    return M[..., 0] * v[..., None, 0] + M[..., 1] * v[..., None, 1] + M[..., 2] * v[..., None, 2]
+
+
+def mat_mat(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """``A @ B`` for 3x3 matrices [..., 3, 3], elementwise (see :func:`mat_vec`)."""
+    return torch.stack([mat_vec(A, B[..., :, j]) for j in range(3)], -1)
+
+
 def _batched(t: torch.Tensor, dims: int) -> torch.Tensor:
     return t if t.ndim == dims + 1 else t.unsqueeze(0)
 
@@ -72,7 +83,7 @@ class Camera:
         """World points [B, N, 3] (or [N, 3], shared) to camera-frame points [B, N, 3]."""
         points = points.expand(self.batch_size, -1, -1) if points.ndim == 2 else points
         R, t = self.world_to_cam[:, :3, :3], self.world_to_cam[:, :3, 3]
-        return points @ R.transpose(1, 2) + t[:, None]
+        return mat_vec(R[:, None], points) + t[:, None]
 
     def project(self, points: torch.Tensor) -> torch.Tensor:
         """World points [B, N, 3] to pixel coordinates [B, N, 2] (see module conventions)."""
@@ -94,15 +105,14 @@ class Camera:
 
     def project_to_clip(self, points: torch.Tensor) -> torch.Tensor:
         """World points [B, N, 3] (or [N, 3]) to clip-space positions [B, N, 4] for :func:`rasterize`."""
-        cam = self.to_camera(points)
-        return torch.cat((cam, torch.ones_like(cam[..., :1])), -1) @ self.projection_matrix().transpose(1, 2)
+        P = self.projection_matrix()[:, None]
+        return mat_vec(P[..., :3], self.to_camera(points)) + P[..., 3]
 
 
 def project_camera_points(points_cam: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
     """Camera-frame points [B, N, 3] to pixel coordinates [B, N, 2] with intrinsics K [B, 3, 3]."""
-    z = points_cam[..., 2:3]
-    uvw = points_cam @ K.transpose(1, 2)
-    return uvw[..., :2] / z
+    uvw = mat_vec(K[:, None], points_cam)
+    return uvw[..., :2] / points_cam[..., 2:3]
 
 
 def intrinsics(fx, fy, cx, cy, skew=0.0) -> torch.Tensor:
@@ -147,7 +157,7 @@ def look_at(eye: torch.Tensor, target: torch.Tensor, up=(0.0, 0.0, 1.0), roll=0.
     R = torch.stack((x, y, z), dim=1)
     T = torch.eye(4, device=eye.device).repeat(eye.shape[0], 1, 1)
     T[:, :3, :3] = R
-    T[:, :3, 3] = -(R @ eye[..., None])[..., 0]
+    T[:, :3, 3] = -mat_vec(R, eye)
     return T
 
 

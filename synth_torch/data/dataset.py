@@ -119,12 +119,14 @@ class SynthDataset(IterableDataset):
         device: where rendering happens and batches live.
         seed: with the scenario content and the sample index, determines every sample.
         backend: rasterizer backend (``"auto"``, ``"cpu"``, ``"torch"``, ``"nvdiffrast"``).
-        length: number of batches per epoch (None: infinite).
+        length: batches per epoch on each rank (None: infinite).
         sensor: apply the scenario's sensor effects.
 
-    Sample ``i`` of the stream is a pure function of (scenario, seed, i, slice weights): batch ``k`` holds
-    samples ``k * batch_size ...``, and batch ``k`` is produced by rank ``r`` / worker ``w`` when
-    ``k % (world_size * num_workers) == r * num_workers + w``, so ranks and workers never repeat samples.
+    Sample ``i`` of the stream is a pure function of (scenario, seed, i, slice weights): global batch ``k``
+    holds samples ``k * batch_size ...``. From the resume point ``s`` (``next_batch``), rank ``r`` of
+    ``world`` takes batches ``s + r + world * j`` and its DataLoader worker ``w`` of ``workers`` takes the
+    ``j`` with ``j % workers == w``, so ranks and workers never repeat samples and the DataLoader's
+    round-robin order is ascending ``j``.
 
     Example:
         >>> ds = SynthDataset("tabletop", batch_size=4, resolution=64)
@@ -178,16 +180,24 @@ class SynthDataset(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rank, world = _rank_and_world()
-        stride, offset = world * workers, rank * workers + worker
-        k = self.next_batch
-        k += (offset - k) % stride
-        while self.length is None or k < self.next_batch + self.length * stride:
+        start = self.next_batch
+        # Rank r takes global batches start + r + world * j; its worker w takes the j with j % workers == w.
+        j = worker
+        while self.length is None or j < self.length:
+            k = start + rank + world * j
             batch = self.render_batch(torch.arange(k * self.batch_size, (k + 1) * self.batch_size))
             batch.batch_index = k
             if info is None:
-                self.next_batch = k + stride
+                self.mark_consumed(k)
             yield batch
-            k += stride
+            j += workers
+
+    def mark_consumed(self, batch_index: int) -> None:
+        """Record that global batch ``batch_index`` was consumed, so iteration (and ``state_dict``) resumes
+        after it. Called automatically without workers; with DataLoader workers the consumer (e.g. the
+        Lightning data module) calls it with ``Batch.batch_index``."""
+        rank, world = _rank_and_world()
+        self.next_batch = int(batch_index) - rank + world
 
     def slice_ids(self, sample_index: torch.Tensor) -> torch.Tensor:
         """Slice of each sample under the current weights (a function of the sample's key)."""

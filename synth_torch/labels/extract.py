@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 import synth_torch.render as dr
-from synth_torch.camera import project_camera_points
+from synth_torch.camera import mat_mat, mat_vec, project_camera_points
 from synth_torch.scenario.sampler import KIND_OBJECT, SceneSpec
 from synth_torch.scene.library import NUM_KEYPOINTS, template
 from synth_torch.scene.renderer import Fragments, SceneGeometry
@@ -86,19 +86,18 @@ def extract_labels(spec: SceneSpec, frags: Fragments, geom: SceneGeometry, ctx: 
 
     # Oriented 3D boxes in the camera frame: template boxes are exactly [-0.5, 0.5]^3 times the slot scale.
     R_wc, t_wc = spec.world_to_cam[:, :3, :3], spec.world_to_cam[:, :3, 3]
-    obj_R = R_wc[:, None] @ spec.slot_rotation[:, :n_obj]
-    obj_c = (R_wc[:, None] @ spec.slot_translation[:, :n_obj, :, None])[..., 0] + t_wc[:, None]
+    obj_R = mat_mat(R_wc[:, None], spec.slot_rotation[:, :n_obj])
+    obj_c = mat_vec(R_wc[:, None], spec.slot_translation[:, :n_obj]) + t_wc[:, None]
     obj_size = spec.slot_scale[:, :n_obj]
     d_angle = spec.defect_angle
     c, s, z, o = torch.cos(d_angle), torch.sin(d_angle), torch.zeros_like(d_angle), torch.ones_like(d_angle)
     d_rot_world = torch.stack((c, -s, z, s, c, z, z, z, o), -1).view(B, D, 3, 3)
     d_world = torch.cat((spec.defect_center, torch.zeros(B, D, 1, device=device)), -1)
-    center = torch.cat((obj_c, (R_wc[:, None] @ d_world[..., None])[..., 0] + t_wc[:, None]), 1)
-    rotation = torch.cat((obj_R, R_wc[:, None] @ d_rot_world), 1)
+    center = torch.cat((obj_c, mat_vec(R_wc[:, None], d_world) + t_wc[:, None]), 1)
+    rotation = torch.cat((obj_R, mat_mat(R_wc[:, None], d_rot_world)), 1)
     size = torch.cat((obj_size, torch.stack((spec.defect_size, spec.defect_size, torch.zeros_like(spec.defect_size)),
                                             -1)), 1)
-    corners_cam = center[:, :, None] + (rotation @ (_UNIT_CORNERS.to(device)[None, None] * size[:, :, None]).transpose(
-        -1, -2)).transpose(-1, -2)
+    corners_cam = center[:, :, None] + mat_vec(rotation[:, :, None], _UNIT_CORNERS.to(device)[None, None] * size[:, :, None])
     corners_px = project_camera_points(corners_cam.reshape(B, -1, 3), spec.K).view(B, N, 8, 2)
 
     # Amodal boxes: extent of every projected vertex of the object (the hull of its projection).
@@ -128,7 +127,7 @@ def extract_labels(spec: SceneSpec, frags: Fragments, geom: SceneGeometry, ctx: 
             rows = spec.slot_shape[:, :n_obj] == si
             kp_local[rows] = template(shape).keypoints.to(device)
         kp_obj = kp_local * obj_size[:, :, None]
-        kp_cam = obj_c[:, :, None] + (obj_R @ kp_obj.transpose(-1, -2)).transpose(-1, -2)
+        kp_cam = obj_c[:, :, None] + mat_vec(obj_R[:, :, None], kp_obj)
         keypoints[:, :n_obj, :, :2] = project_camera_points(kp_cam.reshape(B, -1, 3), spec.K).view(B, n_obj, -1, 2)
         keypoints[:, :n_obj, :, 2] = _keypoint_visibility(keypoints[:, :n_obj, :, :2], kp_cam[..., 2], instance, depth[:, 0],
                                                            torch.arange(1, n_obj + 1, device=device))

@@ -80,22 +80,34 @@ def _interpolate_cpu(attr, rast, tri, rast_db, idx):
 
 def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor, rast_db: torch.Tensor | None = None,
                 diff_attrs=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Interpolate vertex attributes ``u a_0 + v a_1 + (1 - u - v) a_2`` over covered pixels.
+    """Interpolate vertex attributes ``u a_0 + v a_1 + (1 - u - v) a_2`` over covered pixels (docs/rendering.md).
 
     Args:
-        attr: [B, V, C] per-image attributes, [1, V, C] shared by all images, or [V, C] (range mode:
-            indexed by the global ids in ``rast``).
-        rast: [B, H, W, 4] output of :func:`rasterize`.
-        tri: [T, 3] the triangles that were rasterized.
-        rast_db: [B, H, W, 4] needed when ``diff_attrs`` is given.
+        attr: per-vertex attributes: per image, shared by all images, or range-mode layout (indexed by the
+            global ids in ``rast``).
+        rast: output of :func:`rasterize`.
+        tri: the triangles that were rasterized.
+        rast_db: second output of :func:`rasterize`; needed when ``diff_attrs`` is given.
         diff_attrs: ``'all'`` or a list of attribute indices whose pixel derivatives to output.
 
-    Returns:
-        out [B, H, W, C], zeros on empty pixels.
-        out_da [B, H, W, 2 * len(diff_attrs)], interleaved ``(dA_i/dX, dA_i/dY)`` per selected attribute
-        in pixel units, or [B, H, W, 0].
+    Shape:
+        - attr: [B, V, C], [1, V, C] or [V, C].
+        - rast, rast_db: [B, H, W, 4]; tri: [T, 3].
+        - out: [B, H, W, C], zeros on empty pixels.
+        - out_da: [B, H, W, 2 * len(diff_attrs)], interleaved ``(dA_i/dX, dA_i/dY)`` per selected attribute
+          in pixel units, or [B, H, W, 0].
 
-    Gradients reach ``attr``, the (u, v) channels of ``rast`` and ``rast_db``.
+    Gradients reach ``attr``, the (u, v) channels of ``rast`` and ``rast_db``. On CPU, calls that need no
+    gradient run a compiled kernel; the others (and ``SYNTH_TORCH_RENDER_BACKEND=torch``) run torch code.
+
+    Example:
+        >>> import torch, synth_torch.render as dr
+        >>> pos = torch.tensor([[[-1., -1, 0, 1], [3, -1, 0, 1], [-1, 3, 0, 1]]])
+        >>> tri = torch.tensor([[0, 1, 2]], dtype=torch.int32)
+        >>> rast, _ = dr.rasterize(dr.RasterizeContext(device="cpu"), pos, tri, (2, 2))
+        >>> out, _ = dr.interpolate(pos[..., :2], rast, tri)  # NDC x, y of each pixel centre
+        >>> out[0, 1, 0].tolist()
+        [-0.5, 0.5]
     """
     if attr.ndim not in (2, 3) or rast.ndim != 4 or rast.shape[-1] != 4:
         raise ValueError(f"expected attr [B,V,C], [1,V,C] or [V,C] and rast [B,H,W,4], got {tuple(attr.shape)} "

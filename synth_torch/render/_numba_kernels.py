@@ -16,9 +16,8 @@ it, so results never depend on thread count or timing. Every float64 expression 
 bitwise equal and ids identical to the ``torch`` reference. numba does not contract ``a * b + c`` into
 FMAs without ``fastmath``, which must stay off here (the exact predicates rely on it too).
 
-Setup layout, one row per slot: ``coef`` [M, 15] float64 = (a0 b0 c0 a1 b1 c1 a2 b2 c2 | za zb zc |
-bound0 bound1 bound2) and ``bbox`` [M, 5] int32 = (x0 y0 x1 y1 flags), flags bit k (k < 3) = edge k
-owns on-edge pixels, bit 3 = the orientation sign is negative.
+Setup layout, one row per slot: ``coef`` [M, 13] float64 = (a0 b0 c0 a1 b1 c1 a2 b2 c2 | za zb zc |
+bound) and ``bbox`` [M, 5] int32 = (x0 y0 x1 y1 flip), flip = 1 when the exact orientation is negative.
 """
 
 from __future__ import annotations
@@ -29,8 +28,8 @@ import numba
 import numpy as np
 
 BOUND_SLACK = 1e-6  # == _raster.BOUND_SLACK
-ERR = 1e-14  # == _raster.ERR
-NEG_ORIENTATION = 8
+ERR = 1e-13  # == _raster.ERR
+DOUBT = 2  # bbox[:, 4] bit during setup: the float orientation sign needs an exact check
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -121,9 +120,9 @@ def _screen(v, w, half_size, big):
 
 
 @numba.njit(inline="always")
-def _owner(sigma, sa, sb):
-    """Fill rule on the exact signs of (a, b) of an edge (orientation ``sigma`` applied)."""
-    return sigma * sa > 0 or (sa == 0 and sigma * sb > 0)
+def _max_abs9(v0, v1, v2, v3, v4, v5, v6, v7, v8):
+    return max(max(max(abs(v0), abs(v1)), max(abs(v2), abs(v3))),
+               max(max(abs(v4), abs(v5)), max(max(abs(v6), abs(v7)), abs(v8))))
 
 
 @numba.njit(inline="always")
@@ -153,39 +152,24 @@ def _setup_one(pos, tri, t, base, height, width, coef, bbox, slot):
     a0, b0, c0 = y1 * w2 - w1 * y2, w1 * x2 - x1 * w2, x1 * y2 - y1 * x2
     a1, b1, c1 = y2 * w0 - w2 * y0, w2 * x0 - x2 * w0, x2 * y0 - y2 * x0
     a2, b2, c2 = y0 * w1 - w0 * y1, w0 * x1 - x0 * w1, x0 * y1 - y0 * x1
-    pa0, pb0, pc0 = abs(y1 * w2) + abs(w1 * y2), abs(w1 * x2) + abs(x1 * w2), abs(x1 * y2) + abs(y1 * x2)
-    pa1, pb1, pc1 = abs(y2 * w0) + abs(w2 * y0), abs(w2 * x0) + abs(x2 * w0), abs(x2 * y0) + abs(y2 * x0)
-    pa2, pb2, pc2 = abs(y0 * w1) + abs(w0 * y1), abs(w0 * x1) + abs(x0 * w1), abs(x0 * y1) + abs(y0 * x1)
     det = (x0 * a0 + y0 * b0) + w0 * c0
     za = ((z0 * a0 + z1 * a1) + z2 * a2) / det
     zb = ((z0 * b0 + z1 * b1) + z2 * b2) / det
     zc = ((z0 * c0 + z1 * c1) + z2 * c2) / det
+    mag = _max_abs9(x0, y0, w0, x1, y1, w1, x2, y2, w2)
     finite = math.isfinite(det) and math.isfinite(za) and math.isfinite(zb) and math.isfinite(zc)
-    sigma = 0
-    if finite:
-        sigma = _sign(det, ERR * ((abs(x0) * pa0 + abs(y0) * pb0) + abs(w0) * pc0),
-                      x1, y1, w1, x2, y2, w2, x0, y0, w0)
-    flags = 0
-    if sigma != 0:
-        if _owner(sigma, _sign(a0, ERR * pa0, x1, y1, w1, x2, y2, w2, 1.0, 0.0, 0.0),
-                  _sign(b0, ERR * pb0, x1, y1, w1, x2, y2, w2, 0.0, 1.0, 0.0)):
-            flags |= 1
-        if _owner(sigma, _sign(a1, ERR * pa1, x2, y2, w2, x0, y0, w0, 1.0, 0.0, 0.0),
-                  _sign(b1, ERR * pb1, x2, y2, w2, x0, y0, w0, 0.0, 1.0, 0.0)):
-            flags |= 2
-        if _owner(sigma, _sign(a2, ERR * pa2, x0, y0, w0, x1, y1, w1, 1.0, 0.0, 0.0),
-                  _sign(b2, ERR * pb2, x0, y0, w0, x1, y1, w1, 0.0, 1.0, 0.0)):
-            flags |= 4
+    sigma = 0  # the float sign; when in doubt, _resolve_orientation replaces it by the exact one
+    doubt = False
+    if finite and det != 0.0:
+        sigma = 1 if det > 0.0 else -1
+        doubt = abs(det) <= ERR * (mag * mag * mag)
     if sigma < 0:
         a0, b0, c0, a1, b1, c1, a2, b2, c2 = -a0, -b0, -c0, -a1, -b1, -c1, -a2, -b2, -c2
-        flags |= NEG_ORIENTATION
     coef[slot, 0], coef[slot, 1], coef[slot, 2] = a0, b0, c0
     coef[slot, 3], coef[slot, 4], coef[slot, 5] = a1, b1, c1
     coef[slot, 6], coef[slot, 7], coef[slot, 8] = a2, b2, c2
     coef[slot, 9], coef[slot, 10], coef[slot, 11] = za, zb, zc
-    coef[slot, 12] = ERR * ((pa0 + pb0) + pc0)
-    coef[slot, 13] = ERR * ((pa1 + pb1) + pc1)
-    coef[slot, 14] = ERR * ((pa2 + pb2) + pc2)
+    coef[slot, 12] = ERR * (mag * mag)
 
     outside = ((x0 > w0 and x1 > w1 and x2 > w2) or (x0 < -w0 and x1 < -w1 and x2 < -w2)
                or (y0 > w0 and y1 > w1 and y2 > w2) or (y0 < -w0 and y1 < -w1 and y2 < -w2)
@@ -202,16 +186,32 @@ def _setup_one(pos, tri, t, base, height, width, coef, bbox, slot):
         s0, s1, s2 = _screen(y0, w0, half, big), _screen(y1, w1, half, big), _screen(y2, w2, half, big)
         by0 = max(math.ceil((min(min(s0, s1), s2) - 0.5) - BOUND_SLACK), 0)
         by1 = min(math.floor((max(max(s0, s1), s2) - 0.5) + BOUND_SLACK), height - 1)
-    if det != 0.0 and sigma != 0 and finite and not outside and bx0 <= bx1 and by0 <= by1:
+    if sigma != 0 and finite and not outside and bx0 <= bx1 and by0 <= by1:
         bbox[slot, 0], bbox[slot, 1], bbox[slot, 2], bbox[slot, 3] = bx0, by0, bx1, by1
     else:
         bbox[slot, 0], bbox[slot, 1], bbox[slot, 2], bbox[slot, 3] = 0, 0, -1, -1
-    bbox[slot, 4] = flags
+        doubt = False
+    bbox[slot, 4] = (1 if sigma < 0 else 0) + (DOUBT if doubt else 0)
+
+
+@numba.njit(cache=True)
+def _resolve_orientation(pos, tri, t, base, coef, bbox, slot):
+    """Replace the float orientation of a nearly degenerate triangle by the exact one (cull it when zero)."""
+    x0, y0, _, w0 = _load(pos, base + tri[t, 0])
+    x1, y1, _, w1 = _load(pos, base + tri[t, 1])
+    x2, y2, _, w2 = _load(pos, base + tri[t, 2])
+    sigma = exact_det3_sign(x1, y1, w1, x2, y2, w2, x0, y0, w0)
+    if sigma == 0:
+        bbox[slot, 0], bbox[slot, 1], bbox[slot, 2], bbox[slot, 3] = 0, 0, -1, -1
+    elif (sigma < 0) != (bbox[slot, 4] & 1 == 1):
+        for k in range(9):
+            coef[slot, k] = -coef[slot, k]
+    bbox[slot, 4] = 1 if sigma < 0 else 0
 
 
 @numba.njit(parallel=True, cache=True)
 def setup_triangles(pos, tri, image_offsets, tri_start, vert_offset, height, width, coef, bbox):
-    """Set up every slot into ``coef`` [M, 15] and ``bbox`` [M, 5] (see the module docstring).
+    """Set up every slot into ``coef`` [M, 13] and ``bbox`` [M, 5] (see the module docstring).
 
     pos [N, 4] flat clip-space positions (float32 or float64); tri [T, 3] int32. Slot ``m`` of image
     ``b`` (``image_offsets[b] <= m < image_offsets[b + 1]``) is triangle ``tri_start[b] + m -
@@ -219,28 +219,39 @@ def setup_triangles(pos, tri, image_offsets, tri_start, vert_offset, height, wid
     """
     for m in numba.prange(coef.shape[0]):
         b = _image_of(image_offsets, m)
-        _setup_one(pos, tri, tri_start[b] + (m - image_offsets[b]), vert_offset[b], height, width, coef, bbox, m)
+        t = tri_start[b] + (m - image_offsets[b])
+        _setup_one(pos, tri, t, vert_offset[b], height, width, coef, bbox, m)
+        if bbox[m, 4] & DOUBT:
+            _resolve_orientation(pos, tri, t, vert_offset[b], coef, bbox, m)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Visibility and fill
 
 
+@numba.njit(inline="always")
+def _edge_in(sigma, e, bound, px, py, pw, qx, qy, qw, xn, yn):
+    """Fill rule on one edge with exact signs: inside, or exactly on it and the edge owns on-edge centres
+    (the sample moved by an infinitesimal (+eps, +eps**2): the sign of a, else of b)."""
+    s = sigma * _sign(sigma * e, bound, px, py, pw, qx, qy, qw, xn, yn, 1.0)
+    if s != 0:
+        return s > 0
+    sa = sigma * exact_det3_sign(px, py, pw, qx, qy, qw, 1.0, 0.0, 0.0)
+    if sa != 0:
+        return sa > 0
+    return sigma * exact_det3_sign(px, py, pw, qx, qy, qw, 0.0, 1.0, 0.0) > 0
+
+
 @numba.njit(cache=True)
-def _exact_covered(pos, tri, t, base, flags, xn, yn, e0, e1, e2, bound0, bound1, bound2):
-    """Fill rule for a pixel centre within rounding distance of an edge: exact signs of the edge values."""
+def _exact_covered(pos, tri, t, base, flip, xn, yn, e0, e1, e2, bound):
+    """Coverage of a pixel centre within rounding distance of an edge of triangle ``t``."""
     x0, y0, _, w0 = _load(pos, base + tri[t, 0])
     x1, y1, _, w1 = _load(pos, base + tri[t, 1])
     x2, y2, _, w2 = _load(pos, base + tri[t, 2])
-    sigma = -1 if flags & NEG_ORIENTATION else 1
-    s = sigma * _sign(sigma * e0, bound0, x1, y1, w1, x2, y2, w2, xn, yn, 1.0)
-    if s < 0 or (s == 0 and not flags & 1):
-        return False
-    s = sigma * _sign(sigma * e1, bound1, x2, y2, w2, x0, y0, w0, xn, yn, 1.0)
-    if s < 0 or (s == 0 and not flags & 2):
-        return False
-    s = sigma * _sign(sigma * e2, bound2, x0, y0, w0, x1, y1, w1, xn, yn, 1.0)
-    return s > 0 or (s == 0 and flags & 4 != 0)
+    sigma = -1 if flip else 1
+    return (_edge_in(sigma, e0, bound, x1, y1, w1, x2, y2, w2, xn, yn)
+            and _edge_in(sigma, e1, bound, x2, y2, w2, x0, y0, w0, xn, yn)
+            and _edge_in(sigma, e2, bound, x0, y0, w0, x1, y1, w1, xn, yn))
 
 
 @numba.njit(inline="always")
@@ -264,8 +275,8 @@ def _raster_rows(pos, tri, base, coef, bbox, lo, hi, r0, r1, xn_of, yn_of, id_ba
         a1, b1, c1 = coef[m, 3], coef[m, 4], coef[m, 5]
         a2, b2, c2 = coef[m, 6], coef[m, 7], coef[m, 8]
         za, zb, zc = coef[m, 9], coef[m, 10], coef[m, 11]
-        d0, d1, d2 = coef[m, 12], coef[m, 13], coef[m, 14]
-        nd0, nd1, nd2 = -d0, -d1, -d2
+        bound = coef[m, 12]
+        nbound = -bound
         slot = np.int32(m - lo)
         for j in range(y0, y1 + 1):
             yn = yn_of[j]
@@ -276,10 +287,9 @@ def _raster_rows(pos, tri, base, coef, bbox, lo, hi, r0, r1, xn_of, yn_of, id_ba
                 e0 = a0 * xn + t0
                 e1 = a1 * xn + t1
                 e2 = a2 * xn + t2
-                if (e0 >= nd0) & (e1 >= nd1) & (e2 >= nd2):
-                    if (e0 <= d0) | (e1 <= d1) | (e2 <= d2):  # rare: within rounding distance of an edge
-                        if not _exact_covered(pos, tri, id_base + slot, base, bbox[m, 4], xn, yn, e0, e1, e2,
-                                              d0, d1, d2):
+                if (e0 >= nbound) & (e1 >= nbound) & (e2 >= nbound):
+                    if (e0 <= bound) | (e1 <= bound) | (e2 <= bound):  # rare: within rounding distance of an edge
+                        if not _exact_covered(pos, tri, id_base + slot, base, bbox[m, 4], xn, yn, e0, e1, e2, bound):
                             continue
                     depth = za * xn + tz
                     if not (depth >= -1.0 and depth <= 1.0):
@@ -338,10 +348,12 @@ def rasterize_images(pos, tri, image_offsets, tri_start, vert_offset, height, wi
     xn_of, yn_of = _pixel_centres(width), _pixel_centres(height)
     for b in numba.prange(image_offsets.shape[0] - 1):
         n = image_offsets[b + 1] - image_offsets[b]
-        coef = np.empty((n, 15), dtype=np.float64)
+        coef = np.empty((n, 13), dtype=np.float64)
         bbox = np.empty((n, 5), dtype=np.int32)
         for k in range(n):
             _setup_one(pos, tri, tri_start[b] + k, vert_offset[b], height, width, coef, bbox, k)
+            if bbox[k, 4] & DOUBT:
+                _resolve_orientation(pos, tri, tri_start[b] + k, vert_offset[b], coef, bbox, k)
         _raster_rows(pos, tri, vert_offset[b], coef, bbox, 0, n, 0, height - 1, xn_of, yn_of, tri_start[b],
                      rast, rast_db, b * height)
 

@@ -29,10 +29,8 @@ expression, operand order included (written out below, never ``sum`` or ``linalg
 
 - ``det = (x_0 * a_0 + y_0 * b_0) + w_0 * c_0``; ``zrow = ((z_0 * r_0 + z_1 * r_1) + z_2 * r_2) / det``;
   edges are ``rows`` negated when the exact sign of ``det`` is negative;
-- rounding bounds: with ``pa_k = |y_i * w_j| + |w_i * y_j|``, ``pb_k = |w_i * x_j| + |x_i * w_j|``,
-  ``pc_k = |x_i * y_j| + |y_i * x_j|``: ``bound_k = ERR * ((pa_k + pb_k) + pc_k)`` for ``e_k``,
-  ``ERR * pa_k`` and ``ERR * pb_k`` for ``a_k``, ``b_k``, and
-  ``ERR * ((|x_0| * pa_0 + |y_0| * pb_0) + |w_0| * pc_0)`` for ``det``;
+- rounding bounds, from ``mag = max |x_k|, |y_k|, |w_k|`` over the three vertices: ``bound = ERR * (mag * mag)``
+  for every edge value (pixel centres have ``|x_n|, |y_n| < 1``), ``ERR * (mag * mag * mag)`` for ``det``;
 - pixel centre ``x_n = (2 i + 1) / W - 1`` (``y_n`` likewise with ``j`` and ``H``);
 - edge value ``e_k = a_k * x_n + (b_k * y_n + c_k)``, depth ``zrow_a * x_n + (zrow_b * y_n + zrow_c)``;
 - ``s = (e_0 + e_1) + e_2``, ``u = e_0 / s``, ``v = e_1 / s``;
@@ -54,7 +52,7 @@ from fractions import Fraction
 import torch
 
 BOUND_SLACK = 1e-6  # pixels added on each side of the projected extent (absorbs rounding)
-ERR = 1e-14  # relative rounding bound of the float edge values and determinants (about 45 ulp)
+ERR = 1e-13  # rounding bound of edge values / det relative to mag**2 / mag**3 (worst case is 4e-15)
 EMPTY_BOX = (0, 0, -1, -1)
 
 
@@ -65,8 +63,8 @@ class TriangleSetup:
     Shapes (M = number of image-triangle pairs, culled ones included):
         image: [M] image index; tri: [M] global triangle index; vidx: [M, 3] rows of the flat pos.
         edges: [M, 3, 3] ``(a_k, b_k, c_k)`` per edge, sign-normalised; zrow: [M, 3] ``z/w = a x_n + b y_n + c``.
-        bound: [M, 3] rounding bound of each edge value; owner: [M, 3] bool, edge k owns on-edge centres.
-        sigma: [M] exact orientation sign (0: degenerate); xyw: [M, 3, 3] vertex (x, y, w) for exact signs.
+        bound: [M] rounding bound of the edge values; sigma: [M] exact orientation sign (0: degenerate);
+        xyw: [M, 3, 3] vertex (x, y, w), for exact signs.
         bbox: [M, 4] int32 inclusive candidate pixel bounds (x0, y0, x1, y1); :data:`EMPTY_BOX` when culled.
     """
 
@@ -76,7 +74,6 @@ class TriangleSetup:
     edges: torch.Tensor
     zrow: torch.Tensor
     bound: torch.Tensor
-    owner: torch.Tensor
     sigma: torch.Tensor
     xyw: torch.Tensor
     bbox: torch.Tensor
@@ -172,25 +169,13 @@ def triangle_setup(pos_flat: torch.Tensor, tri: torch.Tensor, ranges: torch.Tens
     zrow = torch.stack([((z0 * rows[0][k] + z1 * rows[1][k]) + z2 * rows[2][k]) / det for k in range(3)], dim=1)
     finite = torch.isfinite(det) & torch.isfinite(zrow).all(1)
 
-    # Rounding bounds (permanents of the minors) and exact signs where the float ones are in doubt.
-    perm = []
-    for i, j in ((1, 2), (2, 0), (0, 1)):
-        (xi, yi, wi), (xj, yj, wj) = verts[i], verts[j]
-        perm.append(((yi * wj).abs() + (wi * yj).abs(), (wi * xj).abs() + (xi * wj).abs(),
-                     (xi * yj).abs() + (yi * xj).abs()))
-    x0, y0, w0 = verts[0]
+    # Rounding bounds, and the exact orientation where the float sign is in doubt.
     xyw = p[..., [0, 1, 3]]  # [M, 3 vertices, (x, y, w)]
-    det_bound = ERR * ((x0.abs() * perm[0][0] + y0.abs() * perm[0][1]) + w0.abs() * perm[0][2])
+    mag = xyw.abs().flatten(1).amax(1)
     sigma = robust_sign(torch.where(finite, det, torch.ones_like(det)),  # non-finite: culled below, not examined
-                        torch.where(finite, det_bound, torch.zeros_like(det)), xyw[:, 1], xyw[:, 2], xyw[:, 0])
+                        torch.where(finite, ERR * (mag * mag * mag), torch.zeros_like(det)),
+                        xyw[:, 1], xyw[:, 2], xyw[:, 0])
     sigma = torch.where(finite, sigma, torch.zeros_like(sigma))
-    unit_x, unit_y = xyw.new_tensor([1.0, 0.0, 0.0]), xyw.new_tensor([0.0, 1.0, 0.0])
-    owner, bound = [], []
-    for k, (i, j) in enumerate(((1, 2), (2, 0), (0, 1))):
-        sa = robust_sign(rows[k][0], ERR * perm[k][0], xyw[:, i], xyw[:, j], unit_x)
-        sb = robust_sign(rows[k][1], ERR * perm[k][1], xyw[:, i], xyw[:, j], unit_y)
-        owner.append((sigma * sa > 0) | ((sa == 0) & (sigma * sb > 0)))
-        bound.append(ERR * ((perm[k][0] + perm[k][1]) + perm[k][2]))
     edges = torch.stack([torch.stack(r, dim=1) for r in rows], dim=1)  # [M, 3 edges, (a, b, c)]
     edges = torch.where((sigma < 0)[:, None, None], -edges, edges)
 
@@ -205,27 +190,33 @@ def triangle_setup(pos_flat: torch.Tensor, tri: torch.Tensor, ranges: torch.Tens
     keep &= (bx0 <= bx1) & (by0 <= by1)
     bbox = torch.stack((bx0, by0, bx1, by1), dim=1)
     bbox = torch.where(keep[:, None], bbox, torch.tensor(EMPTY_BOX, dtype=torch.int32, device=bbox.device))
-    return TriangleSetup(image=image, tri=tri_idx, vidx=vidx, edges=edges, zrow=zrow, bound=torch.stack(bound, 1),
-                         owner=torch.stack(owner, 1), sigma=sigma, xyw=xyw, bbox=bbox)
+    return TriangleSetup(image=image, tri=tri_idx, vidx=vidx, edges=edges, zrow=zrow, bound=ERR * (mag * mag),
+                         sigma=sigma, xyw=xyw, bbox=bbox)
+
+
+def _edge_in_exact(sigma: int, p, q, point) -> bool:
+    """Fill rule on one edge (vertices p, q) at a point, in exact arithmetic: inside, or exactly on the edge
+    and its normal (a, b) has a > 0 or a == 0 < b (the sample moved by an infinitesimal (+eps, +eps**2))."""
+    for r in (point, (1.0, 0.0, 0.0), (0.0, 1.0, 0.0)):  # e, then a, then b
+        s = sigma * exact_det3_sign(p, q, r)
+        if s != 0:
+            return s > 0
+    return False
 
 
 def covered(setup: TriangleSetup, m: torch.Tensor, xn: torch.Tensor, yn: torch.Tensor) -> torch.Tensor:
-    """Fill rule for setup slots ``m`` at NDC points ``(xn, yn)`` [P]: every edge value must be positive, or
-    zero on an edge that owns on-edge centres (signs exact, see the module docstring)."""
-    edges = setup.edges[m]
-    inside = torch.ones_like(xn, dtype=torch.bool)
-    point = torch.stack((xn, yn, torch.ones_like(xn)), 1)
-    sigma = setup.sigma[m]
-    for k, (e, (i, j)) in enumerate(zip(edge_values(edges, xn, yn), ((1, 2), (2, 0), (0, 1)))):
-        bound = setup.bound[m, k]
-        sign = torch.where(e > bound, 1, torch.where(e < -bound, -1, 0))
-        unsure = ((sign == 0) & inside).nonzero().squeeze(1)  # exact signs only where still needed
-        if unsure.numel():
-            xyw = setup.xyw[m[unsure]]
-            exact = [exact_det3_sign(*args) for args in zip(xyw[:, i].tolist(), xyw[:, j].tolist(),
-                                                             point[unsure].tolist())]
-            sign[unsure] = sigma[unsure] * torch.tensor(exact, dtype=sign.dtype, device=sign.device)
-        inside &= (sign > 0) | ((sign == 0) & setup.owner[m, k])
+    """Fill rule for setup slots ``m`` at NDC points ``(xn, yn)`` [P], with exact signs where needed."""
+    bound = setup.bound[m]
+    e = torch.stack(edge_values(setup.edges[m], xn, yn), 1)  # [P, 3]
+    inside = (e > bound[:, None]).all(1)
+    unsure = ((e >= -bound[:, None]).all(1) & ~inside).nonzero().squeeze(1)  # within rounding distance of an edge
+    if unsure.numel():
+        sigma = setup.sigma[m[unsure]].tolist()
+        xyw = setup.xyw[m[unsure]].tolist()
+        point = torch.stack((xn[unsure], yn[unsure], torch.ones_like(xn[unsure])), 1).tolist()
+        exact = [all(_edge_in_exact(sg, v[i], v[j], pt) for i, j in ((1, 2), (2, 0), (0, 1)))
+                 for sg, v, pt in zip(sigma, xyw, point)]
+        inside[unsure] = torch.tensor(exact, dtype=torch.bool, device=inside.device)
     return inside
 
 

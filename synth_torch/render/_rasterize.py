@@ -37,7 +37,9 @@ def _check_inputs(pos: torch.Tensor, tri: torch.Tensor, resolution, ranges) -> t
     if tri.numel() and (int(tri.min()) < 0 or int(tri.max()) >= pos.shape[-2]):
         raise ValueError(f"tri indexes vertices in [{int(tri.min())}, {int(tri.max())}] but pos has "
                          f"{pos.shape[-2]} vertices")
-    if not torch.isfinite(pos).all():
+    # numpy on CPU: a torch reduction here would wake torch's thread pool right before the numba kernels
+    finite = np.isfinite(pos.detach().numpy()).all() if pos.device.type == "cpu" else bool(torch.isfinite(pos).all())
+    if not finite:
         raise ValueError("pos contains NaN or infinite values")
     num_images = pos.shape[0] if instanced else ranges.shape[0]
     pairs = num_images * tri.shape[0] if instanced else int(ranges[:, 1].sum())
@@ -127,7 +129,7 @@ def _rasterize_cpu(pos, tri, ranges, num_images, num_vertices, instanced, height
         nk.rasterize_images(pos_np, tri_np, image_offsets, tri_start, vert_offset, height, width, out, out_db)
     else:  # few images: set up once, then split each image into row bands
         M = int(image_offsets[-1])
-        coef = np.empty((M, 15), dtype=np.float64)
+        coef = np.empty((M, 13), dtype=np.float64)
         bbox = np.empty((M, 5), dtype=np.int32)
         if M:
             nk.setup_triangles(pos_np, tri_np, image_offsets, tri_start, vert_offset, height, width, coef, bbox)
@@ -138,25 +140,31 @@ def _rasterize_cpu(pos, tri, ranges, num_images, num_vertices, instanced, height
 
 def rasterize(ctx: RasterizeContext, pos: torch.Tensor, tri: torch.Tensor, resolution, ranges=None,
               grad_db: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rasterize triangles to (u, v, z/w, triangle_id + 1), with nvdiffrast's semantics.
+    """Rasterize triangles to (u, v, z/w, triangle_id + 1), with nvdiffrast's semantics (docs/rendering.md).
 
     Args:
-        ctx: a :class:`RasterizeContext`.
-        pos: clip-space vertex positions, [B, V, 4] (instanced mode) or [V, 4] (range mode).
-        tri: [T, 3] integer vertex indices (int32 as in nvdiffrast; any integer dtype is accepted).
+        ctx: a :class:`RasterizeContext` (device and backend).
+        pos: clip-space vertex positions, float32 or float64.
+        tri: integer vertex indices (int32 as in nvdiffrast; any integer dtype is accepted).
         resolution: (height, width) in pixels.
-        ranges: range mode only: CPU int tensor [B, 2] of (first triangle, triangle count) per image.
+        ranges: range mode only: CPU integer tensor of (first triangle, triangle count) per image.
         grad_db: propagate gradients from ``rast_db`` to ``pos``.
 
-    Returns:
-        rast [B, H, W, 4]: ``(u, v, z/w, triangle_id + 1)``, zeros where no triangle covers the pixel centre.
-        Triangle ids index ``tri`` (global ids in range mode). Vertex 0 has weight u, vertex 1 weight v,
-        vertex 2 weight 1 - u - v. Row 0 is NDC y = -1; pixel (i, j) has its centre at
-        NDC ``((2i + 1) / W - 1, (2j + 1) / H - 1)``. Depth ties go to the lowest triangle id.
-        rast_db [B, H, W, 4]: ``(du/dX, du/dY, dv/dX, dv/dY)`` in pixel units (always returned, as with
-        nvdiffrast's CUDA context; ``grad_db=False`` only stops its gradient).
+    Shape:
+        - pos: [B, V, 4] (instanced mode: one mesh, B poses) or [V, 4] (range mode, with ``ranges`` [B, 2]).
+        - tri: [T, 3].
+        - rast, rast_db: [B, H, W, 4], dtype of ``pos``.
 
-    Gradients reach ``pos`` (x, y, w) through u, v and rast_db; z/w carries no gradient, as in nvdiffrast.
+    Returns:
+        rast: ``(u, v, z/w, triangle_id + 1)``, zeros where no triangle covers the pixel centre. Triangle ids
+        index ``tri`` (global ids in range mode). Vertex 0 has weight u, vertex 1 weight v, vertex 2 weight
+        1 - u - v (perspective-correct). Row 0 is NDC y = -1; pixel (i, j) has its centre at NDC
+        ``((2i + 1) / W - 1, (2j + 1) / H - 1)``. Centres on shared edges go to exactly one triangle; depth
+        ties go to the lowest triangle id; ``z/w`` outside ``[-1, 1]`` is clipped per pixel.
+        rast_db: ``(du/dX, du/dY, dv/dX, dv/dY)`` in pixel units (always returned, as with nvdiffrast's CUDA
+        context; ``grad_db=False`` only stops its gradient).
+
+    Gradients reach ``pos`` (x, y, w) through u, v and rast_db; z/w and ids carry none, as in nvdiffrast.
     Triangle ids are exact up to 2**24 (they are stored in a float channel, as in nvdiffrast).
 
     Example:
@@ -164,7 +172,7 @@ def rasterize(ctx: RasterizeContext, pos: torch.Tensor, tri: torch.Tensor, resol
         >>> ctx = dr.RasterizeContext(device="cpu")
         >>> pos = torch.tensor([[[-1., -1, 0, 1], [1, -1, 0, 1], [-1, 1, 0, 1]]])
         >>> rast, _ = dr.rasterize(ctx, pos, torch.tensor([[0, 1, 2]], dtype=torch.int32), (4, 4))
-        >>> int((rast[..., 3] > 0).sum())  # 6 centres strictly inside; the 4 on the diagonal go to its neighbour
+        >>> int((rast[..., 3] > 0).sum())  # 6 centres strictly inside; the 4 on the diagonal belong to its other side
         6
     """
     if not isinstance(ctx, RasterizeContext):
@@ -174,7 +182,7 @@ def rasterize(ctx: RasterizeContext, pos: torch.Tensor, tri: torch.Tensor, resol
     if ctx.backend == "nvdiffrast":
         import nvdiffrast.torch as nvdr
 
-        return nvdr.rasterize(ctx._native, pos, tri.to(torch.int32), (height, width), ranges=ranges,
-                              grad_db=grad_db)
+        return nvdr.rasterize(ctx._native, pos.contiguous(), tri.to(torch.int32).contiguous(), (height, width),
+                              ranges=ranges, grad_db=grad_db)
     rast, rast_db = _Rasterize.apply(pos, tri, ranges, height, width, bool(grad_db), ctx.backend)
     return rast, rast_db

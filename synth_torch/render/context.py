@@ -1,15 +1,16 @@
-"""Rasterization contexts: the one stateful object of :mod:`synth_torch.render`.
+"""Rasterization contexts: the one stateful object of :mod:`synth_torch.render` (docs/rendering.md).
 
 A context names the device and the backend that the four ops run on:
 
 ``"nvdiffrast"``
     NVIDIA's CUDA rasterizer (``pip install "synth-torch[nvdiffrast]"``); a thin adapter, CUDA only.
 ``"cpu"``
-    Compiled (numba) visibility pass, parallel over images and row bands, followed by the same
-    closed-form barycentrics as the reference. CPU tensors only.
+    Compiled (numba) triangle set-up, visibility and fill, parallel over images (or row bands when
+    there are few images); same ids and values as the reference, bit for bit. CPU tensors only.
 ``"torch"``
-    Pure torch on any device: tile binning plus a deterministic ``scatter_reduce`` over packed
-    (depth, triangle) keys. The executable specification the other two are tested against.
+    Pure torch on any device: every (triangle, candidate pixel) pair tested, then a deterministic
+    ``scatter_reduce`` over packed (depth, triangle) keys. The executable specification the other two
+    are tested against.
 ``"auto"``
     nvdiffrast on CUDA when it imports, ``"cpu"`` on CPU, ``"torch"`` otherwise.
 """

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from synth_torch.scenario.distributions import ConfigError, Dist, parse_dist
+from synth_torch.scenario.distributions import ConfigError, Dist, parse_dist, parse_number
 from synth_torch.scenario.random import stable_hash
 from synth_torch.scene.meshes import MESH_SUFFIXES, PRIMITIVES
 
@@ -239,7 +239,7 @@ class Scenario:
             _check_keys(d, {"name", "kind", "size", "weight"}, where)
             if d.get("kind") not in DEFECT_KINDS:
                 raise ConfigError(f"{where}.kind: expected one of {DEFECT_KINDS}, got {d.get('kind')!r}")
-            weight = float(d.get("weight", 1.0))
+            weight = parse_number(d.get("weight", 1.0), f"{where}.weight")
             if weight <= 0:
                 raise ConfigError(f"{where}.weight: must be > 0, got {weight}")
             defect_types.append(DefectType(str(d.get("name", d["kind"])), d["kind"],
@@ -269,6 +269,11 @@ class Scenario:
                 if not path.is_dir():
                     raise ConfigError(f"{key}: folder not found: {path}")
                 folders[key] = str(path)
+        flags = {}
+        for key in ("shadows", "antialias"):
+            flags[key] = data.get(key, True)
+            if not isinstance(flags[key], bool):
+                raise ConfigError(f"{key}: expected true or false, got {flags[key]!r}")
         parameters = parse_parameters({k: data[k] for k in PARAMETERS if k in data}, "", True)
         slices = {}
         for sname, spec in (data.get("slices") or {}).items():
@@ -276,7 +281,7 @@ class Scenario:
             if not isinstance(spec, dict):
                 raise ConfigError(f"{where}: expected a mapping with 'weight' and parameter sections")
             _check_keys(spec, {"weight", *PARAMETERS}, where)
-            weight = float(spec.get("weight", 1.0))
+            weight = parse_number(spec.get("weight", 1.0), f"{where}.weight")
             if not weight > 0:
                 raise ConfigError(f"{where}.weight: must be > 0, got {weight}")
             overrides = parse_parameters({k: v for k, v in spec.items() if k != "weight"}, where, False)
@@ -286,8 +291,8 @@ class Scenario:
         return cls(name=str(name), categories=tuple(categories), defect_types=tuple(defect_types),
                    distractor_shapes=distractors, placement=placement, surface=surface,
                    ground_textures=ground_textures, background_images=folders.get("background_images"),
-                   texture_images=folders.get("texture_images"), shadows=bool(data.get("shadows", True)),
-                   antialias=bool(data.get("antialias", True)), parameters=parameters, slices=slices, source=data)
+                   texture_images=folders.get("texture_images"), shadows=flags["shadows"],
+                   antialias=flags["antialias"], parameters=parameters, slices=slices, source=data)
 
     def describe(self) -> dict:
         """A JSON-friendly summary (parameters as readable strings)."""

@@ -85,7 +85,7 @@ class Dist:
         return f"choice{list(self.values)}"
 
 
-def _number(value, key: str) -> float:
+def parse_number(value, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if not math.isfinite(value):
@@ -96,7 +96,7 @@ def _number(value, key: str) -> float:
 def _pair(value, key: str) -> tuple[float, float]:
     if not isinstance(value, (list, tuple)) or len(value) != 2:
         raise ConfigError(f"{key}: expected [lo, hi], got {value!r}")
-    return _number(value[0], key), _number(value[1], key)
+    return parse_number(value[0], key), parse_number(value[1], key)
 
 
 def parse_dist(value, key: str, bounds: tuple[float, float] | None = None) -> Dist:
@@ -104,7 +104,7 @@ def parse_dist(value, key: str, bounds: tuple[float, float] | None = None) -> Di
     if isinstance(value, Dist):
         dist = value
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        dist = Dist("constant", _number(value, key))
+        dist = Dist("constant", parse_number(value, key))
     elif isinstance(value, (list, tuple)):
         lo, hi = _pair(value, key)
         if lo > hi:
@@ -135,8 +135,8 @@ def parse_dist(value, key: str, bounds: tuple[float, float] | None = None) -> Di
         elif "choice" in keys:
             if not keys <= {"choice", "p"}:
                 raise ConfigError(f"{key}: unknown keys {sorted(keys - {'choice', 'p'})} in choice distribution")
-            values = tuple(_number(v, f"{key}.choice") for v in value["choice"])
-            probs = tuple(_number(p, f"{key}.p") for p in value.get("p", [1.0] * len(values)))
+            values = tuple(parse_number(v, f"{key}.choice") for v in value["choice"])
+            probs = tuple(parse_number(p, f"{key}.p") for p in value.get("p", [1.0] * len(values)))
             if not values or len(probs) != len(values) or min(probs) < 0 or sum(probs) <= 0:
                 raise ConfigError(f"{key}: choice needs values and as many non-negative probabilities")
             dist = Dist("choice", values=values, probs=probs)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from synth_torch.camera import intrinsics, orbit_pose
+from synth_torch.camera import intrinsics, mat_mat, mat_vec, orbit_pose
 from synth_torch.scenario.config import DEFECT_KINDS, PARAM_NAMES, TEXTURES, Scenario
 from synth_torch.scenario.distributions import Dist
 from synth_torch.scenario.random import normal, sample_keys, uniform
@@ -222,7 +222,6 @@ class ScenarioSampler:
         spread = params["objects.spread"]
         grid = max(1, math.ceil(math.sqrt(max(n_obj + n_dis, 1))))
         cell = 2 * spread / grid
-        size = torch.minimum(size, 0.9 * cell[:, None])
         natural = shape_proportions(self.shapes)[shape] * torch.stack((torch.ones_like(aspect),
                                                                        torch.ones_like(aspect), aspect), -1)
         scale = size[..., None] * natural / natural.amax(-1, keepdim=True)
@@ -232,18 +231,23 @@ class ScenarioSampler:
         if sc.placement == "floating":
             rotation = _random_rotation(keys, "objects.rotation", S)
         else:
-            rotation = _rotation_z(yaw) @ _rotation_x(tilt)
+            rotation = mat_mat(_rotation_z(yaw), _rotation_x(tilt))
         # Lowest point of the rotated template box, so objects rest on the ground exactly when upright.
         corners = torch.tensor([[(i & 1) - 0.5, ((i >> 1) & 1) - 0.5, ((i >> 2) & 1) - 0.5] for i in range(8)])
-        lowest = torch.einsum("bsij,bsj,kj->bski", rotation, scale, corners)[..., 2].amin(-1)
-        highest = torch.einsum("bsij,bsj,kj->bski", rotation, scale, corners)[..., 2].amax(-1)
+        # Footprint radius: half the horizontal diagonal (whole diagonal once tilted); shrink objects whose
+        # footprint exceeds 95% of their grid cell so that neighbours can never intersect.
+        reach = 0.5 * torch.where((tilt == 0)[..., None], scale * torch.tensor([1.0, 1.0, 0.0]), scale).norm(dim=-1)
+        shrink = (0.475 * cell[:, None] / reach.clamp_min(1e-9)).clamp(max=1.0)
+        scale, reach = scale * shrink[..., None], reach * shrink
+        world_corners = mat_vec(rotation[:, :, None], corners * scale[:, :, None])  # [B, S, 8, 3]
+        lowest, highest = world_corners[..., 2].amin(-1), world_corners[..., 2].amax(-1)
 
         # Ground placement on a jittered grid: each slot gets its own cell, so objects never intersect.
         order = torch.argsort(uniform(keys, "objects.cells", (grid * grid,)), dim=1)
         slot_cell = torch.cat((order, order.new_zeros(B, max(0, S - grid * grid))), 1)[:, :S]
         cx = (slot_cell % grid).float() + 0.5
         cy = (slot_cell // grid).float() + 0.5
-        margin = (cell[:, None] - size).clamp_min(0) / 2
+        margin = (cell[:, None] / 2 - reach).clamp_min(0)
         jx = (2 * uniform(keys, "objects.jitter_x", (S,)) - 1) * margin
         jy = (2 * uniform(keys, "objects.jitter_y", (S,)) - 1) * margin
         x = -spread[:, None] + cx * cell[:, None] + jx
@@ -264,9 +268,9 @@ class ScenarioSampler:
         # Occluders: planks floating between the camera and the scene centre.
         occ = kind == KIND_OCCLUDER
         if occ.any():
-            cam_to_world = torch.linalg.inv(world_to_cam)
-            eye = cam_to_world[:, :3, 3]
-            right, up = cam_to_world[:, :3, 0], -cam_to_world[:, :3, 1]
+            R_wc, t_wc = world_to_cam[:, :3, :3], world_to_cam[:, :3, 3]
+            eye = -mat_vec(R_wc.transpose(1, 2), t_wc)
+            right, up = R_wc[:, 0], -R_wc[:, 1]
             t = 0.35 + 0.25 * uniform(keys, "occluders.depth", (S,))
             lateral = (2 * uniform(keys, "occluders.x", (S,)) - 1) * spread[:, None] * 0.6
             vertical = (2 * uniform(keys, "occluders.y", (S,)) - 1) * spread[:, None] * 0.4
@@ -277,7 +281,7 @@ class ScenarioSampler:
                                  0.04 + 0.04 * uniform(keys, "occluders.width", (S,)),
                                  0.04 + 0.04 * uniform(keys, "occluders.thickness", (S,))), -1) * spread[:, None, None]
             scale = torch.where(occ[..., None], plank, scale)
-            spin = _rotation_z(yaw) @ _rotation_x(2 * math.pi * uniform(keys, "occluders.spin", (S,)))
+            spin = mat_mat(_rotation_z(yaw), _rotation_x(2 * math.pi * uniform(keys, "occluders.spin", (S,))))
             rotation = torch.where(occ[..., None, None], spin, rotation)
 
         # Materials, per object, under the slice's material distributions.

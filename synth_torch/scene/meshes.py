@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 MESH_SUFFIXES = (".obj", ".ply", ".glb", ".gltf", ".stl", ".off")
@@ -275,12 +276,12 @@ def load_mesh(path: str | Path) -> Mesh:
     if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
         raise ValueError(f"mesh file {path} contains no triangles")
     loaded.remove_unreferenced_vertices()
-    faces = torch.as_tensor(loaded.faces, dtype=torch.long)
+    faces = torch.tensor(np.array(loaded.faces), dtype=torch.long)
     uv = getattr(loaded.visual, "uv", None)
-    uvs = torch.as_tensor(uv, dtype=torch.float32) if uv is not None and len(uv) == len(loaded.vertices) else \
+    uvs = torch.tensor(np.array(uv), dtype=torch.float32) if uv is not None and len(uv) == len(loaded.vertices) else \
         torch.zeros((len(loaded.vertices), 2))
-    mesh = Mesh(torch.as_tensor(loaded.vertices, dtype=torch.float32), faces,
-                torch.as_tensor(loaded.vertex_normals, dtype=torch.float32), faces, uvs, faces)
+    mesh = Mesh(torch.tensor(np.array(loaded.vertices), dtype=torch.float32), faces,
+                torch.tensor(np.array(loaded.vertex_normals), dtype=torch.float32), faces, uvs, faces)
     if float(mesh.face_areas().sum()) <= 0:
         raise ValueError(f"mesh file {path} is degenerate (zero total area)")
     return mesh

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 import synth_torch.render as dr
+from synth_torch.camera import Camera, mat_vec
 from synth_torch.scenario.sampler import GROUND_HALF_SIZE, SceneSpec
 from synth_torch.scene.library import template
 from synth_torch.scene.shading import blinn_phong, defect_masks, grain, pattern
@@ -75,12 +76,12 @@ def assemble(spec: SceneSpec) -> SceneGeometry:
         mesh = template(shape).mesh
         scale, R, t = spec.slot_scale[b, i], spec.slot_rotation[b, i], spec.slot_translation[b, i]
         obj = mesh.vertices.to(device)[None] * scale[:, None]  # [n, V, 3]
-        world.append((obj @ R.transpose(1, 2) + t[:, None]).reshape(-1, 3))
+        world.append((mat_vec(R[:, None], obj) + t[:, None]).reshape(-1, 3))
         local.append(obj.reshape(-1, 3))
         V, F, n = mesh.vertices.shape[0], mesh.faces.shape[0], b.numel()
         vimage.append(b.repeat_interleave(V))
         vslot.append(i.repeat_interleave(V))
-        nrm = (mesh.normals.to(device)[None] / scale[:, None]) @ R.transpose(1, 2)
+        nrm = mat_vec(R[:, None], mesh.normals.to(device)[None] / scale[:, None])
         normals.append((nrm / nrm.norm(dim=-1, keepdim=True)).reshape(-1, 3))
         uvs.append(mesh.uvs.to(device))
         inst = torch.arange(n, device=device)[:, None, None]
@@ -120,13 +121,11 @@ def assemble(spec: SceneSpec) -> SceneGeometry:
 def project_vertices(points: torch.Tensor, image: torch.Tensor, spec: SceneSpec, resolution, near: float,
                      far: float) -> tuple[torch.Tensor, torch.Tensor]:
     """World points [V, 3] of images ``image`` [V] to (camera-frame points [V, 3], clip positions [V, 4])."""
-    from synth_torch.camera import Camera
-
     cam = Camera(spec.K, spec.world_to_cam, resolution[1], resolution[0], near, far)
     R, t = spec.world_to_cam[image, :3, :3], spec.world_to_cam[image, :3, 3]
-    camera = (R @ points[:, :, None])[..., 0] + t
+    camera = mat_vec(R, points) + t
     P = cam.projection_matrix()[image]
-    clip = (P[:, :, :3] @ camera[:, :, None])[..., 0] + P[:, :, 3]
+    clip = mat_vec(P[:, :, :3], camera) + P[:, :, 3]
     return camera, clip
 
 
@@ -147,7 +146,7 @@ def _shadow_factor(spec: SceneSpec, geom: SceneGeometry, ctx, pixel_world: torch
     depth_range = 4.0
 
     def to_light(points, image):
-        q = (R[image] @ points[:, :, None])[..., 0]
+        q = mat_vec(R[image], points)
         return torch.stack((q[:, 0] / radius[image], q[:, 1] / radius[image], q[:, 2] / depth_range), -1)
 
     q = to_light(geom.world, geom.image)
@@ -198,11 +197,16 @@ def render(spec: SceneSpec, resolution: tuple[int, int], ctx: dr.RasterizeContex
     pix_slot = slot[b, py, px]
     on_ground = pix_slot == S
     obj_slot = pix_slot.clamp(max=S - 1) if S else pix_slot.clamp(max=0)
-    p_world, p_local, p_cam = interp[b, py, px, 0:3], interp[b, py, px, 3:6], interp[b, py, px, 6:9]
-    n_world = normal_w[b, py, px]
+    # Shading runs in float64: vectorised and scalar (tail) code paths of transcendental functions can differ in
+    # the last bit, and which pixels land in the tail depends on the batch; rounding the float64 result to
+    # float32 hides that, so a sample's image does not depend on its batch-mates.
+    pix = interp[b, py, px].double()
+    p_world, p_local, p_cam = pix[:, 0:3], pix[:, 3:6], pix[:, 6:9]
+    n_world = normal_w[b, py, px].double()
     n_world = n_world / n_world.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    cam_to_world = torch.linalg.inv(spec.world_to_cam)
-    to_eye = cam_to_world[b, :3, 3] - p_world
+    R_wc, t_wc = spec.world_to_cam[:, :3, :3], spec.world_to_cam[:, :3, 3]
+    eye = -mat_vec(R_wc.transpose(1, 2), t_wc)
+    to_eye = eye[b].double() - p_world
     to_eye = to_eye / to_eye.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     n_world = torch.where(((n_world * to_eye).sum(-1) < 0)[:, None], -n_world, n_world)
 
@@ -261,10 +265,10 @@ def render(spec: SceneSpec, resolution: tuple[int, int], ctx: dr.RasterizeContex
 
     R = spec.world_to_cam[:, :3, :3]
     camera_map = torch.zeros(B, H, W, 3, device=device)
-    camera_map[b, py, px] = p_cam
+    camera_map[b, py, px] = p_cam.float()
     normal_cam = torch.zeros(B, H, W, 3, device=device)
-    normal_cam[b, py, px] = (R[b] @ n_world[:, :, None])[..., 0]
+    normal_cam[b, py, px] = mat_vec(R[b].double(), n_world).float()
     world_map = torch.zeros(B, H, W, 3, device=device)
-    world_map[b, py, px] = p_world
+    world_map[b, py, px] = p_world.float()
     return image, Fragments(rast, rast_db, clip, slot, world_map, camera_map, normal_cam, defect), geom
 

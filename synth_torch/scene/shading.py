@@ -14,12 +14,16 @@ from synth_torch.scenario.config import DEFECT_KINDS, TEXTURES
 _TWO_PI = 2 * math.pi
 
 
+_WAVE_DIRS = ((0.83, 0.47, 0.31), (-0.39, 0.91, 0.17), (0.22, -0.35, 0.91))
+
+
 def _waves(p: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
     """Cheap band-limited pseudo-noise in [-1, 1] from three sine waves in fixed skew directions. p [P, 3]."""
-    d = torch.tensor([[0.83, 0.47, 0.31], [-0.39, 0.91, 0.17], [0.22, -0.35, 0.91]], device=p.device, dtype=p.dtype)
-    proj = p @ d.T * torch.tensor([1.0, 1.7, 2.9], device=p.device) + _TWO_PI * phase[:, None] * torch.tensor(
-        [1.0, 2.0, 3.0], device=p.device)
-    return (torch.sin(_TWO_PI * proj) * torch.tensor([0.55, 0.3, 0.15], device=p.device)).sum(-1)
+    out = torch.zeros_like(p[:, 0])
+    for (dx, dy, dz), freq, k, weight in zip(_WAVE_DIRS, (1.0, 1.7, 2.9), (1.0, 2.0, 3.0), (0.55, 0.3, 0.15)):
+        proj = (p[:, 0] * dx + p[:, 1] * dy + p[:, 2] * dz) * freq + _TWO_PI * k * phase
+        out = out + weight * torch.sin(_TWO_PI * proj)
+    return out
 
 
 _STREAK_FREQ = (0.35, 1.0, 2.37, 5.13)
@@ -37,7 +41,7 @@ def _streaks(x: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
 def pattern(kind: torch.Tensor, coords: torch.Tensor, contrast: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
     """Brightness modulation in [0, 1] of texture ``kind`` [P] (index into TEXTURES) at texture-space
     ``coords`` [P, 3] (already multiplied by the texture scale); ``contrast`` [P] in [0, 1]."""
-    out = torch.ones_like(contrast)
+    out = torch.ones_like(coords[:, 0])
     for k, name in enumerate(TEXTURES):
         rows = (kind == k).nonzero().squeeze(1)
         if name == "solid" or rows.numel() == 0:

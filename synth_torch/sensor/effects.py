@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 import torch
 from kornia.color import rgb_to_grayscale
 from kornia.enhance import adjust_gamma, adjust_hue, adjust_saturation_with_gray_subtraction, jpeg_codec_differentiable
-from kornia.filters import filter2d, filter2d_separable, get_gaussian_kernel1d
+from kornia.filters import get_gaussian_kernel1d
 
 from synth_torch.scenario.random import uniform
 
@@ -139,7 +139,7 @@ def apply_sensor(image: torch.Tensor, params: Mapping[str, torch.Tensor | float]
 
     # Motion blur: anti-aliased line segment kernel.
     length, angle = p["sensor.motion_blur_px"], p["sensor.motion_blur_angle_deg"]
-    x = _on_active(x, length > 0, lambda xs, i: filter2d(xs, motion_blur_kernel(length[i], angle[i]), "replicate"))
+    x = _on_active(x, length > 0, lambda xs, i: _filter(xs, _as(motion_blur_kernel(length[i].double(), angle[i].double()), xs)))
 
     # Defocus: Gaussian with per-sample sigma, truncated per sample.
     sigma = p["sensor.defocus_px"]
@@ -240,6 +240,28 @@ def motion_blur_kernel(length: torch.Tensor, angle_deg: torch.Tensor, kernel_siz
     return k / k.sum(dim=(-2, -1), keepdim=True)
 
 
+def _as(kernel: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return kernel.to(dtype=x.dtype, device=x.device)
+
+
+def _filter(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Correlate each sample of x [n, C, H, W] with its own kernel [n, Kh, Kw] (odd sizes, replicate borders).
+
+    Written as a sum of shifted images in a fixed tap order instead of a grouped convolution: every output
+    then depends only on its own sample's kernel, never on batch size or on the taps other samples use
+    (all-zero taps are skipped, and a zero weight adds exactly nothing), so samples reproduce bit-exactly
+    in any batch.
+    """
+    n, kh, kw = kernel.shape
+    rh, rw = kh // 2, kw // 2
+    H, W = x.shape[-2:]
+    padded = torch.nn.functional.pad(x, (rw, rw, rh, rh), mode="replicate")
+    out = torch.zeros_like(x)
+    for i, j in (kernel != 0).any(0).nonzero().tolist():
+        out = out + kernel[:, i, j, None, None, None] * padded[..., i:i + H, j:j + W]
+    return out
+
+
 def _standard_normal(keys: torch.Tensor, stream: str, shape: tuple[int, ...]) -> torch.Tensor:
     """Counter-based standard normals [B, *shape] using both Box-Muller outputs (half the hashing of ``normal``).
 
@@ -267,14 +289,16 @@ def _tent_cdf(u: torch.Tensor) -> torch.Tensor:
 
 
 def _defocus(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur, each sample's kernel truncated at its own ``3 sigma`` and renormalised."""
+    """Separable Gaussian blur, each sample's kernel truncated at its own ``3 sigma`` and renormalised
+    (weights in float64, so the renormalisation does not depend on the shared window size)."""
+    sigma = sigma.double()
     radius = torch.ceil(_DEFOCUS_TRUNCATE * sigma)
     r = max(int(radius.max()), 1)
     k = get_gaussian_kernel1d(2 * r + 1, sigma[:, None])
-    offs = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype).abs()
+    offs = torch.arange(-r, r + 1, device=x.device, dtype=k.dtype).abs()
     k = torch.where(offs[None, :] <= radius[:, None], k, torch.zeros_like(k))
-    k = k / k.sum(dim=1, keepdim=True)
-    return filter2d_separable(x, k, k, "replicate")
+    k = _as(k / k.sum(dim=1, keepdim=True), x)
+    return _filter(_filter(x, k[:, None, :]), k[:, :, None])
 
 
 def _vignette_gain(strength: torch.Tensor, h: int, w: int) -> torch.Tensor:

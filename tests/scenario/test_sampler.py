@@ -23,8 +23,8 @@ def tabletop():
 def draw(scenario, seed, index, slice_id) -> SceneSpec:
     sampler = ScenarioSampler(scenario, seed)
     overrides = [s.overrides for s in scenario.slices.values()]
-    index = torch.as_tensor(index)
-    slice_id = torch.as_tensor(slice_id).expand_as(index) if torch.as_tensor(slice_id).ndim == 0 else torch.as_tensor(slice_id)
+    index, slice_id = torch.as_tensor(index), torch.as_tensor(slice_id)
+    slice_id = slice_id.expand_as(index) if slice_id.ndim == 0 else slice_id
     return sampler.sample(index, slice_id, overrides, RES)
 
 
@@ -67,17 +67,27 @@ def test_different_seeds_and_indices_differ(tabletop):
     assert (a.keys != b.keys).all()
 
 
+def _support(scenario, slice_name, param):
+    return (scenario.slices[slice_name].overrides.get(param) or scenario.parameters[param]).support
+
+
 def test_slice_changes_the_draws(tabletop):
     low = tabletop.slice_names.index("low_light")
     base = draw(tabletop, 0, torch.arange(256), 0)
     dark = draw(tabletop, 0, torch.arange(256), low)
-    for name, (lo, hi) in (("light.intensity", (0.06, 0.18)), ("light.ambient", (0.03, 0.08)),
-                           ("sensor.noise_sigma", (0.015, 0.04))):
+    overridden = sorted(tabletop.slices["low_light"].overrides)
+    assert {"light.intensity", "light.ambient"} <= set(overridden)
+    for name in overridden:
+        lo, hi = _support(tabletop, "low_light", name)
+        base_lo, base_hi = tabletop.parameters[name].support
+        assert (lo, hi) != (base_lo, base_hi), name
         assert (dark.params[name] >= lo).all() and (dark.params[name] <= hi).all(), name
-        # and the range is actually used, not a constant
+        assert (base.params[name] >= base_lo).all() and (base.params[name] <= base_hi).all(), name
+        # and the slice's range is actually used, not a constant
         assert float(dark.params[name].max() - dark.params[name].min()) > 0.8 * (hi - lo), name
-    assert (base.params["light.intensity"] >= 0.7).all() and (base.params["light.intensity"] <= 1.2).all()
-    assert (base.params["sensor.noise_sigma"] <= 0.012).all()
+    # Parameters the slice leaves alone keep the base distribution.
+    lo, hi = tabletop.parameters["camera.distance"].support
+    assert (dark.params["camera.distance"] >= lo).all() and (dark.params["camera.distance"] <= hi).all()
 
 
 def test_slice_overrides_of_object_counts(tabletop):
@@ -85,11 +95,16 @@ def test_slice_overrides_of_object_counts(tabletop):
     base = draw(tabletop, 0, torch.arange(128), 0)
     heavy = draw(tabletop, 0, torch.arange(128), occ)
     n_occ = lambda s: (s.slot_valid & (s.slot_kind == KIND_OCCLUDER)).sum(1)  # noqa: E731
-    assert (n_occ(base) == 0).all()
-    assert ((n_occ(heavy) >= 2) & (n_occ(heavy) <= 4)).all()
+    base_lo, base_hi = _support(tabletop, "base", "objects.occluders")
+    assert ((n_occ(base) >= round(base_lo)) & (n_occ(base) <= round(base_hi))).all()
+    lo, hi = _support(tabletop, "heavy_occlusion", "objects.occluders")
+    assert hi > base_hi
+    assert ((n_occ(heavy) >= round(lo)) & (n_occ(heavy) <= round(hi))).all()
+    assert n_occ(heavy).float().mean() > n_occ(base).float().mean()
     torch.testing.assert_close(n_occ(heavy).float(), torch.round(heavy.params["objects.occluders"]))
+    lo, hi = _support(tabletop, "heavy_occlusion", "objects.spread")
     spread = heavy.params["objects.spread"]
-    assert (spread >= 0.16).all() and (spread <= 0.22).all()
+    assert (spread >= lo).all() and (spread <= hi).all()
 
 
 def test_every_parameter_is_recorded_within_its_support(tabletop):
@@ -108,7 +123,8 @@ def test_counts_match_recorded_parameters(tabletop):
     spec = draw(tabletop, 0, torch.arange(64), 0)
     n_obj = (spec.slot_valid & (spec.slot_kind == KIND_OBJECT)).sum(1)
     assert torch.equal(n_obj, torch.round(spec.params["objects.count"]).long())
-    assert ((n_obj >= 5) & (n_obj <= 10)).all()
+    lo, hi = tabletop.parameters["objects.count"].support
+    assert ((n_obj >= round(lo)) & (n_obj <= round(hi))).all()
     labels = spec.slot_label[spec.slot_valid & (spec.slot_kind == KIND_OBJECT)]
     assert ((labels >= 1) & (labels <= len(tabletop.categories))).all()
     assert (spec.slot_label[~(spec.slot_valid & (spec.slot_kind == KIND_OBJECT))] == 0).all()
@@ -149,8 +165,6 @@ def _footprints_overlap(P: torch.Tensor, Q: torch.Tensor, axes) -> bool:
                    for a in axes)
 
 
-@pytest.mark.xfail(strict=True, reason="sampler bug: jitter margin ignores a yawed box's half-diagonal, so "
-                   "neighbouring box objects interpenetrate (e.g. tabletop seed 0, sample 165, slots 2 and 5)")
 def test_box_objects_never_intersect(tabletop):
     """The sampler claims objects never intersect: upright box-shaped objects resting on the ground intersect
     exactly when their footprints (rotated rectangles) overlap."""
