@@ -2,6 +2,7 @@
 
     python benchmarks/bench_render.py            # full grid (several minutes on 2 cores)
     python benchmarks/bench_render.py --quick    # small grid, fewer repetitions
+    python benchmarks/bench_render.py --threads 1   # single-threaded (robust on a shared machine)
 
 Scenes: UV spheres at random positions in front of a perspective camera (seeded), one sphere of about N
 triangles per image. Each backend runs over resolution x triangles-per-image, forward only
@@ -58,7 +59,8 @@ def sphere_scene(batch: int, triangles: int, seed: int = 0):
                           (torch.rand(batch, generator=g, dtype=torch.float64) - 0.5) * 2,
                           -4.0 - 2.0 * torch.rand(batch, generator=g, dtype=torch.float64)), 1)
     f, near, far = 1.0 / math.tan(math.radians(30.0)), 0.1, 100.0
-    proj = torch.tensor([[f, 0, 0, 0], [0, f, 0, 0], [0, 0, -(far + near) / (far - near), -2 * far * near / (far - near)],
+    proj = torch.tensor([[f, 0, 0, 0], [0, f, 0, 0],
+                         [0, 0, -(far + near) / (far - near), -2 * far * near / (far - near)],
                          [0, 0, -1, 0]], dtype=torch.float64)
     p = verts[None] + offset[:, None]
     pos = torch.cat((p, torch.ones_like(p[..., :1])), -1) @ proj.T
@@ -122,7 +124,13 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small grid and fewer repetitions")
     ap.add_argument("--batch", type=int, default=8, help="images per call in the grid (default 8)")
+    ap.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: as configured)")
     args = ap.parse_args(argv)
+    if args.threads:
+        import numba
+
+        numba.set_num_threads(args.threads)  # first: starting numba's OpenMP pool may reset the shared thread count
+        torch.set_num_threads(args.threads)
 
     resolutions = (64, 128) if args.quick else (64, 128, 256, 512)
     counts = (1_000, 10_000) if args.quick else (1_000, 10_000, 100_000)
@@ -131,7 +139,8 @@ def main(argv=None) -> None:
     nv = dr.nvdiffrast_available()
     load0 = os.getloadavg()[0]
 
-    print(f"# bench_render {'--quick ' if args.quick else ''}({datetime.datetime.now().isoformat(timespec='minutes')})")
+    command = " ".join(["python", "benchmarks/bench_render.py"] + (argv if argv is not None else sys.argv[1:]))
+    print(f"# `{command}` ({datetime.datetime.now().isoformat(timespec='minutes')})")
     print(f"\nMachine: {machine()}\n")
 
     # Headline: batch 64, 128x128, ~2k triangles, rasterize + interpolate, no gradients.

@@ -23,6 +23,15 @@ def last_val_row(metrics_csv: Path) -> dict[str, float]:
     return {k: float(v) for k, v in rows[-1].items() if v not in ("", None)}
 
 
+def trained_samples(history: list[dict], slice_index: int, steps: int, batch_size: int = 8) -> float:
+    """Expected number of training samples of one slice: the weight in force between rounds x images per step."""
+    total, prev_step, weight = 0.0, 0, history[0]["weights_before"][slice_index]
+    for h in history:
+        total += (h["step"] - prev_step) * batch_size * weight
+        prev_step, weight = h["step"], h["weights"][slice_index]
+    return total + (steps - prev_step) * batch_size * weight
+
+
 def mean_std(xs: list[float]) -> str:
     if len(xs) == 1:
         return f"{xs[0]:.3f}"
@@ -48,14 +57,18 @@ def main() -> None:
                 "seed": run.name, "per": per, "mean": sum(per.values()) / len(per), "worst": min(per.values()),
                 "worst_slice": min(per, key=per.get), "pooled": row[f"val/{METRIC}"],
                 "final_weights": dict(zip(miner["history"][-1]["names"], miner["history"][-1]["weights"])),
+                "seen_low": trained_samples(miner["history"], SLICES.index("low_contrast_defect"),
+                                            int(row.get("step", 0)) or miner["history"][-1]["step"]),
                 "history": miner["history"]})
-    cols = ["arm", "seeds", f"slice-mean {METRIC}", f"worst-slice {METRIC}", *SLICES, "final weight of low_contrast_defect"]
+    cols = ["arm", "seeds", f"slice-mean {METRIC}", f"worst-slice {METRIC}", *SLICES,
+            "final weight of low_contrast_defect", "low_contrast_defect images trained on (expected)"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for arm, runs in results.items():
         cells = [arm, str(len(runs)), mean_std([r["mean"] for r in runs]), mean_std([r["worst"] for r in runs])]
         cells += [mean_std([r["per"][s] for r in runs]) for s in SLICES]
         cells.append(mean_std([r["final_weights"]["low_contrast_defect"] for r in runs]))
+        cells.append(f"{statistics.mean(r['seen_low'] for r in runs):.0f}")
         print("| " + " | ".join(cells) + " |")
     print()
     print("Per seed (slice-mean / worst / worst slice):")

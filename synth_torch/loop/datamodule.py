@@ -230,6 +230,43 @@ class _HybridStream(IterableDataset):
             yield batch
 
 
+class _TrackedStream(IterableDataset):
+    """The training stream without workers: the dataset's own iteration, recording the slice weights each batch
+    was rendered with.
+
+    Lightning fetches one batch ahead, so a SliceMiner round at the end of step ``s`` changes the weights after
+    batch ``s`` was already rendered: that batch follows the old weights. A checkpoint written at step ``s``
+    therefore stores the weights batch ``s`` was rendered with (``render_weights``), and the resumed run renders
+    its first batch with them, then continues with the current ones, exactly as the uninterrupted run did.
+    """
+
+    def __init__(self, dm: SynthDataModule):
+        super().__init__()
+        self.dm = dm
+
+    def __iter__(self):
+        dm = self.dm
+        weights = dm.train_dataset.weights
+        it = iter(dm.train_dataset)
+        pending, dm._pending_render = dm._pending_render, None
+        while True:
+            current = None
+            if pending is not None:  # render the first batch with the weights it had before the interruption
+                current = weights.state_dict()
+                weights.load_state_dict(pending)
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            finally:
+                used = weights.state_dict()
+                if current is not None:
+                    weights.load_state_dict(current)
+                pending = None
+            dm._rendered = (batch.batch_index, used)
+            yield batch
+
+
 class _SuiteStream(IterableDataset):
     """Iterates the data module's cached validation suites (this rank's share), one slice per batch."""
 
@@ -271,10 +308,11 @@ class SynthDataModule(pl.LightningDataModule):
         real_every: hybrid training, 0 disables.
 
     Stream position: the module counts the synthetic training batches the trainer actually consumed (not the
-    ones prefetched), and its ``state_dict`` stores the dataset state with ``next_batch`` set to the first batch
-    not consumed yet. With ``num_workers=0`` a resumed run sees exactly the batches an uninterrupted run sees;
-    with workers the position is rounded up to a whole round of workers, and batches prefetched by the
-    workers before a weight change follow the old weights (see ``docs/training.md``).
+    one Lightning prefetched), and its ``state_dict`` stores the dataset state with ``next_batch`` set to the
+    first batch not consumed yet, plus the weights that prefetched batch was rendered with. With
+    ``num_workers=0`` a resumed run trains on exactly the batches an uninterrupted run trains on; with workers
+    the position is rounded up to a whole round of workers, and batches the workers prefetched before a weight
+    change follow the old weights in the uninterrupted run only (see ``docs/training.md``).
     """
 
     def __init__(self, scenario="defects", overrides: dict | None = None, batch_size: int = 8, resolution=64,
@@ -305,6 +343,8 @@ class SynthDataModule(pl.LightningDataModule):
         self._suites: dict[str, list[Batch]] = {}
         self._consumed = 0  # synthetic training batches consumed by this rank since _start_batch
         self._start_batch = 0
+        self._rendered = None  # (batch index, weights state it was rendered with) of the last rendered batch
+        self._pending_render = None  # weights state for the first batch after a resume
 
     # ------------------------------------------------------------------ facts the task needs
     @property
@@ -355,8 +395,8 @@ class SynthDataModule(pl.LightningDataModule):
                 self.real_train = _real_dataset(self.real_kind, root, self.class_names, res, "train")
 
     def train_dataloader(self) -> DataLoader:
-        ds = self.train_dataset
-        workers = 0 if self._render_device().type == "cuda" else self.num_workers
+        workers = self._workers()
+        ds = self.train_dataset if workers else _TrackedStream(self)
         if self.real_train is not None:
             ds = _HybridStream(ds, self.real_train, self.real_every, self.batch_size, self.seed)
         return DataLoader(ds, batch_size=None, collate_fn=collate_batch, num_workers=workers,
@@ -368,6 +408,9 @@ class SynthDataModule(pl.LightningDataModule):
             return suites
         real = DataLoader(self.real_val, batch_size=self.val_batch_size, collate_fn=_collate_real, num_workers=0)
         return [suites, real]
+
+    def _workers(self) -> int:
+        return 0 if self._render_device().type == "cuda" else self.num_workers
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         trainer = getattr(self, "trainer", None)
@@ -405,7 +448,7 @@ class SynthDataModule(pl.LightningDataModule):
     def resume_position(self) -> int:
         """First batch index not consumed yet (identical on every rank)."""
         _, world = _rank_world()
-        workers = max(1, 0 if self._render_device().type == "cuda" else self.num_workers)
+        workers = max(1, self._workers())
         rounds = math.ceil(self._consumed / workers)
         return self._start_batch + rounds * world * workers
 
@@ -414,7 +457,13 @@ class SynthDataModule(pl.LightningDataModule):
             return {}
         state = self.train_dataset.state_dict()
         state["next_batch"] = self.resume_position()
-        return {"dataset": state, "version": 1}
+        rank, _ = _rank_world()
+        # the batch Lightning prefetched but did not train on yet (rank r's is next_batch + r; every rank rendered
+        # its own at the same step with identical weights, so rank 0's record holds for all)
+        render = None
+        if self._rendered is not None and self._rendered[0] == state["next_batch"] + rank:
+            render = self._rendered[1]
+        return {"dataset": state, "render_weights": render, "version": 2}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
@@ -423,6 +472,7 @@ class SynthDataModule(pl.LightningDataModule):
             self.setup("fit")
         self.train_dataset.load_state_dict(state["dataset"])
         self._start_batch, self._consumed = self.train_dataset.next_batch, 0
+        self._pending_render = state.get("render_weights")
         self._suites = {}
 
 

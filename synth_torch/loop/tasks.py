@@ -156,9 +156,6 @@ class SliceTask(pl.LightningModule):
         scheduler: optional callable ``scheduler(optimizer)``, stepped every training step.
     """
 
-    metric_names: tuple[str, ...] = ()
-    main_metric: str = ""
-
     def __init__(self, net, num_classes: int, optimizer: Callable | None = None, scheduler: Callable | None = None):
         super().__init__()
         if int(num_classes) < 2:
@@ -275,9 +272,6 @@ class SegmentationTask(SliceTask):
     background pixels) and ``fg_iou`` (``BinaryJaccardIndex`` of the foreground mask).
     """
 
-    metric_names = ("iou", "dice", "fg_iou")
-    main_metric = "fg_iou"
-
     def __init__(self, net, num_classes: int, target: str = "semantic", ce_weight: float = 1.0,
                  dice_weight: float = 1.0, class_weights=None, miner_loss: str = "dice",
                  optimizer: Callable | None = None, scheduler: Callable | None = None):
@@ -380,9 +374,6 @@ class DetectionTask(SliceTask):
 
     Metrics: torchmetrics ``MeanAveragePrecision(backend="pycocotools")`` ``map`` and ``map_50`` (boxes).
     """
-
-    metric_names = ("map", "map_50")
-    main_metric = "map_50"
 
     def __init__(self, net, num_classes: int, min_visible_pixels: int = 4, miner_loss: str = "loss",
                  score_threshold: float = 0.3, optimizer: Callable | None = None, scheduler: Callable | None = None):

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import torch
 
+from synth_torch.render import _buffers
 from synth_torch.render._dispatch import use_nvdiffrast
 
 
@@ -59,14 +60,15 @@ def _use_kernel(attr: torch.Tensor, rast: torch.Tensor, rast_db: torch.Tensor | 
 def _interpolate_cpu(attr, rast, tri, rast_db, idx):
     from synth_torch.render import _numba_kernels as nk
 
+    nk.use_torch_threads()
     B, H, W, _ = rast.shape
     a = attr if attr.ndim == 3 else attr[None]
     tri32 = tri.to(device="cpu", dtype=torch.int32).contiguous()
     if tri32.numel() and (int(tri32.min()) < 0 or int(tri32.max()) >= a.shape[1]):
         raise ValueError(f"tri indexes vertices in [{int(tri32.min())}, {int(tri32.max())}] but attr has "
                          f"{a.shape[1]} vertices")
-    out = nk.empty((B, H, W, a.shape[2]), rast.dtype)
-    out_da = nk.empty((B, H, W, 2 * len(idx)), rast.dtype)
+    out = _buffers.empty((B, H, W, a.shape[2]), rast.dtype)
+    out_da = _buffers.empty((B, H, W, 2 * len(idx)), rast.dtype)
     bad = np.zeros(B * H, dtype=np.uint8)
     rast_np = rast.detach().contiguous().view(B * H, W * 4).numpy()
     db_np = rast_db.detach().contiguous().view(B * H, W * 4).numpy() if rast_db is not None else rast_np

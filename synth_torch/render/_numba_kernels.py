@@ -1,5 +1,7 @@
 """Compiled kernels of the ``cpu`` backend (numba).
 
+``setup_vertices``
+    Per-vertex screen bounds and clip outcodes, parallel over vertices (always first).
 ``setup_triangles``
     Triangle setup, parallel over (image, triangle) slots (used when there are few images).
 ``rasterize_images``
@@ -30,6 +32,18 @@ import numpy as np
 BOUND_SLACK = 1e-6  # == _raster.BOUND_SLACK
 ERR = 1e-13  # == _raster.ERR
 DOUBT = 2  # bbox[:, 4] bit during setup: the float orientation sign needs an exact check
+
+
+def use_torch_threads() -> None:
+    """Run the kernels on as many threads as torch's intra-op pool (``torch.set_num_threads``; DataLoader
+    workers use 1), at most ``NUMBA_NUM_THREADS``. Starting numba's OpenMP pool resets the thread count
+    that torch reads from the same runtime; the user's setting is put back."""
+    import torch
+
+    n = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -143,12 +157,42 @@ def _load(pos, row):
     return np.float64(pos[row, 0]), np.float64(pos[row, 1]), np.float64(pos[row, 2]), np.float64(pos[row, 3])
 
 
+BEHIND = 64  # outcode bit: w <= 0
+
+
+@numba.njit(parallel=True, cache=True)
+def setup_vertices(pos, height, width, vbox, vcode):
+    """Per vertex: candidate pixel bounds ``vbox`` [N, 4] int32 (ceil((s_x - 0.5) - slack), floor((s_x - 0.5) +
+    slack), same for y; only meaningful when w > 0) and clip outcodes ``vcode`` [N] uint8 (bits: x > w,
+    x < -w, y > w, y < -w, z > w, z < -w, w <= 0).
+
+    A triangle's box is the min / max of its vertices' (ceil, floor and rounding are monotone, so this equals
+    the per-triangle formula of the reference) and it lies outside one clip plane iff the AND of its
+    vertices' outcodes is not zero.
+    """
+    big = 4.0 * max(width, height)
+    half_w, half_h = 0.5 * width, 0.5 * height
+    for n in numba.prange(pos.shape[0]):
+        x, y, z, w = _load(pos, n)
+        code = ((x > w) * 1 | (x < -w) * 2 | (y > w) * 4 | (y < -w) * 8 | (z > w) * 16 | (z < -w) * 32
+                | (w <= 0.0) * BEHIND)
+        vcode[n] = code
+        if w > 0.0:
+            s = _screen(x, w, half_w, big)
+            vbox[n, 0] = math.ceil((s - 0.5) - BOUND_SLACK)
+            vbox[n, 2] = math.floor((s - 0.5) + BOUND_SLACK)
+            s = _screen(y, w, half_h, big)
+            vbox[n, 1] = math.ceil((s - 0.5) - BOUND_SLACK)
+            vbox[n, 3] = math.floor((s - 0.5) + BOUND_SLACK)
+
+
 @numba.njit(inline="always")
-def _setup_one(pos, tri, t, base, height, width, coef, bbox, slot):
+def _setup_one(pos, tri, vbox, vcode, t, base, height, width, coef, bbox, slot):
     """Set up triangle ``t`` (vertex rows offset by ``base``) into ``coef[slot]`` and ``bbox[slot]``."""
-    x0, y0, z0, w0 = _load(pos, base + tri[t, 0])
-    x1, y1, z1, w1 = _load(pos, base + tri[t, 1])
-    x2, y2, z2, w2 = _load(pos, base + tri[t, 2])
+    i0, i1, i2 = base + tri[t, 0], base + tri[t, 1], base + tri[t, 2]
+    x0, y0, z0, w0 = _load(pos, i0)
+    x1, y1, z1, w1 = _load(pos, i1)
+    x2, y2, z2, w2 = _load(pos, i2)
     a0, b0, c0 = y1 * w2 - w1 * y2, w1 * x2 - x1 * w2, x1 * y2 - y1 * x2
     a1, b1, c1 = y2 * w0 - w2 * y0, w2 * x0 - x2 * w0, x2 * y0 - y2 * x0
     a2, b2, c2 = y0 * w1 - w0 * y1, w0 * x1 - x0 * w1, x0 * y1 - y0 * x1
@@ -171,21 +215,14 @@ def _setup_one(pos, tri, t, base, height, width, coef, bbox, slot):
     coef[slot, 9], coef[slot, 10], coef[slot, 11] = za, zb, zc
     coef[slot, 12] = ERR * (mag * mag)
 
-    outside = ((x0 > w0 and x1 > w1 and x2 > w2) or (x0 < -w0 and x1 < -w1 and x2 < -w2)
-               or (y0 > w0 and y1 > w1 and y2 > w2) or (y0 < -w0 and y1 < -w1 and y2 < -w2)
-               or (z0 > w0 and z1 > w1 and z2 > w2) or (z0 < -w0 and z1 < -w1 and z2 < -w2)
-               or (w0 <= 0.0 and w1 <= 0.0 and w2 <= 0.0))
+    c0, c1, c2 = vcode[i0], vcode[i1], vcode[i2]
+    outside = (c0 & c1 & c2) != 0
     bx0, by0, bx1, by1 = 0, 0, width - 1, height - 1
-    if w0 > 0.0 and w1 > 0.0 and w2 > 0.0:
-        big = 4.0 * max(width, height)
-        half = 0.5 * width
-        s0, s1, s2 = _screen(x0, w0, half, big), _screen(x1, w1, half, big), _screen(x2, w2, half, big)
-        bx0 = max(math.ceil((min(min(s0, s1), s2) - 0.5) - BOUND_SLACK), 0)
-        bx1 = min(math.floor((max(max(s0, s1), s2) - 0.5) + BOUND_SLACK), width - 1)
-        half = 0.5 * height
-        s0, s1, s2 = _screen(y0, w0, half, big), _screen(y1, w1, half, big), _screen(y2, w2, half, big)
-        by0 = max(math.ceil((min(min(s0, s1), s2) - 0.5) - BOUND_SLACK), 0)
-        by1 = min(math.floor((max(max(s0, s1), s2) - 0.5) + BOUND_SLACK), height - 1)
+    if ((c0 | c1 | c2) & BEHIND) == 0:
+        bx0 = max(min(min(vbox[i0, 0], vbox[i1, 0]), vbox[i2, 0]), 0)
+        by0 = max(min(min(vbox[i0, 1], vbox[i1, 1]), vbox[i2, 1]), 0)
+        bx1 = min(max(max(vbox[i0, 2], vbox[i1, 2]), vbox[i2, 2]), width - 1)
+        by1 = min(max(max(vbox[i0, 3], vbox[i1, 3]), vbox[i2, 3]), height - 1)
     if sigma != 0 and finite and not outside and bx0 <= bx1 and by0 <= by1:
         bbox[slot, 0], bbox[slot, 1], bbox[slot, 2], bbox[slot, 3] = bx0, by0, bx1, by1
     else:
@@ -210,17 +247,18 @@ def _resolve_orientation(pos, tri, t, base, coef, bbox, slot):
 
 
 @numba.njit(parallel=True, cache=True)
-def setup_triangles(pos, tri, image_offsets, tri_start, vert_offset, height, width, coef, bbox):
+def setup_triangles(pos, tri, vbox, vcode, image_offsets, tri_start, vert_offset, height, width, coef, bbox):
     """Set up every slot into ``coef`` [M, 13] and ``bbox`` [M, 5] (see the module docstring).
 
-    pos [N, 4] flat clip-space positions (float32 or float64); tri [T, 3] int32. Slot ``m`` of image
+    pos [N, 4] flat clip-space positions (float32 or float64); tri [T, 3] int32; vbox, vcode from
+    :func:`setup_vertices`. Slot ``m`` of image
     ``b`` (``image_offsets[b] <= m < image_offsets[b + 1]``) is triangle ``tri_start[b] + m -
     image_offsets[b]`` with vertex rows offset by ``vert_offset[b]``.
     """
     for m in numba.prange(coef.shape[0]):
         b = _image_of(image_offsets, m)
         t = tri_start[b] + (m - image_offsets[b])
-        _setup_one(pos, tri, t, vert_offset[b], height, width, coef, bbox, m)
+        _setup_one(pos, tri, vbox, vcode, t, vert_offset[b], height, width, coef, bbox, m)
         if bbox[m, 4] & DOUBT:
             _resolve_orientation(pos, tri, t, vert_offset[b], coef, bbox, m)
 
@@ -317,18 +355,19 @@ def _raster_rows(pos, tri, base, coef, bbox, lo, hi, r0, r1, xn_of, yn_of, id_ba
             e1 = a1 * xn + (b1 * yn + coef[m, 5])
             e2 = a2 * xn + (b2 * yn + coef[m, 8])
             s = (e0 + e1) + e2
+            inv_s = 1.0 / s
+            inv_ss = inv_s * inv_s
             sa = (a0 + a1) + a2
             sb = (b0 + b1) + b2
-            ss = s * s
             k = 4 * i
-            rast[o, k] = e0 / s
-            rast[o, k + 1] = e1 / s
+            rast[o, k] = e0 * inv_s
+            rast[o, k + 1] = e1 * inv_s
             rast[o, k + 2] = coef[m, 9] * xn + (coef[m, 10] * yn + coef[m, 11])
             rast[o, k + 3] = np.float64(id_base + slot + 1)
-            rast_db[o, k] = (a0 * s - e0 * sa) / ss * dx_scale
-            rast_db[o, k + 1] = (b0 * s - e0 * sb) / ss * dy_scale
-            rast_db[o, k + 2] = (a1 * s - e1 * sa) / ss * dx_scale
-            rast_db[o, k + 3] = (b1 * s - e1 * sb) / ss * dy_scale
+            rast_db[o, k] = (a0 * s - e0 * sa) * inv_ss * dx_scale
+            rast_db[o, k + 1] = (b0 * s - e0 * sb) * inv_ss * dy_scale
+            rast_db[o, k + 2] = (a1 * s - e1 * sa) * inv_ss * dx_scale
+            rast_db[o, k + 3] = (b1 * s - e1 * sb) * inv_ss * dy_scale
 
 
 @numba.njit(cache=True)
@@ -340,7 +379,7 @@ def _pixel_centres(size):
 
 
 @numba.njit(parallel=True, cache=True)
-def rasterize_images(pos, tri, image_offsets, tri_start, vert_offset, height, width, rast, rast_db):
+def rasterize_images(pos, tri, vbox, vcode, image_offsets, tri_start, vert_offset, height, width, rast, rast_db):
     """Setup, visibility and fill, one work item per image (setup kept in a per-image scratch buffer).
 
     Arguments as :func:`setup_triangles`; ``rast``/``rast_db`` are [B*H, W*4] views of the outputs.
@@ -351,7 +390,7 @@ def rasterize_images(pos, tri, image_offsets, tri_start, vert_offset, height, wi
         coef = np.empty((n, 13), dtype=np.float64)
         bbox = np.empty((n, 5), dtype=np.int32)
         for k in range(n):
-            _setup_one(pos, tri, tri_start[b] + k, vert_offset[b], height, width, coef, bbox, k)
+            _setup_one(pos, tri, vbox, vcode, tri_start[b] + k, vert_offset[b], height, width, coef, bbox, k)
             if bbox[k, 4] & DOUBT:
                 _resolve_orientation(pos, tri, tri_start[b] + k, vert_offset[b], coef, bbox, k)
         _raster_rows(pos, tri, vert_offset[b], coef, bbox, 0, n, 0, height - 1, xn_of, yn_of, tri_start[b],
@@ -419,11 +458,3 @@ def interpolate_rows(attr, rast, tri, rast_db, diff_idx, one, height, out, out_d
                 out_da[row, o + 2 * d] = rast_db[row, 4 * i] * d_u + rast_db[row, 4 * i + 2] * d_v
                 out_da[row, o + 2 * d + 1] = rast_db[row, 4 * i + 1] * d_u + rast_db[row, 4 * i + 3] * d_v
 
-
-def empty(shape, dtype):
-    """Uninitialised CPU tensor for a kernel to fill, allocated by numpy (which asks Linux for 2 MB pages:
-    far fewer page faults than torch's allocator for the tens of MB a batch of images takes)."""
-    import torch
-
-    np_dtype = {torch.float32: np.float32, torch.float64: np.float64}[dtype]
-    return torch.from_numpy(np.empty(shape, dtype=np_dtype))

@@ -13,7 +13,7 @@ Fill rule: a pixel centre exactly on an edge (``e_k == 0``) belongs to the trian
 edge normal ``(a_k, b_k)`` satisfies ``a_k > 0 or (a_k == 0 and b_k > 0)``: the rule of the sample point
 moved by an infinitesimal ``(+eps, +eps**2)``, so every pixel centre on shared edges or vertices goes to
 exactly one triangle of a closed mesh or fan. That needs exact signs: wherever a float edge value is
-within its rounding error bound of zero (``|e_k| <= bound_k``), the sign of ``e_k``, and likewise of
+within its rounding error bound of zero (``|e_k| <= bound``), the sign of ``e_k``, and likewise of
 ``det``, ``a_k`` and ``b_k``, is recomputed exactly (the reference uses ``fractions.Fraction``, the
 ``cpu`` kernels error-free transformations); elsewhere the float sign is already exact.
 
@@ -29,12 +29,13 @@ expression, operand order included (written out below, never ``sum`` or ``linalg
 
 - ``det = (x_0 * a_0 + y_0 * b_0) + w_0 * c_0``; ``zrow = ((z_0 * r_0 + z_1 * r_1) + z_2 * r_2) / det``;
   edges are ``rows`` negated when the exact sign of ``det`` is negative;
-- rounding bounds, from ``mag = max |x_k|, |y_k|, |w_k|`` over the three vertices: ``bound = ERR * (mag * mag)``
-  for every edge value (pixel centres have ``|x_n|, |y_n| < 1``), ``ERR * (mag * mag * mag)`` for ``det``;
+- rounding bounds, from ``mag = max |x_k|, |y_k|, |w_k|`` over the three vertices:
+  ``bound = ERR * (mag * mag)`` for every edge value (pixel centres have ``|x_n|, |y_n| < 1``) and
+  ``ERR * (mag * mag * mag)`` for ``det``;
 - pixel centre ``x_n = (2 i + 1) / W - 1`` (``y_n`` likewise with ``j`` and ``H``);
 - edge value ``e_k = a_k * x_n + (b_k * y_n + c_k)``, depth ``zrow_a * x_n + (zrow_b * y_n + zrow_c)``;
-- ``s = (e_0 + e_1) + e_2``, ``u = e_0 / s``, ``v = e_1 / s``;
-  ``du/dX = (a_0 * s - e_0 * ((a_0 + a_1) + a_2)) / (s * s) * (2 / W)`` and likewise for dY, dv;
+- ``s = (e_0 + e_1) + e_2``, ``r = 1 / s``, ``u = e_0 * r``, ``v = e_1 * r``;
+  ``du/dX = (a_0 * s - e_0 * ((a_0 + a_1) + a_2)) * (r * r) * (2 / W)`` and likewise for dY, dv;
 - candidate pixels: when all ``w_k > 0``, pixel ``i`` is tested iff its centre ``i + 0.5`` lies in
   the projected extent ``[min s_x, max s_x]`` widened by :data:`BOUND_SLACK` pixels, with
   ``s_x = (x / w + 1) * (0.5 W)`` clamped to ``+-4 max(W, H)``; otherwise the whole viewport.
@@ -286,12 +287,13 @@ def fill_torch(setup: TriangleSetup, index: torch.Tensor, height: int, width: in
     ed = setup.edges[m]
     e0, e1, e2 = edge_values(ed, xn, yn)
     s = (e0 + e1) + e2
-    rast[b, py, px] = torch.stack((e0 / s, e1 / s, plane_depth(setup.zrow[m], xn, yn),
+    inv_s = 1.0 / s
+    rast[b, py, px] = torch.stack((e0 * inv_s, e1 * inv_s, plane_depth(setup.zrow[m], xn, yn),
                                    (setup.tri[m] + 1).to(torch.float64)), dim=1).to(dtype)
     sa = (ed[:, 0, 0] + ed[:, 1, 0]) + ed[:, 2, 0]
     sb = (ed[:, 0, 1] + ed[:, 1, 1]) + ed[:, 2, 1]
-    ss = s * s
-    db = [(ed[:, k, col] * s - e * ssum) / ss * scale
+    inv_ss = inv_s * inv_s
+    db = [(ed[:, k, col] * s - e * ssum) * inv_ss * scale
           for k, e in ((0, e0), (1, e1))
           for col, ssum, scale in ((0, sa, 2.0 / width), (1, sb, 2.0 / height))]
     rast_db[b, py, px] = torch.stack(db, dim=1).to(dtype)
@@ -313,13 +315,14 @@ def barycentrics(pos_flat: torch.Tensor, vidx: torch.Tensor, xn: torch.Tensor, y
     xn, yn = xn.to(pos_flat.dtype), yn.to(pos_flat.dtype)
     e0, e1, e2 = (a * xn + (b * yn + c) for a, b, c in rows)
     s = (e0 + e1) + e2
-    u, v = e0 / s, e1 / s
+    inv_s = 1.0 / s
+    u, v = e0 * inv_s, e1 * inv_s
     if not with_db:
         return u, v, None
     sa = (rows[0][0] + rows[1][0]) + rows[2][0]
     sb = (rows[0][1] + rows[1][1]) + rows[2][1]
-    ss = s * s
-    db = [(rows[k][col] * s - e * ssum) / ss * scale
+    inv_ss = inv_s * inv_s
+    db = [(rows[k][col] * s - e * ssum) * inv_ss * scale
           for k, e in ((0, e0), (1, e1))
           for col, ssum, scale in ((0, sa, 2.0 / width), (1, sb, 2.0 / height))]
     return u, v, torch.stack(db, dim=1)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
-from synth_torch.render import _raster
+from synth_torch.render import _buffers, _raster
 from synth_torch.render.context import RasterizeContext
 
 
@@ -30,8 +29,9 @@ def _check_inputs(pos: torch.Tensor, tri: torch.Tensor, resolution, ranges) -> t
             raise ValueError("range mode (pos of shape [V, 4]) needs ranges of shape [B, 2] (start, count)")
         if not torch.is_tensor(ranges) or ranges.is_floating_point() or ranges.ndim != 2 or ranges.shape[1] != 2 \
                 or ranges.device.type != "cpu":
-            raise ValueError(f"ranges must be a CPU integer tensor of shape [B, 2], got "
-                             f"{(ranges.dtype, tuple(ranges.shape), str(ranges.device)) if torch.is_tensor(ranges) else type(ranges).__name__}")
+            got = ((ranges.dtype, tuple(ranges.shape), str(ranges.device)) if torch.is_tensor(ranges)
+                   else type(ranges).__name__)
+            raise ValueError(f"ranges must be a CPU integer tensor of shape [B, 2], got {got}")
         if (ranges < 0).any() or ((ranges[:, 0] + ranges[:, 1]) > tri.shape[0]).any():
             raise ValueError(f"ranges select triangles outside tri (T = {tri.shape[0]})")
     if tri.numel() and (int(tri.min()) < 0 or int(tri.max()) >= pos.shape[-2]):
@@ -106,6 +106,7 @@ def _rasterize_cpu(pos, tri, ranges, num_images, num_vertices, instanced, height
     """``cpu`` backend: numba setup, visibility and fill; every output value is written by the kernel."""
     from synth_torch.render import _numba_kernels as nk
 
+    nk.use_torch_threads()
     T = tri.shape[0]
     if instanced:
         image_offsets = np.arange(num_images + 1, dtype=np.int64) * T
@@ -118,21 +119,26 @@ def _rasterize_cpu(pos, tri, ranges, num_images, num_vertices, instanced, height
         vert_offset = np.zeros(num_images, dtype=np.int64)
     pos_np = pos.detach().reshape(-1, 4).contiguous().numpy()
     tri_np = tri.to(torch.int32).contiguous().numpy()
-    rast = nk.empty((num_images, height, width, 4), pos.dtype)
-    rast_db = nk.empty((num_images, height, width, 4), pos.dtype)
+    rast = _buffers.empty((num_images, height, width, 4), pos.dtype)
+    rast_db = _buffers.empty((num_images, height, width, 4), pos.dtype)
     if num_images == 0:
         return rast, rast_db
     out = rast.view(num_images * height, width * 4).numpy()
     out_db = rast_db.view(num_images * height, width * 4).numpy()
+    vbox = np.empty((pos_np.shape[0], 4), dtype=np.int32)
+    vcode = np.empty(pos_np.shape[0], dtype=np.uint8)
+    nk.setup_vertices(pos_np, height, width, vbox, vcode)
     band_rows = _band_rows(num_images, height)
     if band_rows >= height:  # enough images to keep every thread busy: one work item per image
-        nk.rasterize_images(pos_np, tri_np, image_offsets, tri_start, vert_offset, height, width, out, out_db)
+        nk.rasterize_images(pos_np, tri_np, vbox, vcode, image_offsets, tri_start, vert_offset, height, width, out,
+                            out_db)
     else:  # few images: set up once, then split each image into row bands
         M = int(image_offsets[-1])
         coef = np.empty((M, 13), dtype=np.float64)
         bbox = np.empty((M, 5), dtype=np.int32)
         if M:
-            nk.setup_triangles(pos_np, tri_np, image_offsets, tri_start, vert_offset, height, width, coef, bbox)
+            nk.setup_triangles(pos_np, tri_np, vbox, vcode, image_offsets, tri_start, vert_offset, height, width,
+                               coef, bbox)
         nk.rasterize_bands(pos_np, tri_np, coef, bbox, image_offsets, tri_start, vert_offset, height, width,
                            band_rows, out, out_db)
     return rast, rast_db

@@ -40,7 +40,8 @@ def texture_construct_mip(tex: torch.Tensor, max_mip_level: int | None = None, c
     return TextureMip(levels)
 
 
-def _taps(coord: torch.Tensor, size: int, boundary: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _taps(coord: torch.Tensor, size: int,
+          boundary: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Two bilinear taps along one axis: (index0, index1, weight1, valid mask [2, ...])."""
     x = coord * size - 0.5
     if boundary == "clamp":

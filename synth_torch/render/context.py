@@ -61,7 +61,8 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
             raise ValueError(f"backend 'nvdiffrast' runs on CUDA devices only, got device {device}; use "
                              f"backend='cpu' or 'auto' on CPU{hint}")
         if not nvdiffrast_available():
-            raise RuntimeError(f"backend 'nvdiffrast' was requested but nvdiffrast is not importable: {_NVDIFFRAST_HINT}")
+            raise RuntimeError(f"backend 'nvdiffrast' was requested but nvdiffrast is not importable: "
+                               f"{_NVDIFFRAST_HINT}")
     if backend == "cpu" and device.type != "cpu":
         raise ValueError(f"backend 'cpu' runs on CPU tensors only, got device {device}; use backend='torch' or 'auto'")
     return backend

@@ -99,9 +99,12 @@ def test_bad_miner_arguments_raise():
 
 def _seg_run(tmp_path, name, max_steps, ckpt_path=None, logger=False):
     pl.seed_everything(0)
-    dm = SynthDataModule("defects", batch_size=2, resolution=16, val_samples_per_slice=4, val_batch_size=4)
+    dm = SynthDataModule("defects", batch_size=8, resolution=16, val_samples_per_slice=4, val_batch_size=4)
     task = SegmentationTask(functools.partial(TinyUNet, width=4, depth=2), dm.num_classes, target="foreground")
-    miner = SliceMiner("group_dro", every_n_train_steps=1, mine=True, mine_samples=48, max_mined=1, verbose=False,
+    # mining at round 2 = the checkpoint step: the batch Lightning prefetched before that round was rendered
+    # with the old 4-slice weights, and the resumed run must render it the same way
+    miner = SliceMiner("group_dro", every_n_train_steps=1, mine=True, mine_every=2, mine_samples=48, max_mined=1,
+                       verbose=False,
                        reweighter={"eta": 3.0, "min_samples": 1},
                        mining={"min_support": 8, "min_effect": 0.0, "alpha": 0.999, "max_order": 1})
     recorder = StreamRecorder(str(tmp_path / name))
@@ -114,7 +117,7 @@ def _seg_run(tmp_path, name, max_steps, ckpt_path=None, logger=False):
 
 def test_checkpoint_resume_continues_same_weights_and_stream(tmp_path):
     dm_a, miner_a, rec_a = _seg_run(tmp_path, "a", max_steps=4)
-    assert miner_a.mined, "the loose mining thresholds should add a slice, so resume must restore it"
+    assert miner_a.mined and miner_a.mined[0]["step"] == 2, "the loose thresholds should mine at step 2"
     dm_b, miner_b, rec_b = _seg_run(tmp_path, "b", max_steps=4, ckpt_path=str(tmp_path / "ckpt" / "step=2.ckpt"))
     # the resumed run trained on exactly the batches the uninterrupted run trained on after step 2
     assert [s["sample_id"] for s in rec_b.steps] == [s["sample_id"] for s in rec_a.steps[2:]]

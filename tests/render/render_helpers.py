@@ -71,7 +71,8 @@ def uv_sphere(rings: int = 16, segments: int = 24, radius: float = 1.0, dtype=to
         th = math.pi * r / rings
         for s in range(segments):
             ph = 2 * math.pi * s / segments
-            verts.append((radius * math.sin(th) * math.cos(ph), radius * math.cos(th), radius * math.sin(th) * math.sin(ph)))
+            verts.append((radius * math.sin(th) * math.cos(ph), radius * math.cos(th),
+                          radius * math.sin(th) * math.sin(ph)))
     verts.append((0.0, -radius, 0.0))
     last = len(verts) - 1
     tris = [(0, 1 + (s + 1) % segments, 1 + s) for s in range(segments)]

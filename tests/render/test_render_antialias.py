@@ -20,7 +20,8 @@ def flat(v):
 
 def pixel_area(v) -> float:
     px = (torch.as_tensor(v, dtype=F64) + 1) * 0.5 * torch.tensor([W, H], dtype=F64)
-    return 0.5 * abs(float((px[1, 0] - px[0, 0]) * (px[2, 1] - px[0, 1]) - (px[1, 1] - px[0, 1]) * (px[2, 0] - px[0, 0])))
+    (ax, ay), (bx, by), (cx, cy) = px.tolist()
+    return 0.5 * abs((bx - ax) * (cy - ay) - (by - ay) * (cx - ax))
 
 
 def distance_to_edges(v) -> torch.Tensor:

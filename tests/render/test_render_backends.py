@@ -76,7 +76,11 @@ def test_setups_are_bitwise_equal():
     ref = _raster.triangle_setup(pos.reshape(-1, 4), tri.long(), None, B, V, True, H, W)
     coef = np.empty((B * T, 13))
     bbox = np.empty((B * T, 5), dtype=np.int32)
-    nk.setup_triangles(pos.reshape(-1, 4).numpy(), tri.numpy(), np.arange(B + 1) * T, np.zeros(B, dtype=np.int64),
+    flat = pos.reshape(-1, 4).numpy()
+    vbox = np.empty((len(flat), 4), dtype=np.int32)
+    vcode = np.empty(len(flat), dtype=np.uint8)
+    nk.setup_vertices(flat, H, W, vbox, vcode)
+    nk.setup_triangles(flat, tri.numpy(), vbox, vcode, np.arange(B + 1) * T, np.zeros(B, dtype=np.int64),
                        np.arange(B) * V, H, W, coef, bbox)
     assert np.array_equal(coef[:, :9], ref.edges.reshape(-1, 9).numpy())
     assert np.array_equal(coef[:, 9:12], ref.zrow.numpy())
@@ -146,3 +150,17 @@ def test_compiled_interpolate_is_used_without_grad_and_validates_ids():
 def test_large_random_scenes_agree(res):
     pos, tri = random_soup(2, 400, seed=11)
     assert_backends_agree(pos, tri, res)
+
+
+def test_cpu_backend_follows_and_keeps_torch_thread_count():
+    import numba
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        pos, tri = sphere_scene(2, seed=0, rings=6, segments=8)
+        rast, _ = render(pos, tri, (16, 16), "cpu")
+        dr.interpolate(torch.rand(1, pos.shape[1], 2), rast, tri)
+        assert torch.get_num_threads() == 1 and numba.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

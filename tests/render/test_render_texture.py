@@ -102,18 +102,17 @@ def test_distant_checkerboard_mipmaps_to_its_mean():
 
 
 def test_mip_level_bias_alone_selects_the_level():
-    tex = torch.arange(16, dtype=F64).reshape(1, 4, 4, 1)
-    uv = torch.full((1, 1, 1, 2), 0.5, dtype=F64)
-    level1 = dr.texture(tex, uv, mip_level_bias=torch.ones(1, 1, 1, dtype=F64), filter_mode="linear-mipmap-linear")
-    assert level1.item() == pytest.approx(7.5)  # centre of the 2x2 level: mean of all
+    tex = (torch.arange(16, dtype=F64) ** 2).reshape(1, 4, 4, 1)  # not linear: levels differ
+    uv = torch.full((1, 1, 1, 2), 0.3, dtype=F64)
     level0 = dr.texture(tex, uv, filter_mode="linear")
-    assert level0.item() == pytest.approx(7.5)  # centre of 4x4: mean of the middle four = 7.5 too
-    half = dr.texture(tex, torch.full((1, 1, 1, 2), 0.3, dtype=F64), mip_level_bias=torch.full((1, 1, 1), 0.5, dtype=F64),
-                      filter_mode="linear-mipmap-linear")
-    lo = dr.texture(tex, torch.full((1, 1, 1, 2), 0.3, dtype=F64), filter_mode="linear")
-    hi = dr.texture(dr.texture_construct_mip(tex).levels[1], torch.full((1, 1, 1, 2), 0.3, dtype=F64),
-                    filter_mode="linear")
-    torch.testing.assert_close(half, 0.5 * (lo + hi))
+    level1 = dr.texture(dr.texture_construct_mip(tex).levels[1], uv, filter_mode="linear")
+    assert not torch.allclose(level0, level1)
+    for bias, expected in ((0.0, level0), (1.0, level1), (0.5, 0.5 * (level0 + level1)), (7.0, None)):
+        out = dr.texture(tex, uv, mip_level_bias=torch.full((1, 1, 1), bias, dtype=F64),
+                         filter_mode="linear-mipmap-linear")
+        if expected is None:  # clamped to the last level (1x1): the mean
+            expected = tex.mean().reshape(1, 1, 1, 1)
+        torch.testing.assert_close(out, expected)
 
 
 def test_batched_textures_and_validation():
