@@ -36,9 +36,9 @@ class DiskSamples(Dataset):
     def __getitem__(self, i: int) -> dict:
         meta = json.loads(self.files[i].read_text())
         stem = self.files[i].with_suffix("")
-        image = torch.from_numpy(np.asarray(Image.open(f"{stem}_image.png"), dtype=np.uint8)).permute(2, 0, 1)
-        instance = torch.from_numpy(np.asarray(Image.open(f"{stem}_instance.png"), dtype=np.int32))
-        depth = torch.from_numpy(np.asarray(Image.open(f"{stem}_depth.png"), dtype=np.int32)).float() / 1000.0
+        image = torch.from_numpy(np.array(Image.open(f"{stem}_image.png"), dtype=np.uint8)).permute(2, 0, 1)
+        instance = torch.from_numpy(np.array(Image.open(f"{stem}_instance.png"), dtype=np.int32))
+        depth = torch.from_numpy(np.array(Image.open(f"{stem}_depth.png"), dtype=np.int32)).float() / 1000.0
         return {"image": image.float() / 255.0, "instance": instance, "depth": depth,
                 "boxes": torch.tensor(meta["boxes"]), "labels": torch.tensor(meta["labels"])}
 

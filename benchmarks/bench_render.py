@@ -3,6 +3,7 @@
     python benchmarks/bench_render.py            # full grid (several minutes on 2 cores)
     python benchmarks/bench_render.py --quick    # small grid, fewer repetitions
     python benchmarks/bench_render.py --threads 1   # single-threaded (robust on a shared machine)
+    python benchmarks/bench_render.py --profile     # where the headline case spends its time, then exit
 
 Scenes: UV spheres at random positions in front of a perspective camera (seeded), one sphere of about N
 triangles per image. Each backend runs over resolution x triangles-per-image, forward only
@@ -120,11 +121,35 @@ def fmt(ts: list, batch: int) -> str:
     return f"{batch / statistics.median(ts):,.0f} ({batch / min(ts):,.0f})"
 
 
+def profile(step, calls: int = 20) -> None:
+    """cProfile of ``calls`` steps: time per call of the functions that take the most time."""
+    import cProfile
+    import pstats
+
+    for _ in range(3):
+        step()
+    prof = cProfile.Profile()
+    t = time.perf_counter()
+    prof.enable()
+    for _ in range(calls):
+        step()
+    prof.disable()
+    wall = (time.perf_counter() - t) / calls
+    stats = pstats.Stats(prof).stats
+    rows = sorted(((v[2], f"{k[0].split('/')[-1]}:{k[2]}") for k, v in stats.items()), reverse=True)[:6]
+    print(f"Headline step, cpu backend: {1e3 * wall:.1f} ms per call ({64 / wall:,.0f} images/s) under the profiler\n")
+    print("| function | ms per call (own time) |")
+    print("|---|---|")
+    for own, name in rows:
+        print(f"| {name} | {1e3 * own / calls:.2f} |")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small grid and fewer repetitions")
     ap.add_argument("--batch", type=int, default=8, help="images per call in the grid (default 8)")
     ap.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: as configured)")
+    ap.add_argument("--profile", action="store_true", help="profile the headline case (cpu backend) and exit")
     args = ap.parse_args(argv)
     if args.threads:
         import numba
@@ -146,6 +171,9 @@ def main(argv=None) -> None:
     # Headline: batch 64, 128x128, ~2k triangles, rasterize + interpolate, no gradients.
     pos, tri = sphere_scene(64, 2_000)
     attr = torch.rand(1, pos.shape[1], 3, generator=torch.Generator().manual_seed(1))
+    if args.profile:
+        profile(make_step(dr.RasterizeContext("cpu", "cpu"), pos, tri, (128, 128), attr, False))
+        return
     steps = {b: make_step(dr.RasterizeContext("cpu", b), pos, tri, (128, 128), attr, False) for b in backends}
     if nv:
         steps["nvdiffrast"] = make_step(dr.RasterizeContext("cuda", "nvdiffrast"), pos.cuda(), tri.cuda(), (128, 128),

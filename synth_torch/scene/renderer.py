@@ -18,6 +18,7 @@ from synth_torch.scene.library import template
 from synth_torch.scene.shading import blinn_phong, defect_masks, grain, pattern
 
 SHADOW_RESOLUTION = 192
+SHADOW_DEPTH_RANGE = 4.0  # metres mapped to the shadow map's z/w range
 BACKGROUND = {"tabletop": (0.62, 0.68, 0.75), "inspection": (0.06, 0.06, 0.06)}
 
 
@@ -26,7 +27,7 @@ class SceneGeometry:
     """All triangles of a batch, sorted by (image, slot); the ground is slot S of every image.
 
     Shapes: world [V, 3]; local [V, 3] (object frame, metres); image [V]; normals [Vn, 3] (world);
-    uvs [Vt, 2]; tri, normal_tri, uv_tri [F, 3]; face_slot [F] in 0..S; ranges [B, 2] (CPU) per image;
+    normal_image [Vn]; uvs [Vt, 2]; tri, normal_tri, uv_tri [F, 3]; face_slot [F] in 0..S; ranges [B, 2] (CPU) per image;
     slot_ranges [B, S, 2] (CPU) per object slot (count 0 for empty slots).
     """
 
@@ -34,6 +35,7 @@ class SceneGeometry:
     local: torch.Tensor
     image: torch.Tensor
     normals: torch.Tensor
+    normal_image: torch.Tensor
     uvs: torch.Tensor
     tri: torch.Tensor
     normal_tri: torch.Tensor
@@ -49,7 +51,7 @@ class Fragments:
     """Per-pixel rasterization results of the camera view.
 
     Shapes: rast, rast_db [B, H, W, 4]; clip [V, 4]; slot [B, H, W] (-1 empty, S ground, else object slot);
-    world, camera (camera-frame position, metres), normal (camera frame, unit) [B, H, W, 3];
+    camera (camera-frame position, metres), normal (camera frame, unit, facing the camera) [B, H, W, 3];
     defect [B, H, W] (0 none, d + 1 for defect slot d).
     """
 
@@ -57,7 +59,6 @@ class Fragments:
     rast_db: torch.Tensor
     clip: torch.Tensor
     slot: torch.Tensor
-    world: torch.Tensor
     camera: torch.Tensor
     normal: torch.Tensor
     defect: torch.Tensor
@@ -67,7 +68,7 @@ def assemble(spec: SceneSpec) -> SceneGeometry:
     """Instantiate every valid slot's template and the ground into one set of buffers."""
     device = spec.keys.device
     B, S = spec.slot_valid.shape
-    world, local, vimage, vslot, normals, uvs, tri, ntri, uvtri, owner = ([] for _ in range(10))
+    world, local, vimage, vslot, normals, nimage, uvs, tri, ntri, uvtri, owner = ([] for _ in range(11))
     nv = nn = nt = 0
     for si, shape in enumerate(spec.shapes):
         b, i = (spec.slot_valid & (spec.slot_shape == si)).nonzero(as_tuple=True)
@@ -83,6 +84,7 @@ def assemble(spec: SceneSpec) -> SceneGeometry:
         vslot.append(i.repeat_interleave(V))
         nrm = mat_vec(R[:, None], mesh.normals.to(device)[None] / scale[:, None])
         normals.append((nrm / nrm.norm(dim=-1, keepdim=True)).reshape(-1, 3))
+        nimage.append(b.repeat_interleave(mesh.normals.shape[0]))
         uvs.append(mesh.uvs.to(device))
         inst = torch.arange(n, device=device)[:, None, None]
         tri.append((mesh.faces.to(device)[None] + nv + inst * V).reshape(-1, 3))
@@ -97,11 +99,12 @@ def assemble(spec: SceneSpec) -> SceneGeometry:
     local.append(corners.repeat(B, 1))
     vimage.append(torch.arange(B, device=device).repeat_interleave(4))
     vslot.append(torch.full((4 * B,), S, device=device, dtype=torch.long))
-    normals.append(torch.tensor([[0.0, 0.0, 1.0]], device=device))
+    normals.append(torch.tensor([[0.0, 0.0, 1.0]], device=device).repeat(B, 1))
+    nimage.append(torch.arange(B, device=device))
     uvs.append(torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]], device=device))
     quad = torch.tensor([[0, 1, 2], [0, 2, 3]], device=device)
     tri.append((quad[None] + nv + 4 * torch.arange(B, device=device)[:, None, None]).reshape(-1, 3))
-    ntri.append(torch.full((2 * B, 3), nn, device=device, dtype=torch.long))
+    ntri.append((nn + torch.arange(B, device=device)).repeat_interleave(2)[:, None].expand(-1, 3))
     uvtri.append((quad + nt).repeat(B, 1))
     owner.append((torch.arange(B, device=device) * (S + 1) + S).repeat_interleave(2))
 
@@ -113,7 +116,7 @@ def assemble(spec: SceneSpec) -> SceneGeometry:
     ranges = torch.stack((starts[:, 0], counts.sum(1)), 1).to(torch.int32)
     slot_ranges = torch.stack((starts[:, :S], counts[:, :S]), -1).to(torch.int32)
     return SceneGeometry(world=torch.cat(world), local=torch.cat(local), image=torch.cat(vimage),
-                         normals=torch.cat(normals), uvs=torch.cat(uvs), tri=torch.cat(tri)[order].to(torch.int32),
+                         normals=torch.cat(normals), normal_image=torch.cat(nimage), uvs=torch.cat(uvs), tri=torch.cat(tri)[order].to(torch.int32),
                          normal_tri=torch.cat(ntri)[order].to(torch.int32), uv_tri=torch.cat(uvtri)[order].to(torch.int32),
                          face_slot=owner % (S + 1), vertex_slot=torch.cat(vslot), ranges=ranges, slot_ranges=slot_ranges)
 
@@ -129,12 +132,11 @@ def project_vertices(points: torch.Tensor, image: torch.Tensor, spec: SceneSpec,
     return camera, clip
 
 
-def _shadow_factor(spec: SceneSpec, geom: SceneGeometry, ctx, pixel_world: torch.Tensor, pixel_image: torch.Tensor,
-                   softness: torch.Tensor) -> torch.Tensor:
-    """Fraction of the directional light reaching each pixel [P], from an orthographic shadow map that the
-    same rasterizer renders from the light (objects only; the ground receives but does not cast)."""
-    B = spec.batch_size
-    device = pixel_world.device
+def _shadow_map(spec: SceneSpec, geom: SceneGeometry, ctx) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orthographic shadow map of the directional light, rendered by the same rasterizer (objects only: the
+    ground receives shadows but casts none). Returns (depth [B, n, n], +inf where empty; light-space
+    vertex positions [V, 3] with x, y in [-1, 1] over the map and z the map's depth)."""
+    device = geom.world.device
     z = -spec.light_dir
     helper = torch.where((z[:, 2:3].abs() > 0.99), torch.tensor([1.0, 0, 0], device=device),
                          torch.tensor([0, 0, 1.0], device=device))
@@ -143,31 +145,33 @@ def _shadow_factor(spec: SceneSpec, geom: SceneGeometry, ctx, pixel_world: torch
     y = torch.linalg.cross(z, x)
     R = torch.stack((x, y, z), 1)  # [B, 3, 3] world -> light
     radius = 1.2 * spec.params["objects.spread"].to(device) + 0.15
-    depth_range = 4.0
-
-    def to_light(points, image):
-        q = mat_vec(R[image], points)
-        return torch.stack((q[:, 0] / radius[image], q[:, 1] / radius[image], q[:, 2] / depth_range), -1)
-
-    q = to_light(geom.world, geom.image)
-    clip = torch.cat((q, torch.ones_like(q[:, :1])), -1)
+    q = mat_vec(R[geom.image], geom.world)
+    q = torch.stack((q[:, 0] / radius[geom.image], q[:, 1] / radius[geom.image], q[:, 2] / SHADOW_DEPTH_RANGE), -1)
     ranges = geom.ranges.clone()
     ranges[:, 1] -= 2  # the ground quad is the last two faces of each image
     n = SHADOW_RESOLUTION
-    rast, _ = dr.rasterize(ctx, clip.contiguous(), geom.tri, (n, n), ranges=ranges)
-    depth = torch.where(rast[..., 3] > 0, rast[..., 2], torch.full_like(rast[..., 2], math.inf))
-    qp = to_light(pixel_world, pixel_image)
-    fx = ((qp[:, 0] + 1) * 0.5 * n - 0.5).clamp(0, n - 1)
-    fy = ((qp[:, 1] + 1) * 0.5 * n - 0.5).clamp(0, n - 1)
+    rast, _ = dr.rasterize(ctx, torch.cat((q, torch.ones_like(q[:, :1])), -1).contiguous(), geom.tri, (n, n),
+                           ranges=ranges)
+    return torch.where(rast[..., 3] > 0, rast[..., 2], torch.full_like(rast[..., 2], math.inf)), q
+
+
+def _shadow_lookup(depth: torch.Tensor, q: torch.Tensor, image: torch.Tensor, softness: torch.Tensor) -> torch.Tensor:
+    """Fraction of the light reaching pixels at light-space positions q [P, 3] (2x2 percentage-closer filter).
+
+    Light space is affine in world space, so per-vertex light positions interpolate exactly to pixels.
+    """
+    n = depth.shape[-1]
+    fx = ((q[:, 0] + 1) * 0.5 * n - 0.5).clamp(0, n - 1)
+    fy = ((q[:, 1] + 1) * 0.5 * n - 0.5).clamp(0, n - 1)
     x0, y0 = fx.floor().long(), fy.floor().long()
     wx, wy = fx - x0, fy - y0
-    bias = 0.01 / depth_range
+    bias = 0.01 / SHADOW_DEPTH_RANGE
     lit = torch.zeros_like(fx)
     for dy, wyy in ((0, 1 - wy), (1, wy)):
         for dx, wxx in ((0, 1 - wx), (1, wx)):
-            d = depth[pixel_image, (y0 + dy).clamp(max=n - 1), (x0 + dx).clamp(max=n - 1)]
-            lit = lit + wxx * wyy * (qp[:, 2] <= d + bias).to(fx.dtype)
-    # Soften: never fully black, and partially lit with softness (ambient occlusion is not modelled).
+            d = depth[image, (y0 + dy).clamp(max=n - 1), (x0 + dx).clamp(max=n - 1)]
+            lit = lit + wxx * wyy * (q[:, 2] <= d + bias).to(fx.dtype)
+    # Never fully black: the ambient term stands in for light bounced from the surroundings.
     return 1.0 - (1.0 - lit) * (0.85 / (1.0 + 0.15 * softness))
 
 
@@ -186,9 +190,15 @@ def render(spec: SceneSpec, resolution: tuple[int, int], ctx: dr.RasterizeContex
     geom = assemble(spec)
     camera_pts, clip = project_vertices(geom.world, geom.image, spec, resolution, near, far)
     rast, rast_db = dr.rasterize(ctx, clip.contiguous(), geom.tri, resolution, ranges=geom.ranges)
-    attrs = torch.cat((geom.world, geom.local, camera_pts), -1)
-    interp, _ = dr.interpolate(attrs, rast, geom.tri)
-    normal_w, _ = dr.interpolate(geom.normals, rast, geom.normal_tri)
+    use_shadows = shadows and S > 0
+    attrs = [geom.world, geom.local, camera_pts]
+    if use_shadows:
+        shadow_depth, light_q = _shadow_map(spec, geom, ctx)
+        attrs.append(light_q)
+    interp, _ = dr.interpolate(torch.cat(attrs, -1), rast, geom.tri)
+    # Shading happens in the camera frame: normals are rotated per vertex, not per pixel.
+    R_wc = spec.world_to_cam[:, :3, :3]
+    normal_c, _ = dr.interpolate(mat_vec(R_wc[geom.normal_image], geom.normals), rast, geom.normal_tri)
     tri_id = rast[..., 3].long() - 1
     covered = tri_id >= 0
     slot = torch.where(covered, geom.face_slot[tri_id.clamp(min=0)], torch.full_like(tri_id, -1))
@@ -202,13 +212,10 @@ def render(spec: SceneSpec, resolution: tuple[int, int], ctx: dr.RasterizeContex
     # float32 hides that, so a sample's image does not depend on its batch-mates.
     pix = interp[b, py, px].double()
     p_world, p_local, p_cam = pix[:, 0:3], pix[:, 3:6], pix[:, 6:9]
-    n_world = normal_w[b, py, px].double()
-    n_world = n_world / n_world.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    R_wc, t_wc = spec.world_to_cam[:, :3, :3], spec.world_to_cam[:, :3, 3]
-    eye = -mat_vec(R_wc.transpose(1, 2), t_wc)
-    to_eye = eye[b].double() - p_world
-    to_eye = to_eye / to_eye.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    n_world = torch.where(((n_world * to_eye).sum(-1) < 0)[:, None], -n_world, n_world)
+    n_cam = normal_c[b, py, px].double()
+    n_cam = n_cam / n_cam.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    to_eye = -p_cam / p_cam.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    n_cam = torch.where(((n_cam * to_eye).sum(-1) < 0)[:, None], -n_cam, n_cam)
 
     # Albedo: procedural solid textures on objects, procedural or image texture on the ground.
     albedo = torch.empty_like(p_world)
@@ -250,11 +257,12 @@ def render(spec: SceneSpec, resolution: tuple[int, int], ctx: dr.RasterizeContex
         defect[b[hit], py[hit], px[hit]] = d + 1
 
     params = {k: v.to(device) for k, v in spec.params.items()}
-    if shadows and S:
-        shadow = _shadow_factor(spec, geom, ctx, p_world, b, params["light.shadow_softness"][b])
+    if use_shadows:
+        shadow = _shadow_lookup(shadow_depth, pix[:, 9:12], b, params["light.shadow_softness"][b])
     else:
         shadow = torch.ones_like(p_world[:, 0])
-    color = blinn_phong(albedo, n_world, spec.light_dir[b], to_eye, spec.light_color[b], params["light.ambient"][b],
+    light_cam = mat_vec(R_wc, spec.light_dir)
+    color = blinn_phong(albedo, n_cam, light_cam[b], to_eye, spec.light_color[b], params["light.ambient"][b],
                         params["light.specular"][b], params["light.shininess"][b], shadow)
     bg = torch.tensor(BACKGROUND[spec.surface], device=device)
     image = bg.expand(B, H, W, 3).clone() if background is None else background.to(device).permute(0, 2, 3, 1).clone()
@@ -263,12 +271,9 @@ def render(spec: SceneSpec, resolution: tuple[int, int], ctx: dr.RasterizeContex
         image = dr.antialias(image.contiguous(), rast, clip.contiguous(), geom.tri)
     image = image.clamp(0, 1).permute(0, 3, 1, 2).contiguous()
 
-    R = spec.world_to_cam[:, :3, :3]
     camera_map = torch.zeros(B, H, W, 3, device=device)
     camera_map[b, py, px] = p_cam.float()
-    normal_cam = torch.zeros(B, H, W, 3, device=device)
-    normal_cam[b, py, px] = mat_vec(R[b].double(), n_world).float()
-    world_map = torch.zeros(B, H, W, 3, device=device)
-    world_map[b, py, px] = p_world.float()
-    return image, Fragments(rast, rast_db, clip, slot, world_map, camera_map, normal_cam, defect), geom
+    normal_map = torch.zeros(B, H, W, 3, device=device)
+    normal_map[b, py, px] = n_cam.float()
+    return image, Fragments(rast, rast_db, clip, slot, camera_map, normal_map, defect), geom
 
