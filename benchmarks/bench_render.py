@@ -4,6 +4,7 @@
     python benchmarks/bench_render.py --quick    # small grid, fewer repetitions
     python benchmarks/bench_render.py --threads 1   # single-threaded (robust on a shared machine)
     python benchmarks/bench_render.py --profile     # where the headline case spends its time, then exit
+    python benchmarks/bench_render.py --headline    # the headline case only
 
 Scenes: UV spheres at random positions in front of a perspective camera (seeded), one sphere of about N
 triangles per image. Each backend runs over resolution x triangles-per-image, forward only
@@ -150,6 +151,7 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=8, help="images per call in the grid (default 8)")
     ap.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: as configured)")
     ap.add_argument("--profile", action="store_true", help="profile the headline case (cpu backend) and exit")
+    ap.add_argument("--headline", action="store_true", help="run the headline case only")
     args = ap.parse_args(argv)
     if args.threads:
         import numba
@@ -186,6 +188,9 @@ def main(argv=None) -> None:
         print(f"| {name} | {fmt(ts, 64)} |")
     ratio = statistics.median(times["torch"]) / statistics.median(times["cpu"])
     print(f"\ncpu / torch speed ratio: {ratio:.1f}x\n")
+    if args.headline:
+        print(f"Load average (1 min) at start / end: {load0:.1f} / {os.getloadavg()[0]:.1f}")
+        return
 
     for backward in (False, True):
         title = "forward + backward" if backward else "forward (no grad)"

@@ -25,9 +25,15 @@ bound) and ``bbox`` [M, 5] int32 = (x0 y0 x1 y1 flip), flip = 1 when the exact o
 from __future__ import annotations
 
 import math
+import os
 
 import numba
 import numpy as np
+
+# DataLoader workers fork the process, and numba's OpenMP layer aborts in a forked child once the parent has
+# run a parallel kernel; its work-queue layer is fork-safe. A user's NUMBA_THREADING_LAYER still wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 BOUND_SLACK = 1e-6  # == _raster.BOUND_SLACK
 ERR = 1e-13  # == _raster.ERR
@@ -160,6 +166,20 @@ def _load(pos, row):
 BEHIND = 64  # outcode bit: w <= 0
 
 
+@numba.njit(inline="always")
+def _setup_vertex(pos, n, half_w, half_h, big, vbox, vcode):
+    x, y, z, w = _load(pos, n)
+    vcode[n] = ((x > w) * 1 | (x < -w) * 2 | (y > w) * 4 | (y < -w) * 8 | (z > w) * 16 | (z < -w) * 32
+                | (w <= 0.0) * BEHIND)
+    if w > 0.0:
+        s = _screen(x, w, half_w, big)
+        vbox[n, 0] = math.ceil((s - 0.5) - BOUND_SLACK)
+        vbox[n, 2] = math.floor((s - 0.5) + BOUND_SLACK)
+        s = _screen(y, w, half_h, big)
+        vbox[n, 1] = math.ceil((s - 0.5) - BOUND_SLACK)
+        vbox[n, 3] = math.floor((s - 0.5) + BOUND_SLACK)
+
+
 @numba.njit(parallel=True, cache=True)
 def setup_vertices(pos, height, width, vbox, vcode):
     """Per vertex: candidate pixel bounds ``vbox`` [N, 4] int32 (ceil((s_x - 0.5) - slack), floor((s_x - 0.5) +
@@ -171,19 +191,19 @@ def setup_vertices(pos, height, width, vbox, vcode):
     vertices' outcodes is not zero.
     """
     big = 4.0 * max(width, height)
-    half_w, half_h = 0.5 * width, 0.5 * height
     for n in numba.prange(pos.shape[0]):
-        x, y, z, w = _load(pos, n)
-        code = ((x > w) * 1 | (x < -w) * 2 | (y > w) * 4 | (y < -w) * 8 | (z > w) * 16 | (z < -w) * 32
-                | (w <= 0.0) * BEHIND)
-        vcode[n] = code
-        if w > 0.0:
-            s = _screen(x, w, half_w, big)
-            vbox[n, 0] = math.ceil((s - 0.5) - BOUND_SLACK)
-            vbox[n, 2] = math.floor((s - 0.5) + BOUND_SLACK)
-            s = _screen(y, w, half_h, big)
-            vbox[n, 1] = math.ceil((s - 0.5) - BOUND_SLACK)
-            vbox[n, 3] = math.floor((s - 0.5) + BOUND_SLACK)
+        _setup_vertex(pos, n, 0.5 * width, 0.5 * height, big, vbox, vcode)
+
+
+@numba.njit(cache=True)
+def setup_vertices_serial(pos, height, width, vbox, vcode):
+    """:func:`setup_vertices` without a thread launch, for inputs too small to gain from one."""
+    big = 4.0 * max(width, height)
+    for n in range(pos.shape[0]):
+        _setup_vertex(pos, n, 0.5 * width, 0.5 * height, big, vbox, vcode)
+
+
+PARALLEL_VERTICES = 1 << 18
 
 
 @numba.njit(inline="always")

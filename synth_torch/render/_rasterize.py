@@ -127,7 +127,8 @@ def _rasterize_cpu(pos, tri, ranges, num_images, num_vertices, instanced, height
     out_db = rast_db.view(num_images * height, width * 4).numpy()
     vbox = np.empty((pos_np.shape[0], 4), dtype=np.int32)
     vcode = np.empty(pos_np.shape[0], dtype=np.uint8)
-    nk.setup_vertices(pos_np, height, width, vbox, vcode)
+    setup_vertices = nk.setup_vertices if len(pos_np) >= nk.PARALLEL_VERTICES else nk.setup_vertices_serial
+    setup_vertices(pos_np, height, width, vbox, vcode)
     band_rows = _band_rows(num_images, height)
     if band_rows >= height:  # enough images to keep every thread busy: one work item per image
         nk.rasterize_images(pos_np, tri_np, vbox, vcode, image_offsets, tri_start, vert_offset, height, width, out,

@@ -151,10 +151,9 @@ def test_workers_same_samples_and_shared_weights():
     del loader
 
 
-@pytest.mark.xfail(strict=False, raises=RuntimeError,
-                   reason="bug: numba's GNU OpenMP threading layer aborts forked DataLoader workers "
-                   "('fork() called from a process already using GNU OpenMP') once the parent has rendered")
 def test_forked_workers_after_rendering_in_the_parent():
+    """numba's OpenMP layer would abort forked workers once the parent has rendered; the kernels use the
+    fork-safe work-queue layer."""
     ds = SynthDataset(SCENE, batch_size=2, resolution=RES)
     ds.render_batch(torch.arange(2))  # the parent has now used the parallel rasterizer
     got = list(itertools.islice(DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork",
