@@ -31,6 +31,7 @@ class SliceWeights:
     """
 
     def __init__(self, scenario: Scenario):
+        self.scenario = scenario
         self.scenario_slices = scenario.slice_names
         self.probs = torch.zeros(MAX_SLICES).share_memory_()
         base = torch.tensor([s.weight for s in scenario.slices.values()], dtype=torch.float32)
@@ -65,9 +66,12 @@ class SliceWeights:
             raise ValueError(f"at most {MAX_SLICES} slices are supported")
         if not 1 <= len(predicates) <= MAX_PREDICATES:
             raise ValueError(f"a mined slice needs 1..{MAX_PREDICATES} predicates, got {len(predicates)}")
-        for j, p in enumerate(predicates):
+        for p in predicates:
             if p.param not in PARAM_NAMES:
                 raise ValueError(f"unknown parameter {p.param!r} in mined slice {name!r}")
+            self.scenario.parameters[p.param].restrict(p.lo, p.hi)  # raises if the base cannot produce the region
+        self.predicates[k] = -1.0
+        for j, p in enumerate(predicates):
             self.predicates[k, j] = torch.tensor([PARAM_NAMES.index(p.param), p.lo, p.hi], dtype=torch.float64)
         self.probs[:k] *= 1.0 - weight
         self.probs[k] = weight
