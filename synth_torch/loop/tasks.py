@@ -166,7 +166,7 @@ class SliceTask(pl.LightningModule):
         self.scheduler_factory = scheduler
         self._val_metrics: dict[str, dict] = {}  # key -> name -> Metric (created lazily, not submodules)
 
-    # --- to implement
+    # --- implemented by each task (SegmentationTask, DetectionTask)
     def _make_metrics(self) -> dict:
         """Fresh torchmetrics objects, name -> Metric."""
         raise NotImplementedError
