@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 from torchvision import tv_tensors
 
+from synth_torch.labels.extract import Labels
+
 SLICE_BITS = 10  # sample_id = sample_index * 2**SLICE_BITS + slice_id
 
 
@@ -21,43 +23,18 @@ def decode_sample_id(sample_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 @dataclass
-class Batch:
-    """A batch of B images with N instance slots (padded; ``valid`` marks real instances).
+class Batch(Labels):
+    """A labeled batch: every field of :class:`synth_torch.labels.extract.Labels` (masks, depth, normals,
+    boxes, amodal and 3D boxes, keypoints, visibility; shapes documented there), plus:
 
-    Dense (row 0 at the top, pixel (i, j) covers [i, i+1) x [j, j+1)):
-        image [B, 3, H, W] float in [0, 1]; depth [B, 1, H, W] metres along the camera z axis, 0 on
-        background; normals [B, 3, H, W] unit normals in the camera frame (OpenCV: x right, y down,
-        z forward), 0 on background; instance [B, H, W] (0 background, i + 1 for instance slot i);
-        semantic [B, H, W] class ids (0 background).
-    Per instance:
-        valid [B, N] bool; labels [B, N] class ids 1..C; boxes [B, N, 4] tight xyxy over visible pixels
-        (pixel edges, zeros when nothing is visible); amodal_boxes [B, N, 4] xyxy of the whole projection
-        (continuous, may leave the image); boxes3d_center [B, N, 3], boxes3d_size [B, N, 3] (metres, along
-        the box axes), boxes3d_rotation [B, N, 3, 3] (box axes in the camera frame, columns),
-        boxes3d_corners [B, N, 8, 2] projected corners (corner k has offsets ((k&1)-.5, (k>>1&1)-.5,
-        (k>>2&1)-.5) times the size); keypoints [B, N, K, 3] (x, y, visibility: 0 outside the image,
-        1 occluded, 2 visible); visible_pixels [B, N]; visible_fraction [B, N].
+    Image:
+        image [B, 3, H, W] float in [0, 1], row 0 at the top.
     Camera and provenance:
         K [B, 3, 3]; world_to_cam [B, 4, 4]; params name -> [B]; slice_id [B]; sample_id [B]
         (``sample_index * 1024 + slice_id``: pass it to ``SynthDataset.regenerate``); batch_index (global).
     """
 
     image: torch.Tensor
-    depth: torch.Tensor
-    normals: torch.Tensor
-    instance: torch.Tensor
-    semantic: torch.Tensor
-    valid: torch.Tensor
-    labels: torch.Tensor
-    boxes: torch.Tensor
-    amodal_boxes: torch.Tensor
-    boxes3d_center: torch.Tensor
-    boxes3d_size: torch.Tensor
-    boxes3d_rotation: torch.Tensor
-    boxes3d_corners: torch.Tensor
-    keypoints: torch.Tensor
-    visible_pixels: torch.Tensor
-    visible_fraction: torch.Tensor
     K: torch.Tensor
     world_to_cam: torch.Tensor
     params: dict[str, torch.Tensor]

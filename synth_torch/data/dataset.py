@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import torch
 import torch.distributed as dist
 from torch.utils.data import IterableDataset, get_worker_info
@@ -231,12 +233,7 @@ class SynthDataset(IterableDataset):
         if self.sensor:
             sensor_params = {k: v for k, v in spec.params.items() if k.startswith("sensor.")}
             image = apply_sensor(image, sensor_params, spec.keys.to(self.device))
-        return Batch(image=image, depth=labels.depth, normals=labels.normals, instance=labels.instance,
-                     semantic=labels.semantic, valid=labels.valid, labels=labels.labels, boxes=labels.boxes,
-                     amodal_boxes=labels.amodal_boxes, boxes3d_center=labels.boxes3d_center,
-                     boxes3d_size=labels.boxes3d_size, boxes3d_rotation=labels.boxes3d_rotation,
-                     boxes3d_corners=labels.boxes3d_corners, keypoints=labels.keypoints,
-                     visible_pixels=labels.visible_pixels, visible_fraction=labels.visible_fraction, K=spec.K,
+        return Batch(**{f.name: getattr(labels, f.name) for f in fields(labels)}, image=image, K=spec.K,
                      world_to_cam=spec.world_to_cam, params=spec.params, slice_id=spec.slice_id,
                      sample_id=encode_sample_id(spec.sample_index, spec.slice_id).to(self.device),
                      class_names=sc.class_names, slice_names=self.slice_names)

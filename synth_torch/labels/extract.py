@@ -23,7 +23,22 @@ KEYPOINT_DEPTH_TOLERANCE = 0.02  # relative depth agreement for a keypoint to co
 
 @dataclass
 class Labels:
-    """Per-pixel and per-instance labels (see ``synth_torch.data.Batch`` for shapes)."""
+    """Per-pixel and per-instance labels of B images with N instance slots (padded; ``valid`` marks real ones).
+
+    Dense (row 0 at the top, pixel (i, j) covers [i, i+1) x [j, j+1)):
+        depth [B, 1, H, W] metres along the camera z axis, 0 on
+        background; normals [B, 3, H, W] unit normals in the camera frame (OpenCV: x right, y down,
+        z forward), 0 on background; instance [B, H, W] (0 background, i + 1 for instance slot i);
+        semantic [B, H, W] class ids (0 background).
+    Per instance:
+        valid [B, N] bool; labels [B, N] class ids 1..C; boxes [B, N, 4] tight xyxy over visible pixels
+        (pixel edges, zeros when nothing is visible); amodal_boxes [B, N, 4] xyxy of the whole projection
+        (continuous, may leave the image); boxes3d_center [B, N, 3], boxes3d_size [B, N, 3] (metres, along
+        the box axes), boxes3d_rotation [B, N, 3, 3] (box axes in the camera frame, columns),
+        boxes3d_corners [B, N, 8, 2] projected corners (corner k has offsets ((k&1)-.5, (k>>1&1)-.5,
+        (k>>2&1)-.5) times the size); keypoints [B, N, K, 3] (x, y, visibility: 0 outside the image,
+        1 occluded, 2 visible); visible_pixels [B, N]; visible_fraction [B, N].
+    """
 
     instance: torch.Tensor
     semantic: torch.Tensor

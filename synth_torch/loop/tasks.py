@@ -11,6 +11,8 @@ both have ``image`` [B, 3, H, W], ``semantic`` [B, H, W] and ``to_torchvision()`
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import contextlib
 import math
 import warnings
@@ -146,7 +148,7 @@ def _default_optimizer(params):
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
 
 
-class SliceTask(pl.LightningModule):
+class SliceTask(pl.LightningModule, ABC):
     """Common parts: the network, the optimizer, per-slice metric bookkeeping and logging.
 
     Args:
@@ -167,20 +169,21 @@ class SliceTask(pl.LightningModule):
         self._val_metrics: dict[str, dict] = {}  # key -> name -> Metric (created lazily, not submodules)
 
     # --- implemented by each task (SegmentationTask, DetectionTask)
+    @abstractmethod
     def _make_metrics(self) -> dict:
         """Fresh torchmetrics objects, name -> Metric."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _update_metrics(self, metrics: dict, batch) -> None:
-        raise NotImplementedError
+        """Update ``metrics`` with the model's predictions on ``batch``."""
 
     def _compute_metrics(self, metrics: dict) -> dict[str, float]:
         """Synchronised (under DDP) values; every rank must call this for the same keys in the same order."""
         return {name: float(m.compute()) for name, m in metrics.items()}
 
+    @abstractmethod
     def per_sample_loss(self, batch) -> Tensor:
         """Per-image loss :math:`(B,)` in eval mode, without gradients (higher is worse)."""
-        raise NotImplementedError
 
     # --- shared
     @override
