@@ -9,6 +9,11 @@
     that needs nothing but the package.
 ``synth-torch bench [ARGS...]``
     Run ``benchmarks/bench_dataset.py`` (from the working directory or the source checkout) with ARGS.
+``synth-torch export SCENARIO --n N --resolution R --format coco,yolo,kitti,webdataset --out DIR``
+    Write a dataset with a manifest (``docs/export.md``): sharded with ``--shard I/N`` or SLURM array /
+    torchrun variables, resumable by running the same command again.
+``synth-torch datasets show DIR``
+    Print an export's manifest readably (or the progress of one still being written).
 
 Heavy imports happen inside the commands, so ``synth-torch --help`` is instant.
 """
@@ -217,6 +222,51 @@ def bench(args) -> None:
         sys.argv = saved
 
 
+def _resolution_arg(text: str):
+    try:
+        if "x" in text:
+            h, w = text.lower().split("x")
+            return int(h), int(w)
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size such as 128 or 96x128 (height x width), got {text!r}")
+
+
+def export(args) -> None:
+    from synth_torch.export import ExportError, ExportOptions, export, manifest_digest
+    from synth_torch.scenario.distributions import ConfigError
+
+    options = ExportOptions(min_visible_pixels=args.min_visible_pixels, include_hidden=args.include_hidden,
+                            yolo_polygons=args.yolo_polygons, depth_scale=args.depth_scale)
+    try:
+        result = export(args.scenario, n=args.n, resolution=args.resolution, out=args.out, formats=args.format,
+                        seed=args.seed, start=args.start, shard=args.shard, chunk_size=args.chunk_size,
+                        batch_size=args.batch_size, options=options, parents=args.parent, sensor=not args.no_sensor,
+                        device=args.device, backend=args.backend, progress=not args.quiet)
+    except (ExportError, ConfigError) as exc:
+        raise CLIError(str(exc)) from exc
+    i, n = result.shard
+    if result.complete:
+        print(f"wrote {result.root} ({result.manifest['counts']['images']} images; manifest "
+              f"{manifest_digest(result.root)})")
+        if args.wandb:
+            from synth_torch.export.lineage import log_export_artifact
+
+            print(f"logged wandb artifact {log_export_artifact(result.root)}")
+    else:
+        print(f"shard {i}/{n} done ({len(result.written)} chunk(s) written); {len(result.pending)} chunk(s) pending "
+              f"in other shards; the last shard to finish writes {result.root}/manifest.json")
+
+
+def datasets(args) -> None:
+    from synth_torch.export import ExportError, describe
+
+    try:
+        print(describe(args.dir))
+    except ExportError as exc:
+        raise CLIError(str(exc)) from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synth-torch", description="Online synthetic data for computer vision.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -239,6 +289,45 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Every further argument goes to benchmarks/bench_dataset.py "
                        "(use `synth-torch bench -- --help` for its help).")
     b.set_defaults(func=bench)
+
+    e = sub.add_parser("export", help="write a dataset (COCO, YOLO, KITTI, WebDataset) with a manifest",
+                       description="Render samples START..START+N-1 of a scenario and write them in every format "
+                       "under DIR with manifest.json (docs/export.md). Running the same command again resumes; "
+                       "--shard I/N (or SLURM_ARRAY_TASK_ID/COUNT, RANK/WORLD_SIZE) splits the work across "
+                       "processes writing into the same DIR.")
+    e.add_argument("scenario", help="built-in name (tabletop, defects) or YAML path")
+    e.add_argument("--n", type=int, required=True, help="number of samples")
+    e.add_argument("--resolution", type=_resolution_arg, default=128, help="image size: 128 or HxW (default 128)")
+    e.add_argument("--format", default="coco,yolo,kitti,webdataset",
+                   help="comma-separated formats: coco, yolo, kitti, webdataset (default: all)")
+    e.add_argument("--out", required=True, help="dataset folder (new, empty, or an export to resume)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--start", type=int, default=0, help="first sample index (default 0)")
+    e.add_argument("--shard", default=None, help="I/N: write only shard I of N (default: from SLURM/torchrun "
+                   "variables, else 0/1)")
+    e.add_argument("--chunk-size", type=int, default=500, help="samples per chunk = WebDataset shard (default 500)")
+    e.add_argument("--batch-size", type=int, default=16, help="images rendered at once (default 16)")
+    e.add_argument("--min-visible-pixels", type=int, default=1, help="annotate instances with at least this many "
+                   "visible pixels (default 1)")
+    e.add_argument("--include-hidden", action="store_true", help="also annotate valid instances below that (COCO, "
+                   "KITTI)")
+    e.add_argument("--yolo-polygons", action="store_true", help="YOLO segmentation polygons instead of boxes")
+    e.add_argument("--depth-scale", type=float, default=0.001, help="metres per unit in 16-bit depth PNGs")
+    e.add_argument("--no-sensor", action="store_true", help="skip the scenario's sensor effects")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--backend", default="auto")
+    e.add_argument("--parent", action="append", default=[], metavar="DIR",
+                   help="an export this dataset derives from (repeatable; recorded in the manifest)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.add_argument("--wandb", action="store_true", help="log the finished export as a wandb dataset Artifact "
+                   "(offline unless WANDB_MODE says otherwise)")
+    e.set_defaults(func=export)
+
+    ds = sub.add_parser("datasets", help="inspect exported datasets")
+    ds_sub = ds.add_subparsers(dest="datasets_command", required=True)
+    show = ds_sub.add_parser("show", help="print an export's manifest readably")
+    show.add_argument("dir", help="an export folder")
+    show.set_defaults(func=datasets)
     return parser
 
 
