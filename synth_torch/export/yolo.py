@@ -37,10 +37,11 @@ def mask_polygon(mask: np.ndarray, box) -> np.ndarray:
     """[P, 2] polygon (x, y) in continuous pixel coordinates (pixel edges at integers) around a bool mask."""
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     pieces = [c.reshape(-1, 2).astype(np.float64) + 0.5 for c in contours]  # OpenCV: integers at pixel centres
-    if not pieces or sum(len(p) for p in pieces) < 3 or max(len(p) for p in pieces) < 3:
+    poly = _join_pieces(pieces) if pieces else np.zeros((0, 2))
+    if len(np.unique(poly, axis=0)) < 3:  # a pixel or a line of pixels: no polygon, use the box's corners
         x0, y0, x1, y1 = (float(v) for v in box)
         return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
-    return _join_pieces([p for p in pieces if len(p) >= 3] or pieces)
+    return poly
 
 
 class YoloWriter(FormatWriter):
