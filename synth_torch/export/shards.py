@@ -70,6 +70,10 @@ class WebDatasetWriter(FormatWriter):
     def abort(self) -> None:
         stack = getattr(self, "_stack", None)
         if stack is not None:
+            try:
+                self._writer.close()  # finish the tar stream into the temporary file, so nothing writes later
+            except Exception:
+                pass
             err = RuntimeError("export chunk aborted")
             stack.__exit__(type(err), err, None)  # the sink removes the partial shard
             self._stack = None
