@@ -63,6 +63,8 @@ def train(cfg: DictConfig) -> dict:
     from hydra.errors import InstantiationException
     from lightning.pytorch.loggers import WandbLogger
 
+    from synth_torch.export.lineage import Lineage, lineage_of, use_export_artifact
+
     _check(cfg)
     pl.seed_everything(int(cfg.seed), workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -75,7 +77,8 @@ def train(cfg: DictConfig) -> dict:
     try:
         datamodule = hydra.utils.instantiate(cfg.data)
         model = hydra.utils.instantiate(cfg.model, num_classes=datamodule.num_classes)
-        callbacks = _instantiate_group(cfg.get("callbacks"))
+        lineage = lineage_of(datamodule)  # scenario (and export) digests: into every checkpoint and the logger config
+        callbacks = _instantiate_group(cfg.get("callbacks")) + [Lineage(lineage)]
         loggers = _instantiate_group(cfg.get("logger"))
         trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     except InstantiationException as exc:
@@ -84,8 +87,11 @@ def train(cfg: DictConfig) -> dict:
                                                            else "")) from exc
     hparams = OmegaConf.to_container(cfg, resolve=True)
     hparams.pop("hydra", None)
+    hparams["lineage"] = lineage
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            use_export_artifact(logger.experiment, lineage)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

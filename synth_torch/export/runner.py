@@ -206,7 +206,8 @@ def export(scenario, n: int, resolution, out, formats="coco,yolo,kitti,webdatase
     res = _resolution(resolution)
     shard = shard_from_env() if shard is None else parse_shard(shard)
     root = Path(out)
-    scenario_arg = scenario.name if isinstance(scenario, Scenario) else scenario
+    # a name or YAML path reproduces the scenario on the command line; an object is in manifest scenario.normalised
+    scenario_arg = scenario if isinstance(scenario, (str, Path)) else "<scenario.normalised of manifest.json as YAML>"
     sc = load_scenario(scenario, overrides)
     parents = [mf.parent_entry(p) for p in parents]
     exists = _check_out(root)

@@ -12,21 +12,21 @@ has:
   ``sample_index``, ``sample_id``, ``slice_id``, ``slice``, ``class_names`` and ``depth_scale``.
 
 Members carry mtime 0 and fixed owner names, so a shard's bytes depend only on its samples.
-:func:`shard_dataset` reads shards back with ``webdataset.WebDataset`` (split across ranks and DataLoader
-workers by webdataset's splitters) and yields :class:`Batch` objects whose ``semantic`` map is rebuilt from
-the instance map and labels; depth and normals carry their PNG quantisation.
+:class:`ShardStream` (and :func:`shard_dataset`, one pass) reads shards back with ``webdataset.WebDataset``
+(split across ranks and DataLoader workers by webdataset's splitters) and yields :class:`Batch` objects whose
+``semantic`` map is rebuilt from the instance map and labels; depth and normals carry their PNG quantisation.
 """
 
 from __future__ import annotations
 
 import json
 from contextlib import ExitStack
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
 import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
 
 from synth_torch.data.batch import Batch
 from synth_torch.export._io import decode_png, dumps
@@ -124,20 +124,51 @@ def shard_urls(root) -> list[str]:
     return urls
 
 
-def shard_dataset(urls, batch_size: int, slice_names: tuple[str, ...] = (), shuffle: int = 0, seed: int = 0,
-                  skip: int = 0, partial: bool = True):
-    """A ``webdataset.WebDataset`` pipeline that yields :class:`Batch` objects of ``batch_size`` images.
+class ShardStream(IterableDataset):
+    """:class:`Batch` objects of ``batch_size`` images read from WebDataset shards with ``webdataset.WebDataset``.
 
-    Shards are split across ``torch.distributed`` ranks and DataLoader workers (``webdataset.split_by_node``,
-    ``split_by_worker``). ``shuffle`` > 0 shuffles the shard order and samples in a buffer of that size, seeded
-    by ``seed``; ``skip`` drops that many samples of this rank/worker's stream before decoding (resume).
+    Shards are split across ``torch.distributed`` ranks and DataLoader workers by webdataset's
+    ``split_by_node`` / ``split_by_worker`` (so there must be at least ranks x workers shards). ``shuffle`` > 0
+    shuffles the shard order and the samples (in a buffer of that size), seeded by ``seed + epoch``, so every
+    pass is a different but reproducible order. ``epochs=None`` repeats forever (training). ``skip`` batches of
+    this rank's stream are passed over without decoding (resume): exactly without workers; with ``W`` workers
+    each skips ``ceil(skip / W)``, because a new DataLoader starts its round-robin at worker 0, so the position
+    is rounded up to a whole round. ``partial``: yield a last, smaller batch of each pass.
     """
-    urls = shard_urls(urls) if isinstance(urls, (str, Path)) else list(urls)
-    ds = wds.WebDataset(urls, shardshuffle=len(urls) if shuffle else False, seed=seed, nodesplitter=wds.split_by_node,
-                        workersplitter=wds.split_by_worker, empty_check=False)
-    if shuffle:
-        ds = ds.shuffle(shuffle, seed=seed)
-    if skip:
-        ds = ds.compose(lambda src: islice(src, skip, None))
-    return ds.map(decode_sample).batched(batch_size, collation_fn=lambda s: collate_samples(s, slice_names),
-                                         partial=partial)
+
+    def __init__(self, urls, batch_size: int, slice_names: tuple[str, ...] = (), shuffle: int = 0, seed: int = 0,
+                 epochs: int | None = 1, skip: int = 0, partial: bool = True):
+        super().__init__()
+        self.urls = shard_urls(urls) if isinstance(urls, (str, Path)) else list(urls)
+        self.batch_size, self.slice_names, self.shuffle, self.seed = int(batch_size), tuple(slice_names), shuffle, seed
+        self.epochs, self.skip, self.partial = epochs, int(skip), partial
+
+    def _raw(self, epoch: int):
+        ds = wds.WebDataset(self.urls, shardshuffle=len(self.urls) if self.shuffle else False, seed=self.seed + epoch,
+                            nodesplitter=wds.split_by_node, workersplitter=wds.split_by_worker, empty_check=False)
+        return ds.shuffle(self.shuffle, seed=self.seed + epoch) if self.shuffle else ds
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        skip = -(-self.skip // workers)
+        epoch = 0
+        while self.epochs is None or epoch < self.epochs:
+            group = []
+            for sample in self._raw(epoch):
+                group.append(sample)
+                if len(group) == self.batch_size:
+                    if skip:
+                        skip -= 1
+                    else:
+                        yield collate_samples([decode_sample(s) for s in group], self.slice_names)
+                    group = []
+            if group and self.partial and not skip:
+                yield collate_samples([decode_sample(s) for s in group], self.slice_names)
+            epoch += 1
+
+
+def shard_dataset(urls, batch_size: int, slice_names: tuple[str, ...] = (), shuffle: int = 0, seed: int = 0) -> ShardStream:
+    """One pass over an export's shards (a folder or shard paths) as :class:`Batch` objects; see
+    :class:`ShardStream`."""
+    return ShardStream(urls, batch_size, slice_names, shuffle=shuffle, seed=seed)

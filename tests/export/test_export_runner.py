@@ -285,3 +285,23 @@ def test_export_renders_what_the_dataset_renders(tabletop_export):
     sample_ids = torch.tensor([img["sample_id"] for img in coco["images"]])
     again = SynthDataset("tabletop", batch_size=4, resolution=64, seed=0).regenerate(sample_ids[:4])
     assert torch.equal(again.instance, batch.instance[:4]) and torch.equal(again.boxes, batch.boxes[:4])
+
+
+def test_hydra_entry_point(tmp_path, source_date):
+    import importlib.util
+
+    from hydra import compose, initialize_config_dir
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("synth_export_entry", root / "train" / "export.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with initialize_config_dir(str(root / "configs"), version_base="1.3"):
+        cfg = compose("export.yaml", overrides=[f"out={tmp_path / 'data'}", "n=3", "resolution=16", "formats=[coco,yolo]",
+                                                "progress=false", "scenario=tabletop",
+                                                "+scenario.overrides.camera.distance=[0.6,0.7]"])
+    result = module.run(cfg, command="python train/export.py ...")
+    m = result.manifest
+    assert result.complete and list(m["formats"]) == ["coco", "yolo"] and m["command"] == "python train/export.py ..."
+    expected = load_scenario("tabletop", {"camera": {"distance": [0.6, 0.7]}})
+    assert m["scenario"]["digest"] == "sha256:" + expected.fingerprint() != "sha256:" + load_scenario("tabletop").fingerprint()
