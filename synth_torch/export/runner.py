@@ -34,7 +34,7 @@ from synth_torch.export.kitti import KittiWriter
 from synth_torch.export.sample import ExportOptions, Layout, samples_of
 from synth_torch.export.shards import WebDatasetWriter
 from synth_torch.export.yolo import YoloWriter
-from synth_torch.scenario.config import ConfigError, Scenario, load_scenario
+from synth_torch.scenario.config import load_scenario
 
 FORMATS: dict[str, type[FormatWriter]] = {w.name: w for w in (CocoWriter, YoloWriter, KittiWriter, WebDatasetWriter)}
 JOB = ".export/job.json"
