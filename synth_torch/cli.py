@@ -245,6 +245,10 @@ def export(args) -> None:
                         device=args.device, backend=args.backend, progress=not args.quiet)
     except (ExportError, ConfigError) as exc:
         raise CLIError(str(exc)) from exc
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {args.out} holds only whole files; run the same command again to resume",
+              file=sys.stderr)
+        raise SystemExit(130) from None
     i, n = result.shard
     if result.complete:
         print(f"wrote {result.root} ({result.manifest['counts']['images']} images; manifest "

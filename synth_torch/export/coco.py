@@ -102,9 +102,11 @@ class CocoWriter(FormatWriter):
                 images.append(item["image"])
                 annotations += item["annotations"]
         doc = {
-            "info": {"description": f"synth-torch export of scenario {lay.scenario!r} ({lay.scenario_digest})",
-                     "version": lay.scenario_digest, "year": int(lay.created[:4]), "contributor": "synth-torch",
-                     "date_created": lay.created, "url": ""},
+            # no creation date: every data file is a pure function of the settings, so the content digest
+            # of two runs of one command agrees (the manifest records when it was made)
+            "info": {"description": f"synth-torch export of scenario {lay.scenario!r} ({lay.scenario_digest}); "
+                                    f"see ../../manifest.json", "version": lay.scenario_digest,
+                     "contributor": "synth-torch", "url": ""},
             "licenses": [],
             "categories": self.categories(),
             "images": images,

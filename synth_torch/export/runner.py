@@ -7,8 +7,10 @@ is written atomically; a chunk without a record is (re)done from its first sampl
 ``N`` (``--shard i/N``, or the SLURM array and torchrun variables, see :func:`shard_from_env`) owns the chunks
 ``k`` with ``k % N == i``. Whichever process finds every record present writes the merged files,
 ``SHA256SUMS`` and, last, ``manifest.json``; all of it is a pure function of the chunk records, so a sharded
-or resumed export is byte-identical to a single uninterrupted one (``created`` comes from the first process,
-or ``SOURCE_DATE_EPOCH`` when set).
+or resumed export is byte-identical to a single uninterrupted one. Every data file depends only on the
+settings (and the library versions), so ``SHA256SUMS`` and the content digest are the same for any run of
+one command; ``manifest.json`` and ``.export/job.json`` also hold the creation time (of the first process, or
+``SOURCE_DATE_EPOCH`` when set) and the command.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import math
 import os
 import shlex
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -145,8 +147,8 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def canonical_command(scenario_arg, n, resolution, formats, out, seed, start, chunk_size, options, parents, sensor,
-                      device, backend) -> str:
+def canonical_command(scenario_arg, n, resolution, formats, out, seed, start, chunk_size, batch_size, options, parents,
+                      sensor, device, backend) -> str:
     """The ``synth-torch export`` command line that reproduces an export (shard flags left out: they do not
     change the result)."""
     H, W = resolution
@@ -156,6 +158,8 @@ def canonical_command(scenario_arg, n, resolution, formats, out, seed, start, ch
         args += ["--start", str(start)]
     if chunk_size != 500:
         args += ["--chunk-size", str(chunk_size)]
+    if batch_size != 16:
+        args += ["--batch-size", str(batch_size)]
     if options.min_visible_pixels != 1:
         args += ["--min-visible-pixels", str(options.min_visible_pixels)]
     for flag, on in (("--include-hidden", options.include_hidden), ("--yolo-polygons", options.yolo_polygons),
@@ -186,7 +190,9 @@ def export(scenario, n: int, resolution, out, formats="coco,yolo,kitti,webdatase
         formats: ``"coco,yolo,kitti,webdataset"`` or a sequence of those names.
         seed: the scenario seed (with the sample index it determines each sample).
         shard: ``"I/N"`` or ``(I, N)``: write only this process's chunks; None reads :func:`shard_from_env`.
-        chunk_size: samples per chunk (resume unit, WebDataset shard); batch_size: images rendered at once.
+        chunk_size: samples per chunk (resume unit, WebDataset shard); batch_size: images rendered at once (part
+            of the settings a resume must repeat: the compiled sensor path currently depends on a sample's
+            batch-mates, so the same batches keep the bytes identical).
         options: :class:`ExportOptions` (what gets annotated, polygons, depth scale).
         parents: export folders this dataset derives from (recorded with their manifest digests).
         progress: show a progress bar; command: the command line to record (default: :func:`canonical_command`).
@@ -223,16 +229,17 @@ def export(scenario, n: int, resolution, out, formats="coco,yolo,kitti,webdatase
         "seed": int(seed), "sample_index_start": int(start), "sample_index_stop": int(start + n), "count": int(n),
         "sample_id": "sample_index * 1024 + slice_id", "resolution": list(res), "backend": ds.context.backend,
         "device": ds.device.type, "shader": ds.shader, "sensor": bool(sensor), "chunk_size": int(chunk_size),
-        "chunks": chunks, "options": options.to_dict(), "parents": parents, "assets": mf.asset_provenance(sc),
+        "chunks": chunks, "batch_size": int(batch_size), "options": options.to_dict(), "parents": parents,
+        "assets": mf.asset_provenance(sc),
     }
-    layout = Layout(scenario=sc.name, scenario_digest=config["scenario"]["digest"], created="", class_names=sc.class_names,
+    layout = Layout(scenario=sc.name, scenario_digest=config["scenario"]["digest"], class_names=sc.class_names,
                     num_categories=len(sc.categories), height=res[0], width=res[1],
                     stem_width=max(6, len(str(start + n - 1))), slice_names=sc.slice_names, options=options)
     for name in fmt:
         FORMATS[name](layout).check()
 
     if command is None:
-        command = canonical_command(scenario_arg, n, res, fmt, out, seed, start, chunk_size, options,
+        command = canonical_command(scenario_arg, n, res, fmt, out, seed, start, chunk_size, batch_size, options,
                                     [p["path"] for p in parents], sensor, device, backend)
     if not exists:
         try:
@@ -245,7 +252,6 @@ def export(scenario, n: int, resolution, out, formats="coco,yolo,kitti,webdatase
     if diff:
         raise ExportError(f"--out {str(root)!r} holds an export with different settings ({', '.join(diff[:8])} "
                           f"differ); resume it with its own command ({job['command']}) or choose a new folder")
-    layout = replace(layout, created=job["created"])
     result = ExportResult(root=root, shard=shard)
     if (root / mf.MANIFEST).is_file():
         result.complete, result.manifest = True, mf.read_manifest(root)

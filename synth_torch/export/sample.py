@@ -50,11 +50,10 @@ class ExportOptions:
 class Layout:
     """Facts every writer needs: class names (ids ``1..C``), how many of them are object categories (the rest
     are defect types), image size, the zero-padded width of file stems, the slice names, the options, and the
-    dataset's identity (scenario name and digest, creation time) for format headers."""
+    dataset's identity (scenario name and digest) for format headers."""
 
     scenario: str
     scenario_digest: str
-    created: str
     class_names: tuple[str, ...]
     num_categories: int
     height: int

@@ -305,3 +305,15 @@ def test_hydra_entry_point(tmp_path, source_date):
     assert result.complete and list(m["formats"]) == ["coco", "yolo"] and m["command"] == "python train/export.py ..."
     expected = load_scenario("tabletop", {"camera": {"distance": [0.6, 0.7]}})
     assert m["scenario"]["digest"] == "sha256:" + expected.fingerprint() != "sha256:" + load_scenario("tabletop").fingerprint()
+
+
+def test_data_files_do_not_depend_on_when_or_where(tmp_path, monkeypatch):
+    """Two runs of one command at different times and into different folders write the same data files (same
+    SHA256SUMS, same content digest); only the manifest's creation time and command differ."""
+    args = dict(n=3, resolution=16, formats="coco,yolo,kitti,webdataset", shard=(0, 1))
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    a = export("tabletop", out=tmp_path / "a", **args).manifest
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1800000000")
+    b = export("tabletop", out=tmp_path / "b", **args).manifest
+    assert (tmp_path / "a/SHA256SUMS").read_bytes() == (tmp_path / "b/SHA256SUMS").read_bytes()
+    assert a["files"] == b["files"] and a["created"] != b["created"]
