@@ -61,10 +61,10 @@ def _blur(src, dst, ty, tx, tw, nt):
 
 
 @numba.njit(parallel=True, cache=True)
-def sensor_images(image, active, ev, wb_red, wb_blue, motion, defocus, vignette, read, shot, gamma, saturation,
-                  gray, stream_radius, stream_phase, keys, out):
+def sensor_images(image, active, ev, wb_red, wb_blue, blur_px, motion, defocus, vignette, read, shot, gamma,
+                  saturation, gray, stream_radius, stream_phase, keys, out):
     """image, out [B, 3, H, W] float32; active [B] bool (others are left untouched); per-sample parameters [B]
-    float64; motion [B, K, K] float32 motion-blur kernels (K = 1: none); defocus [B, 2R+1] float32 Gaussian taps
+    float64; blur_px [B] motion-blur lengths (0: no motion blur); motion [B, K, K] float32 motion-blur kernels; defocus [B, 2R+1] float32 Gaussian taps
     (zeros beyond a sample's own radius; all zero: none); stream_radius/stream_phase: stream ids of the noise
     draws; keys [B] int64."""
     B, C, H, W = image.shape
@@ -84,7 +84,7 @@ def sensor_images(image, active, ev, wb_red, wb_blue, motion, defocus, vignette,
                 for i in range(W):
                     x[c, y, i] = image[b, c, y, i] * gains[c]
         tmp = np.empty((C, H, W), dtype=np.float32)
-        if motion[b, r, r] != 1.0:
+        if blur_px[b] > 0.0:
             ty, tx, tw = np.empty(K * K, np.int64), np.empty(K * K, np.int64), np.empty(K * K, np.float32)
             nt = 0
             for ky in range(K):

@@ -51,7 +51,7 @@ def _pattern(kind, x, y, z, contrast, phase):
         v = 0.5 + 0.5 * sin2pi(x + 1.5 * _waves(0.5 * x, 0.5 * y, 0.5 * z, phase))
     elif kind == WOOD:
         t = math.sqrt(x * x + y * y) + 0.3 * _waves(0.3 * x, 0.3 * y, 0.3 * z, phase)
-        v = t - math.trunc(t)
+        v = t - math.floor(t)
     else:
         u = x + 0.02 * y
         v = 0.0
