@@ -9,8 +9,9 @@ Passes, in order (``fragments = rasterize(scene)``; shading and labels come afte
 4. decals: the defects painted on the ground (:mod:`synth_torch.scene.decals`);
 5. visibility: the pixels each object would cover if it were alone (:func:`~synth_torch.render.coverage`).
 
-Passes 3 and 4 have a compiled CPU forward (:mod:`synth_torch.scene._kernels`) used when no gradient is
-needed, and a torch reference that is differentiable and runs on any device; ``fast`` chooses.
+The vertex transforms and passes 3 and 4 have a compiled CPU forward (:mod:`synth_torch.scene._kernels`) used
+when no gradient is needed, and a torch reference that is differentiable and runs on any device; ``fast``
+chooses.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor
 
 import synth_torch.render as dr
-from synth_torch.camera import mat_vec
+from synth_torch.camera import Camera, mat_vec
 from synth_torch.render import cpu
 from synth_torch.scene.decals import decal_pass
 from synth_torch.scene.geometry import SceneGeometry, camera_clip
@@ -102,19 +103,49 @@ def light_frame(direction: Tensor) -> Tensor:
     return torch.stack((x, torch.linalg.cross(z, x), z), 1)
 
 
-def _shadow_pass(spec: SceneSpec, geom: SceneGeometry, ctx, n: int) -> tuple[Tensor, Tensor]:
-    """(shadow depth [B, n, n], light-space vertex positions [V, 3]); the map spans the objects' extent."""
+def _light_transform(spec: SceneSpec) -> tuple[Tensor, Tensor]:
+    """(rotation [B, 3, 3] world -> light frame, scale [B, 3]): light-space positions are ``R p / scale``; the
+    shadow map spans the objects' extent across the light and SHADOW_DEPTH_RANGE along it."""
     R = light_frame(spec.light.direction)
     obj = spec.objects
     centre = mat_vec(R[:, None], obj.translation)  # [B, S, 3]
     reach = centre[..., :2].abs().amax(-1) + 0.5 * obj.scale.norm(dim=-1)
     radius = torch.where(obj.valid, reach, torch.zeros_like(reach)).amax(1).detach() * 1.05 + 1e-3
-    q = mat_vec(R[geom.vertex_image], geom.world)
-    scale = torch.stack((radius, radius, torch.full_like(radius, SHADOW_DEPTH_RANGE)), -1)[geom.vertex_image]
-    q = q / scale
-    depth = dr.depth_map(ctx, torch.cat((q, torch.ones_like(q[:, :1])), -1).contiguous(), geom.tri, (n, n),
-                         ranges=geom.object_ranges)
-    return depth, q
+    return R, torch.stack((radius, radius, torch.full_like(radius, SHADOW_DEPTH_RANGE)), -1)
+
+
+def _vertices_torch(spec, geom, resolution, light):
+    """(vertex attributes [V, 6|9], camera clip [V, 4], light clip [V, 4] or None, camera-frame normals [N, 3])."""
+    camera_pts, clip = camera_clip(spec, geom, resolution, NEAR, FAR)
+    attrs, light_clip = [camera_pts, geom.local], None
+    if light is not None:
+        R, scale = light
+        q = (mat_vec(R[:, None], geom.per_image(geom.world)) / scale[:, None]).reshape(-1, 3)
+        attrs.append(q)
+        light_clip = torch.cat((q, torch.ones_like(q[:, :1])), -1)
+    R_wc = spec.camera.world_to_cam[:, :3, :3]
+    nattr = mat_vec(R_wc[:, None], geom.per_image(geom.normals)).reshape(-1, 3)
+    return torch.cat(attrs, -1), clip.contiguous(), light_clip, nattr
+
+
+def _vertices_fast(spec, geom, resolution, light):
+    from synth_torch.scene import _kernels
+
+    cpu.use_torch_threads()
+    B = spec.batch_size
+    world, local, normals = geom.per_image(geom.world), geom.per_image(geom.local), geom.per_image(geom.normals)
+    V, N = world.shape[1], normals.shape[1]
+    cam = Camera(spec.camera.K, spec.camera.world_to_cam, resolution[1], resolution[0], NEAR, FAR)
+    R, scale = light if light is not None else (torch.zeros(B, 3, 3), torch.ones(B, 3))
+    vattr = torch.empty(B, V, 9 if light is not None else 6)
+    clip, light_clip = torch.empty(B, V, 4), torch.empty(B, V if light is not None else 0, 4)
+    nattr = torch.empty(B, N, 3)
+    f32 = lambda t: t.detach().to(torch.float32).contiguous().numpy()  # noqa: E731
+    _kernels.vertex_attributes(f32(world), f32(local), f32(normals), f32(spec.camera.world_to_cam),
+                               f32(cam.projection_matrix()), f32(R), f32(scale), vattr.numpy(), clip.numpy(),
+                               light_clip.numpy(), nattr.numpy())
+    return (vattr.view(B * V, -1), clip.view(-1, 4), light_clip.view(-1, 4) if light is not None else None,
+            nattr.view(-1, 3))
 
 
 def _surface_torch(geom, rast, vattr, nattr):
@@ -127,7 +158,7 @@ def _surface_torch(geom, rast, vattr, nattr):
     away = (nrm * position).sum(-1, keepdim=True) > 0
     nrm = torch.where(away, -nrm, nrm)
     tri_id = rast[..., 3].to(torch.long) - 1
-    slot = torch.where(covered, geom.face_slot(tri_id.clamp(min=0)), torch.full_like(tri_id, -1)).to(torch.int32)
+    slot = torch.where(covered, geom.face_slot[tri_id.clamp(min=0)].long(), torch.full_like(tri_id, -1)).to(torch.int32)
     keep = covered[..., None]
     zero = torch.zeros_like(position)
     return (slot, torch.where(keep, position, zero), torch.where(keep, nrm, zero), torch.where(keep, local, zero),
@@ -142,8 +173,8 @@ def _surface_fast(geom, rast, vattr, nattr):
     slot = cpu.empty((B, H, W), torch.int32)
     out = [cpu.empty((B, H, W, 3), torch.float32) for _ in range(4)]
     _kernels.surface_rows(rast.contiguous().view(B * H, W * 4).numpy(), geom.tri.numpy(), geom.normal_tri.numpy(),
-                          vattr.contiguous().numpy(), nattr.contiguous().numpy(), geom.faces_per_image,
-                          geom.faces_per_slot, geom.num_slots, slot.view(B * H, W).numpy(),
+                          vattr.contiguous().numpy(), nattr.contiguous().numpy(), geom.face_slot.numpy(),
+                          slot.view(B * H, W).numpy(),
                           *(o.view(B * H, W * 3).numpy() for o in out))
     position, local, light, normal = out
     return slot, position, normal, local, light
@@ -179,18 +210,14 @@ def build_gbuffer(spec: SceneSpec, geom: SceneGeometry, ctx: dr.RasterizeContext
         fast = ctx.device.type == "cpu" and not needs_grad(spec, geom)
     H, W = resolution
     B, S = spec.batch_size, spec.num_slots
-    camera_pts, clip = camera_clip(spec, geom, resolution, NEAR, FAR)
-    clip = clip.contiguous()
+    light = _light_transform(spec) if shadows and S > 0 else None
+    vattr, clip, light_clip, nattr = (_vertices_fast if fast else _vertices_torch)(spec, geom, resolution, light)
     rast, rast_db = dr.rasterize(ctx, clip, geom.tri, resolution, ranges=geom.ranges)
-    attrs = [camera_pts, geom.local]
-    if shadows and S > 0:
-        shadow_depth, light_q = _shadow_pass(spec, geom, ctx, shadow_resolution(resolution))
-        attrs.append(light_q)
+    if light is not None:
+        n = shadow_resolution(resolution)
+        shadow_depth = dr.depth_map(ctx, light_clip, geom.tri, (n, n), ranges=geom.object_ranges)
     else:
         shadow_depth = torch.zeros(B, 0, 0, device=clip.device)
-    vattr = torch.cat(attrs, -1)
-    R_wc = spec.camera.world_to_cam[:, :3, :3]
-    nattr = mat_vec(R_wc[geom.normal_image], geom.normals)
     surface = _surface_fast if fast else _surface_torch
     slot, position, normal, local, light = surface(geom, rast, vattr, nattr)
     if spec.num_defects == 0:

@@ -48,7 +48,7 @@ def template(shape: str) -> Template:
     matrix = torch.eye(4)
     matrix[:3, :3] = torch.diag(1.0 / safe)
     matrix[:3, 3] = -centre / safe
-    unit = mesh.transformed(matrix)
+    unit = mesh.transformed(matrix).compacted()
     keypoints = unit.vertices[(unit.vertices @ _CORNERS.T).argmax(0)]
     return Template(unit, extent / extent.max(), keypoints)
 

@@ -3,6 +3,7 @@
 One work item per sample; the steps and their order are those of the torch reference (``docs/sensor.md``) and
 every value of a sample depends only on its own image, parameters and key. Noise replays the reference's
 counter-based draws (:mod:`synth_torch.spec.random`) exactly, up to float rounding of the Box-Muller transform.
+Blurs visit a sample's non-zero taps in the reference's row-major order, in float32.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from synth_torch.render.cpu import sin2pi
 
 _MASK32 = 0xFFFFFFFF
 _COUNTER_SALT = 0x9E3779B9
-_GRAY = (0.299, 0.587, 0.114)
+_GRAY_R, _GRAY_G, _GRAY_B = 0.299, 0.587, 0.114
 
 
 @numba.njit(inline="always")
@@ -30,23 +31,42 @@ def _mix32(x):
 
 
 @numba.njit(inline="always")
-def _uniform(key_mix, counter):
-    """The reference's ``uniform(keys, stream, ...)`` value number ``counter`` (``key_mix`` = mix32(key ^ mix32(stream)))."""
-    return np.float64((_mix32(key_mix + _mix32(counter + _COUNTER_SALT)) >> 8)) * (1.0 / (1 << 24))
+def _to_unit(bits):
+    return np.float64(bits >> 8) * (1.0 / (1 << 24))
 
 
 @numba.njit(inline="always")
-def _tap(x, c, y, xx):
-    H, W = x.shape[1], x.shape[2]
-    return x[c, min(max(y, 0), H - 1), min(max(xx, 0), W - 1)]
+def _blur(src, dst, ty, tx, tw, nt):
+    """dst[c, y, x] = sum_k tw[k] * src[c, clamp(y + ty[k]), clamp(x + tx[k])] (replicate borders), accumulated
+    in float32 in tap order. Taps are outermost and the interior runs over slice views from index 0, so the inner
+    loop has no negative-index checks and vectorises."""
+    C, H, W = src.shape
+    acc = np.empty(W, dtype=np.float32)
+    for c in range(C):
+        for y in range(H):
+            acc[:] = 0.0
+            for k in range(nt):
+                w, dx = tw[k], tx[k]
+                row = src[c, min(max(y + ty[k], 0), H - 1)]
+                lo, hi = min(max(-dx, 0), W), max(min(W - dx, W), 0)
+                for i in range(lo):
+                    acc[i] += w * row[0]
+                if hi > lo:
+                    inner, seg = acc[lo:hi], row[lo + dx:hi + dx]
+                    for i in range(hi - lo):
+                        inner[i] += w * seg[i]
+                for i in range(max(hi, lo), W):
+                    acc[i] += w * row[W - 1]
+            dst[c, y] = acc
 
 
 @numba.njit(parallel=True, cache=True)
-def sensor_images(image, active, ev, wb_red, wb_blue, motion, defocus, vignette, read, shot, gamma, saturation,
-                  gray, stream_radius, stream_phase, keys, out):
+def sensor_images(image, active, ev, wb_red, wb_blue, blur_px, motion, defocus, vignette, read, shot, gamma,
+                  saturation, gray, stream_radius, stream_phase, keys, out):
     """image, out [B, 3, H, W] float32; active [B] bool (others are left untouched); per-sample parameters [B]
-    float64; motion [B, K, K] motion-blur kernels (K = 1: none); defocus [B, 2R+1] Gaussian taps (zeros beyond a
-    sample's own radius; all zero: none); stream_radius/stream_phase: stream ids of the noise draws; keys [B]."""
+    float64; blur_px [B] motion-blur lengths (0: no motion blur); motion [B, K, K] float32 motion-blur kernels; defocus [B, 2R+1] float32 Gaussian taps
+    (zeros beyond a sample's own radius; all zero: none); stream_radius/stream_phase: stream ids of the noise
+    draws; keys [B] int64."""
     B, C, H, W = image.shape
     n = C * H * W
     m = (n + 1) // 2
@@ -56,86 +76,76 @@ def sensor_images(image, active, ev, wb_red, wb_blue, motion, defocus, vignette,
     for b in numba.prange(B):
         if not active[b]:
             continue
-        x = np.empty((C, H, W), dtype=np.float32)
         e = 2.0 ** ev[b]
-        gains = (e * wb_red[b], e, e * wb_blue[b])
+        gains = (np.float32(e * wb_red[b]), np.float32(e), np.float32(e * wb_blue[b]))
+        x = np.empty((C, H, W), dtype=np.float32)
         for c in range(C):
             for y in range(H):
                 for i in range(W):
-                    x[c, y, i] = image[b, c, y, i] * np.float32(gains[c])
-        if motion[b, r, r] != 1.0:
-            src = x.copy()
-            for c in range(C):
-                for y in range(H):
-                    for i in range(W):
-                        acc = np.float32(0.0)
-                        for ky in range(K):
-                            for kx in range(K):
-                                w = motion[b, ky, kx]
-                                if w != 0.0:
-                                    acc += w * _tap(src, c, y + ky - r, i + kx - r)
-                        x[c, y, i] = acc
+                    x[c, y, i] = image[b, c, y, i] * gains[c]
+        tmp = np.empty((C, H, W), dtype=np.float32)
+        if blur_px[b] > 0.0:
+            ty, tx, tw = np.empty(K * K, np.int64), np.empty(K * K, np.int64), np.empty(K * K, np.float32)
+            nt = 0
+            for ky in range(K):
+                for kx in range(K):
+                    if motion[b, ky, kx] != 0.0:
+                        ty[nt], tx[nt], tw[nt] = ky - r, kx - r, motion[b, ky, kx]
+                        nt += 1
+            _blur(x, tmp, ty, tx, tw, nt)
+            x, tmp = tmp, x
         if defocus[b, R] != 0.0:
-            src = x.copy()
-            for c in range(C):
-                for y in range(H):
-                    for i in range(W):
-                        acc = np.float32(0.0)
-                        for k in range(2 * R + 1):
-                            w = defocus[b, k]
-                            if w != 0.0:
-                                acc += w * _tap(src, c, y, i + k - R)
-                        x[c, y, i] = acc
-            src = x.copy()
-            for c in range(C):
-                for y in range(H):
-                    for i in range(W):
-                        acc = np.float32(0.0)
-                        for k in range(2 * R + 1):
-                            w = defocus[b, k]
-                            if w != 0.0:
-                                acc += w * _tap(src, c, y + k - R, i)
-                        x[c, y, i] = acc
+            zeros = np.zeros(2 * R + 1, np.int64)
+            offs, tw = np.empty(2 * R + 1, np.int64), np.empty(2 * R + 1, np.float32)
+            nt = 0
+            for k in range(2 * R + 1):
+                if defocus[b, k] != 0.0:
+                    offs[nt], tw[nt] = k - R, defocus[b, k]
+                    nt += 1
+            _blur(x, tmp, zeros, offs, tw, nt)
+            _blur(tmp, x, offs, zeros, tw, nt)
         if vignette[b] > 0.0:
-            corner2 = max(((H - 1) / 2) ** 2 + ((W - 1) / 2) ** 2, 1e-12)
-            norm = 1.0 - 2.0 ** -2
+            cy, cx = (H - 1) / 2, (W - 1) / 2
+            inv_corner2 = 1.0 / max(cy * cy + cx * cx, 1e-12)
+            scale = vignette[b] / (1.0 - 0.25)
             for y in range(H):
                 for i in range(W):
-                    rho2 = ((y - (H - 1) / 2) ** 2 + (i - (W - 1) / 2) ** 2) / corner2
-                    g = np.float32(1.0 - vignette[b] * (1.0 - (1.0 + rho2) ** -2) / norm)
+                    rho2 = ((y - cy) ** 2 + (i - cx) ** 2) * inv_corner2
+                    g = np.float32(1.0 - scale * (1.0 - 1.0 / ((1.0 + rho2) * (1.0 + rho2))))
                     for c in range(C):
                         x[c, y, i] *= g
+        flat = x.reshape(n)
         if read[b] > 0.0 or shot[b] > 0.0:
             kr = _mix32(keys[b] ^ _mix32(stream_radius))
             kp = _mix32(keys[b] ^ _mix32(stream_phase))
-            j = 0
-            for c in range(C):
-                for y in range(H):
-                    for i in range(W):
-                        pair = j if j < m else j - m
-                        u1 = max(_uniform(kr, pair), 1.0 / (1 << 24))
-                        ph = _uniform(kp, pair)
-                        z = math.sqrt(-2.0 * math.log(u1)) * (sin2pi(ph + 0.25) if j < m else sin2pi(ph))
-                        v = x[c, y, i]
-                        var = read[b] * read[b] + shot[b] * max(v, 0.0)
-                        x[c, y, i] = v + np.float32(math.sqrt(max(var, 1e-20)) * z)
-                        j += 1
+            var0, s = read[b] * read[b], shot[b]
+            for k in range(m):
+                cm = _mix32(k + _COUNTER_SALT)
+                u1 = max(_to_unit(_mix32(kr + cm)), 1.0 / (1 << 24))
+                ph = _to_unit(_mix32(kp + cm))
+                rad = math.sqrt(-2.0 * math.log(u1))
+                v = flat[k]
+                flat[k] = v + np.float32(math.sqrt(max(var0 + s * max(v, 0.0), 1e-20)) * rad * sin2pi(ph + 0.25))
+                if k + m < n:
+                    v = flat[k + m]
+                    flat[k + m] = v + np.float32(math.sqrt(max(var0 + s * max(v, 0.0), 1e-20)) * rad * sin2pi(ph))
         inv_gamma = 1.0 / gamma[b]
+        sat, w = saturation[b], gray[b]
         for y in range(H):
             for i in range(W):
-                rgb = (min(max(x[0, y, i], 0.0), 1.0), min(max(x[1, y, i], 0.0), 1.0), min(max(x[2, y, i], 0.0), 1.0))
+                cr = min(max(x[0, y, i], 0.0), 1.0)
+                cg = min(max(x[1, y, i], 0.0), 1.0)
+                cb = min(max(x[2, y, i], 0.0), 1.0)
                 if gamma[b] != 1.0:
-                    rgb = (math.exp(math.log(rgb[0]) * inv_gamma) if rgb[0] > 0 else 0.0,
-                           math.exp(math.log(rgb[1]) * inv_gamma) if rgb[1] > 0 else 0.0,
-                           math.exp(math.log(rgb[2]) * inv_gamma) if rgb[2] > 0 else 0.0)
-                    rgb = (min(rgb[0], 1.0), min(rgb[1], 1.0), min(rgb[2], 1.0))
-                if saturation[b] != 1.0:
-                    lum = _GRAY[0] * rgb[0] + _GRAY[1] * rgb[1] + _GRAY[2] * rgb[2]
-                    s = saturation[b]
-                    rgb = (min(max((1 - s) * lum + s * rgb[0], 0.0), 1.0), min(max((1 - s) * lum + s * rgb[1], 0.0), 1.0),
-                           min(max((1 - s) * lum + s * rgb[2], 0.0), 1.0))
-                if gray[b] > 0.0:
-                    lum = _GRAY[0] * rgb[0] + _GRAY[1] * rgb[1] + _GRAY[2] * rgb[2]
-                    w = gray[b]
-                    rgb = ((1 - w) * rgb[0] + w * lum, (1 - w) * rgb[1] + w * lum, (1 - w) * rgb[2] + w * lum)
-                out[b, 0, y, i], out[b, 1, y, i], out[b, 2, y, i] = rgb[0], rgb[1], rgb[2]
+                    cr = min(math.exp(math.log(cr) * inv_gamma), 1.0) if cr > 0 else 0.0
+                    cg = min(math.exp(math.log(cg) * inv_gamma), 1.0) if cg > 0 else 0.0
+                    cb = min(math.exp(math.log(cb) * inv_gamma), 1.0) if cb > 0 else 0.0
+                if sat != 1.0:
+                    lum = _GRAY_R * cr + _GRAY_G * cg + _GRAY_B * cb
+                    cr = min(max((1 - sat) * lum + sat * cr, 0.0), 1.0)
+                    cg = min(max((1 - sat) * lum + sat * cg, 0.0), 1.0)
+                    cb = min(max((1 - sat) * lum + sat * cb, 0.0), 1.0)
+                if w > 0.0:
+                    lum = _GRAY_R * cr + _GRAY_G * cg + _GRAY_B * cb
+                    cr, cg, cb = (1 - w) * cr + w * lum, (1 - w) * cg + w * lum, (1 - w) * cb + w * lum
+                out[b, 0, y, i], out[b, 1, y, i], out[b, 2, y, i] = cr, cg, cb

@@ -208,7 +208,7 @@ def _apply_compiled(image: torch.Tensor, p: dict[str, torch.Tensor], keys: torch
         return p[name].double().contiguous().numpy()
 
     _kernels.sensor_images(x.numpy(), compiled.numpy(), f64("sensor.exposure_ev"), f64("sensor.wb_red"),
-                           f64("sensor.wb_blue"), motion.contiguous().numpy(), defocus.contiguous().numpy(),
+                           f64("sensor.wb_blue"), f64("sensor.motion_blur_px"), motion.contiguous().numpy(), defocus.contiguous().numpy(),
                            f64("sensor.vignetting"), f64("sensor.noise_sigma"), f64("sensor.shot_noise"),
                            f64("sensor.gamma"), f64("sensor.saturation"), f64("sensor.grayscale"),
                            stable_hash(_NOISE_STREAM + "/radius"), stable_hash(_NOISE_STREAM + "/phase"),

@@ -24,6 +24,7 @@ from synth_torch.shading.materials import (
 )
 
 SOLID, CHECKER, STRIPES, NOISE, MARBLE, WOOD, BRUSHED = range(7)  # == TEXTURES order
+SPECULAR_CUTOFF_LOG = math.log(1e-4)  # highlights weaker than 1e-4 of the specular strength are skipped
 
 
 @numba.njit(inline="always")
@@ -50,7 +51,7 @@ def _pattern(kind, x, y, z, contrast, phase):
         v = 0.5 + 0.5 * sin2pi(x + 1.5 * _waves(0.5 * x, 0.5 * y, 0.5 * z, phase))
     elif kind == WOOD:
         t = math.sqrt(x * x + y * y) + 0.3 * _waves(0.3 * x, 0.3 * y, 0.3 * z, phase)
-        v = t - math.trunc(t)
+        v = t - math.floor(t)
     else:
         u = x + 0.02 * y
         v = 0.0
@@ -67,10 +68,11 @@ def _shadow(depth, b, lx, ly, lz, softness, bias):
     fy = min(max((ly + 1.0) * 0.5 * n - 0.5, 0.0), n - 1.0)
     x0, y0 = math.floor(fx), math.floor(fy)
     wx, wy = fx - x0, fy - y0
-    ix, iy = int(x0), int(y0)
-    ix1, iy1 = min(ix + 1, n - 1), min(iy + 1, n - 1)
-    lit = ((1 - wx) * (1 - wy) * (lz <= depth[b, iy, ix] + bias) + wx * (1 - wy) * (lz <= depth[b, iy, ix1] + bias)
-           + (1 - wx) * wy * (lz <= depth[b, iy1, ix] + bias) + wx * wy * (lz <= depth[b, iy1, ix1] + bias))
+    ix, iy = np.uint64(x0), np.uint64(y0)
+    ix1, iy1 = np.uint64(min(x0 + 1, n - 1)), np.uint64(min(y0 + 1, n - 1))
+    d = depth[b]
+    lit = ((1 - wx) * (1 - wy) * (lz <= d[iy, ix] + bias) + wx * (1 - wy) * (lz <= d[iy, ix1] + bias)
+           + (1 - wx) * wy * (lz <= d[iy1, ix] + bias) + wx * wy * (lz <= d[iy1, ix1] + bias))
     return 1.0 - (1.0 - lit) * (SHADOW_DARKNESS / (1.0 + 0.15 * softness))
 
 
@@ -90,37 +92,40 @@ def shade_rows(slot, position, normal, local, light, decal, height, albedo, text
     with_bg = bg_image.shape[1] > 0
     bias = SHADOW_BIAS / depth_range
     for row in numba.prange(rows):
-        b = row // height
+        b = np.uint64(row // height)
         lx, ly, lz = light_dir[b, 0], light_dir[b, 1], light_dir[b, 2]
+        cut = math.exp(SPECULAR_CUTOFF_LOG / shininess[b])  # n_dot_h ** shininess < 1e-4 below this
+        sl, po, no, lo, li, dc, o = slot[row], position[row], normal[row], local[row], light[row], decal[row], out[row]
         for i in range(width):
             k = 3 * i
-            s = slot[row, i]
-            if s < 0:
+            si = sl[i]
+            if si < 0:
                 for c in range(3):
-                    out[row, k + c] = bg_image[row, k + c] if with_bg else bg_color[b, c]
+                    o[k + c] = bg_image[row, k + c] if with_bg else bg_color[b, c]
                 continue
+            s = np.uint64(si)
             cs = coord_scale[b, s]
-            x, y, z = local[row, k] * cs, local[row, k + 1] * cs, local[row, k + 2] * cs
+            x, y, z = lo[k] * cs, lo[k + 1] * cs, lo[k + 2] * cs
             mod = _pattern(texture[b, s], x, y, z, contrast[b, s], phase[b, s])
             if grain[b, s] != 0.0:
                 fine = _waves(7.3 * x, 7.3 * y, 7.3 * z, phase[b, s]) * _waves(
                     3.1 * x + 0.37, 3.1 * y + 0.37, 3.1 * z + 0.37, phase[b, s] + 0.5)
                 mod *= 1.0 + grain[b, s] * 0.35 * fine
-            mod *= 1.0 - decal[row, i]
-            px, py, pz = position[row, k], position[row, k + 1], position[row, k + 2]
+            mod *= 1.0 - dc[i]
+            px, py, pz = po[k], po[k + 1], po[k + 2]
             inv = 1.0 / max(math.sqrt(px * px + py * py + pz * pz), 1e-8)
             ex, ey, ez = -px * inv, -py * inv, -pz * inv
-            nx, ny, nz = normal[row, k], normal[row, k + 1], normal[row, k + 2]
+            nx, ny, nz = no[k], no[k + 1], no[k + 2]
             n_dot_l = max(nx * lx + ny * ly + nz * lz, 0.0)
             hx, hy, hz = lx + ex, ly + ey, lz + ez
             hn = 1.0 / max(math.sqrt(hx * hx + hy * hy + hz * hz), 1e-8)
             n_dot_h = max((nx * hx + ny * hy + nz * hz) * hn, 0.0)
             shadow = 1.0
             if with_shadow:
-                shadow = _shadow(shadow_depth, b, light[row, k], light[row, k + 1], light[row, k + 2], softness[b],
-                                 bias)
+                shadow = _shadow(shadow_depth, b, li[k], li[k + 1], li[k + 2], softness[b], bias)
             lit = shadow if n_dot_l > 0.0 else 0.0
-            spec = specular[b] * (math.exp(shininess[b] * math.log(n_dot_h)) if n_dot_h > 0.0 else 0.0) * lit
+            spec = specular[b] * math.exp(shininess[b] * math.log(n_dot_h)) * lit if lit > 0.0 and n_dot_h > cut else 0.0
+            ground_map = with_map and si == S
             for c in range(3):
-                a = (albedo_map[row, k + c] if with_map and s == S else albedo[b, s, c]) * mod
-                out[row, k + c] = a * (ambient[b] + radiance[b, c] * (n_dot_l * shadow)) + radiance[b, c] * spec
+                a = (albedo_map[row, k + c] if ground_map else albedo[b, s, c]) * mod
+                o[k + c] = a * (ambient[b] + radiance[b, c] * (n_dot_l * shadow)) + radiance[b, c] * spec

@@ -121,7 +121,8 @@ def pattern(kind: Tensor, x: Tensor, y: Tensor, z: Tensor, contrast: Tensor, pha
         elif name == "marble":
             value = 0.5 + 0.5 * torch.sin(_TWO_PI * (x + 1.5 * _waves(0.5 * x, 0.5 * y, 0.5 * z, phase)))
         elif name == "wood":
-            value = torch.frac(torch.sqrt(x * x + y * y) + 0.3 * _waves(0.3 * x, 0.3 * y, 0.3 * z, phase))
+            t = torch.sqrt(x * x + y * y) + 0.3 * _waves(0.3 * x, 0.3 * y, 0.3 * z, phase)
+            value = t - torch.floor(t)
         else:  # brushed: irregular streaks across x
             value = 0.5 + 0.5 * _streaks(x + 0.02 * y, phase)
         v = torch.where(kind == k, value, v)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["PARAMS", "PARAM_NAMES", "SECTIONS", "Param", "get", "markdown_table", "section"]
+__all__ = ["PARAMS", "PARAM_NAMES", "SECTIONS", "Param", "document", "get", "markdown_table", "section"]
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def _yaml(value) -> str:
 
 
 def markdown_table() -> str:
-    """The parameter reference of ``docs/parameters.md`` (regenerate with ``python -m synth_torch.spec.params``)."""
+    """The parameter table of ``docs/parameters.md``."""
     lines = ["| parameter | default | valid range | neutral | unit | meaning |", "|---|---|---|---|---|---|"]
     for p in PARAMS:
         flags = " (integer)" if p.integer else ""
@@ -138,5 +138,17 @@ def markdown_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
-    print(markdown_table(), end="")
+def document() -> str:
+    """``docs/parameters.md``, regenerated with ``python -m synth_torch.spec > docs/parameters.md``."""
+    return (
+        "# Scenario and sensor parameters\n\n"
+        "Generated from `synth_torch.spec.params.PARAMS`, the one declaration of every parameter (regenerate with\n"
+        "`python -m synth_torch.spec > docs/parameters.md`; a test fails when this page is stale). A scenario\n"
+        "sets a parameter as `section: {name: distribution}` (forms in [scenarios.md](scenarios.md)); the default\n"
+        "applies when it does not. Values outside the valid range are rejected at load time, naming the key.\n"
+        "Integer parameters are sampled as integers (a uniform `[a, b]` is uniform over `a..b`); per-object\n"
+        "parameters are drawn for every object slot and recorded in `Batch.params` as the mean over the image's\n"
+        "objects. Sensor parameters at their neutral value leave the image unchanged.\n\n"
+        + markdown_table()
+    )
+

@@ -3,8 +3,8 @@ config, resumes exactly where its stream stopped, and the export can be a wandb 
 
 from __future__ import annotations
 
-import importlib.util
 import os
+import runpy
 import time
 from pathlib import Path
 
@@ -26,13 +26,6 @@ ROOT = Path(__file__).resolve().parents[2]
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 
-def _train_module():
-    spec = importlib.util.spec_from_file_location("synth_train_export", ROOT / "train" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _compose(overrides, out):
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train.yaml", overrides=overrides)
@@ -47,7 +40,7 @@ def test_training_on_an_export_records_lineage(tabletop_export, tmp_path):
                     "data.val_batch_size=2", "callbacks=model_checkpoint", "callbacks.model_checkpoint.every_n_train_steps=2",
                     "logger=csv", "trainer.max_steps=2", "trainer.val_check_interval=2", "print_config=false",
                     "model.net.depth=2", "model.net.width=4", "trainer.enable_progress_bar=false"], tmp_path)
-    _train_module().train(cfg)
+    runpy.run_path(str(ROOT / "train" / "train.py"), run_name="synth_train_export")["train"](cfg)
     scenario = "sha256:" + load_scenario("tabletop").fingerprint()
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     lineage = ckpt[CHECKPOINT_KEY]

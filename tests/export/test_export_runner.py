@@ -214,23 +214,23 @@ def _argv(out, *extra):
     return ["export", "tabletop", "--n", "2", "--resolution", "16", "--out", str(out), "--quiet", *extra]
 
 
-def test_path_under_a_regular_file(tmp_path, capsys):
-    (tmp_path / "notes.txt").write_text("a file")
-    _fails(_argv(tmp_path / "notes.txt" / "data"), capsys, "is a file, not a folder")
-    _fails(_argv(tmp_path / "notes.txt"), capsys, "exists and is not a folder")
-    assert sorted(os.listdir(tmp_path)) == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "a file"
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only folders")
-def test_unwritable_folder(tmp_path, capsys):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
+@pytest.mark.parametrize("blocker", ["regular file", pytest.param("read-only folder", marks=pytest.mark.skipif(
+    os.geteuid() == 0, reason="root can write into read-only folders"))])
+def test_unwritable_out(tmp_path, capsys, blocker):
+    """--out below a regular file (unwritable even for root) or in a read-only folder."""
+    block = tmp_path / "block"
+    if blocker == "regular file":
+        block.write_text("a file")
+        _fails(_argv(block), capsys, "exists and is not a folder")
+    else:
+        block.mkdir()
+        block.chmod(0o500)
     try:
-        _fails(_argv(locked / "data"), capsys, "is not writable")
-        assert not os.listdir(locked)
+        _fails(_argv(block / "data"), capsys, "is a file, not a folder" if block.is_file() else "is not writable")
+        assert os.listdir(tmp_path) == ["block"] and (block.read_text() == "a file" if block.is_file() else
+                                                      not os.listdir(block))
     finally:
-        locked.chmod(0o700)
+        block.chmod(0o700 if block.is_dir() else 0o600)
 
 
 def test_existing_folder_that_is_not_an_export(tmp_path, capsys):

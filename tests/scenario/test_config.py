@@ -271,3 +271,12 @@ def test_scenario_is_frozen():
     assert isinstance(sc, Scenario)
     with pytest.raises(Exception):
         sc.name = "other"  # type: ignore[misc]
+
+
+def test_parameter_reference_page_is_generated_from_the_registry():
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "parameters.md"
+    assert page.read_text() == registry.document(), "regenerate: python -m synth_torch.spec > docs/parameters.md"
+    for p in registry.PARAMS:
+        assert f"`{p.name}`" in page.read_text()

@@ -479,3 +479,14 @@ def test_compiled_forward_matches_the_torch_reference(monkeypatch):
     monkeypatch.delenv("SYNTH_TORCH_SENSOR")
     alone = apply_sensor(img[2:3], {k: v[2:3] for k, v in params.items()}, keys[2:3])
     assert torch.equal(alone[0], fast[2])
+
+
+def test_zero_length_motion_blur_is_untouched_next_to_a_blurred_sample():
+    """A zero-length blur at an oblique angle is no blur at all, also when its batch-mate is blurred (the kernel
+    of length 0 at 5.9 degrees is not a delta on the pixel grid, so it must not be applied)."""
+    img = _rand_image(2, 16, 20)
+    params = {"sensor.motion_blur_px": torch.tensor([6.0, 0.0]), "sensor.motion_blur_angle_deg": torch.tensor([30.0, 5.9]),
+              "sensor.defocus_px": torch.tensor([0.0, 0.7])}
+    both = apply_sensor(img, params, _keys(2))
+    alone = apply_sensor(img[1:], {k: v[1:] for k, v in params.items()}, _keys(2)[1:])
+    assert torch.equal(both[1], alone[0])
