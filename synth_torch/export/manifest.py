@@ -212,7 +212,7 @@ def build(job: dict, records: list[dict], formats: dict, files: list[list], clas
         "scenario": cfg["scenario"],
         "generation": {k: cfg[k] for k in ("seed", "sample_index_start", "sample_index_stop", "count", "sample_id",
                                             "resolution", "backend", "device", "shader", "sensor", "chunk_size",
-                                            "chunks", "batch_size", "options")},
+                                            "chunks", "options")},
         "label_schema": {
             "conventions": LABEL_CONVENTIONS,
             "docs": "docs/labels.md",

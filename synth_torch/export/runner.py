@@ -147,8 +147,8 @@ def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def canonical_command(scenario_arg, n, resolution, formats, out, seed, start, chunk_size, batch_size, options, parents,
-                      sensor, device, backend) -> str:
+def canonical_command(scenario_arg, n, resolution, formats, out, seed, start, chunk_size, options, parents, sensor,
+                      device, backend) -> str:
     """The ``synth-torch export`` command line that reproduces an export (shard flags left out: they do not
     change the result)."""
     H, W = resolution
@@ -158,8 +158,6 @@ def canonical_command(scenario_arg, n, resolution, formats, out, seed, start, ch
         args += ["--start", str(start)]
     if chunk_size != 500:
         args += ["--chunk-size", str(chunk_size)]
-    if batch_size != 16:
-        args += ["--batch-size", str(batch_size)]
     if options.min_visible_pixels != 1:
         args += ["--min-visible-pixels", str(options.min_visible_pixels)]
     for flag, on in (("--include-hidden", options.include_hidden), ("--yolo-polygons", options.yolo_polygons),
@@ -190,9 +188,8 @@ def export(scenario, n: int, resolution, out, formats="coco,yolo,kitti,webdatase
         formats: ``"coco,yolo,kitti,webdataset"`` or a sequence of those names.
         seed: the scenario seed (with the sample index it determines each sample).
         shard: ``"I/N"`` or ``(I, N)``: write only this process's chunks; None reads :func:`shard_from_env`.
-        chunk_size: samples per chunk (resume unit, WebDataset shard); batch_size: images rendered at once (part
-            of the settings a resume must repeat: the compiled sensor path currently depends on a sample's
-            batch-mates, so the same batches keep the bytes identical).
+        chunk_size: samples per chunk (resume unit, WebDataset shard); batch_size: images rendered at once (it
+            does not change the result: a sample never depends on its batch-mates).
         options: :class:`ExportOptions` (what gets annotated, polygons, depth scale).
         parents: export folders this dataset derives from (recorded with their manifest digests).
         progress: show a progress bar; command: the command line to record (default: :func:`canonical_command`).
@@ -229,8 +226,7 @@ def export(scenario, n: int, resolution, out, formats="coco,yolo,kitti,webdatase
         "seed": int(seed), "sample_index_start": int(start), "sample_index_stop": int(start + n), "count": int(n),
         "sample_id": "sample_index * 1024 + slice_id", "resolution": list(res), "backend": ds.context.backend,
         "device": ds.device.type, "shader": ds.shader, "sensor": bool(sensor), "chunk_size": int(chunk_size),
-        "chunks": chunks, "batch_size": int(batch_size), "options": options.to_dict(), "parents": parents,
-        "assets": mf.asset_provenance(sc),
+        "chunks": chunks, "options": options.to_dict(), "parents": parents, "assets": mf.asset_provenance(sc),
     }
     layout = Layout(scenario=sc.name, scenario_digest=config["scenario"]["digest"], class_names=sc.class_names,
                     num_categories=len(sc.categories), height=res[0], width=res[1],
@@ -239,7 +235,7 @@ def export(scenario, n: int, resolution, out, formats="coco,yolo,kitti,webdatase
         FORMATS[name](layout).check()
 
     if command is None:
-        command = canonical_command(scenario_arg, n, res, fmt, out, seed, start, chunk_size, batch_size, options,
+        command = canonical_command(scenario_arg, n, res, fmt, out, seed, start, chunk_size, options,
                                     [p["path"] for p in parents], sensor, device, backend)
     if not exists:
         try:

@@ -170,8 +170,9 @@ def test_shards_merge_into_the_single_process_export(tmp_path, source_date, monk
     monkeypatch.chdir(tmp_path / "a")
     export("tabletop", out="data", shard=(0, 1), **SMALL)
     monkeypatch.chdir(tmp_path / "b")
-    # shard 2 via --shard, shard 0 via a SLURM job array, shard 1 via torchrun's variables; the last one finishes
-    argv = ["export", "tabletop", "--n", "10", "--resolution", "32", "--chunk-size", "4", "--batch-size", "4",
+    # shard 2 via --shard (rendering other batches), shard 0 via a SLURM job array, shard 1 via torchrun's
+    # variables; the last one finishes
+    argv = ["export", "tabletop", "--n", "10", "--resolution", "32", "--chunk-size", "4", "--batch-size", "3",
             "--out", "data", "--quiet"]
     assert main(argv + ["--shard", "2/3"]) == 0
     assert "shard 2/3 done (1 chunk(s) written); 2 chunk(s) pending" in capsys.readouterr().out
