@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from synth_torch.data.batch import Batch
 from synth_torch.export.base import ExportError
 from synth_torch.export.manifest import manifest_digest, read_manifest
 from synth_torch.export.shards import ShardStream, shard_urls
-from synth_torch.loop.datamodule import SynthDataModule, _rank_world, collate_batch
+from synth_torch.loop.datamodule import SynthDataModule, collate_batch
 from synth_torch.scenario.config import ConfigError, Scenario
 
 __all__ = ["ExportDataModule"]
@@ -56,7 +57,7 @@ class ExportDataModule(SynthDataModule):
 
     def train_dataloader(self) -> DataLoader:
         urls = shard_urls(self.export_dir)
-        _, world = _rank_world()
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         workers = self._workers()
         if len(urls) < world * max(workers, 1):
             raise ConfigError(f"{self.export_dir} has {len(urls)} shard(s); {world} rank(s) x {max(workers, 1)} "

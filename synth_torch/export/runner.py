@@ -120,7 +120,7 @@ def _check_out(root: Path) -> bool:
     if root.is_dir():
         if (root / JOB).is_file():
             return True
-        if any(root.iterdir()):
+        if {p.name for p in root.iterdir()} - {".export"}:  # .export alone: another shard is creating the job
             raise ExportError(f"--out {str(root)!r} exists, is not empty and is not a synth-torch export "
                               f"(no {JOB}); choose a new folder")
         if not os.access(root, os.W_OK | os.X_OK):
