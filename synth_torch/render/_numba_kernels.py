@@ -438,7 +438,8 @@ def depth_images(pos, tri, vbox, vcode, image_offsets, tri_start, vert_offset, h
 @numba.njit(parallel=True, cache=True)
 def coverage_counts(pos, tri, vbox, vcode, image_offsets, tri_start, vert_offset, height, width, counts):
     """Pixel centres covered by the union of each range's triangles (``counts`` [R] int64), one work item per
-    range, with the coverage rule of :func:`rasterize_images` (fill rule and z/w clipping)."""
+    range, with the coverage rule of :func:`rasterize_images` (fill rule and z/w clipping; no depth test is needed
+    for a union, so only a bitmap of the range's box is kept)."""
     xn_of, yn_of = _pixel_centres(width), _pixel_centres(height)
     for b in numba.prange(image_offsets.shape[0] - 1):
         coef, bbox = _setup_image(pos, tri, vbox, vcode, image_offsets, tri_start, vert_offset, height, width, b)
@@ -451,14 +452,33 @@ def coverage_counts(pos, tri, vbox, vcode, image_offsets, tri_start, vert_offset
         if x1 < x0:
             counts[b] = 0
             continue
-        zbuf = np.full((y1 - y0 + 1, width), np.inf, dtype=np.float32)
-        index = np.full((y1 - y0 + 1, width), -1, dtype=np.int32)
-        _visibility(pos, tri, vert_offset[b], coef, bbox, 0, n, y0, y1, xn_of, yn_of, tri_start[b], zbuf, index)
-        total = 0
-        for jj in range(y1 - y0 + 1):
-            for i in range(x0, x1 + 1):
-                total += index[jj, i] >= 0
-        counts[b] = total
+        mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), dtype=np.uint8)
+        base, id_base = vert_offset[b], tri_start[b]
+        for m in range(n):
+            if bbox[m, 0] > bbox[m, 2]:
+                continue
+            a0, b0, c0 = coef[m, 0], coef[m, 1], coef[m, 2]
+            a1, b1, c1 = coef[m, 3], coef[m, 4], coef[m, 5]
+            a2, b2, c2 = coef[m, 6], coef[m, 7], coef[m, 8]
+            za, zb, zc = coef[m, 9], coef[m, 10], coef[m, 11]
+            bound = coef[m, 12]
+            nbound = -bound
+            for j in range(bbox[m, 1], bbox[m, 3] + 1):
+                yn = yn_of[j]
+                t0, t1, t2, tz = b0 * yn + c0, b1 * yn + c1, b2 * yn + c2, zb * yn + zc
+                for i in range(bbox[m, 0], bbox[m, 2] + 1):
+                    if mask[j - y0, i - x0]:
+                        continue
+                    xn = xn_of[i]
+                    e0, e1, e2 = a0 * xn + t0, a1 * xn + t1, a2 * xn + t2
+                    if (e0 >= nbound) & (e1 >= nbound) & (e2 >= nbound):
+                        if (e0 <= bound) | (e1 <= bound) | (e2 <= bound):
+                            if not _exact_covered(pos, tri, id_base + m, base, bbox[m, 4], xn, yn, e0, e1, e2, bound):
+                                continue
+                        depth = za * xn + tz
+                        if depth >= -1.0 and depth <= 1.0:
+                            mask[j - y0, i - x0] = 1
+        counts[b] = mask.sum()
 
 
 @numba.njit(parallel=True, cache=True)
