@@ -300,6 +300,13 @@ def _exact_covered(pos, tri, t, base, flip, xn, yn, e0, e1, e2, bound):
 
 
 @numba.njit(inline="always")
+def _coefficients(coef, m):
+    """The 13 set-up values of slot m: edge functions (a, b, c) x 3, depth plane (za, zb, zc), rounding bound."""
+    return (coef[m, 0], coef[m, 1], coef[m, 2], coef[m, 3], coef[m, 4], coef[m, 5], coef[m, 6], coef[m, 7],
+            coef[m, 8], coef[m, 9], coef[m, 10], coef[m, 11], coef[m, 12])
+
+
+@numba.njit(inline="always")
 def _visibility(pos, tri, base, coef, bbox, lo, hi, r0, r1, xn_of, yn_of, id_base, zbuf, index):
     """Nearest setup slot (``index``, slot - lo; -1 for none) and its float32 z/w (``zbuf``) for rows r0..r1."""
     for m in range(lo, hi):
@@ -308,11 +315,7 @@ def _visibility(pos, tri, base, coef, bbox, lo, hi, r0, r1, xn_of, yn_of, id_bas
         if y0 > y1:
             continue
         x0, x1 = bbox[m, 0], bbox[m, 2]
-        a0, b0, c0 = coef[m, 0], coef[m, 1], coef[m, 2]
-        a1, b1, c1 = coef[m, 3], coef[m, 4], coef[m, 5]
-        a2, b2, c2 = coef[m, 6], coef[m, 7], coef[m, 8]
-        za, zb, zc = coef[m, 9], coef[m, 10], coef[m, 11]
-        bound = coef[m, 12]
+        a0, b0, c0, a1, b1, c1, a2, b2, c2, za, zb, zc, bound = _coefficients(coef, m)
         nbound = -bound
         slot = np.int32(m - lo)
         for j in range(y0, y1 + 1):
@@ -457,11 +460,7 @@ def coverage_counts(pos, tri, vbox, vcode, image_offsets, tri_start, vert_offset
         for m in range(n):
             if bbox[m, 0] > bbox[m, 2]:
                 continue
-            a0, b0, c0 = coef[m, 0], coef[m, 1], coef[m, 2]
-            a1, b1, c1 = coef[m, 3], coef[m, 4], coef[m, 5]
-            a2, b2, c2 = coef[m, 6], coef[m, 7], coef[m, 8]
-            za, zb, zc = coef[m, 9], coef[m, 10], coef[m, 11]
-            bound = coef[m, 12]
+            a0, b0, c0, a1, b1, c1, a2, b2, c2, za, zb, zc, bound = _coefficients(coef, m)
             nbound = -bound
             for j in range(bbox[m, 1], bbox[m, 3] + 1):
                 yn = yn_of[j]
