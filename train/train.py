@@ -87,8 +87,13 @@ def train(cfg: DictConfig) -> dict:
     for logger in trainer.loggers:
         logger.log_hyperparams(hparams)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test"):
+        trainer.test(model, datamodule=datamodule, verbose=False)
+        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+
+    data = {"images_seen": dict(getattr(datamodule, "images_seen", {})),
+            "real_train_images": len(getattr(datamodule, "real_train_keys", ()))}
     paths = {"output_dir": str(output_dir)}
     ckpt = next((c for c in trainer.checkpoint_callbacks), None)
     if ckpt is not None and ckpt.dirpath:
@@ -110,7 +115,12 @@ def train(cfg: DictConfig) -> dict:
         shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("val/") and k.count("/") == 1}
         if shown:
             print(f"  final {shown}")
-    return {"metrics": metrics, "paths": paths}
+        tested = {k: round(v, 4) for k, v in metrics.items() if k.startswith("test/")}
+        if tested:
+            print(f"  test  {tested}")
+        if data["images_seen"].get("real"):
+            print(f"  trained on {data['images_seen']} images; {data['real_train_images']} distinct real")
+    return {"metrics": metrics, "paths": paths, "data": data}
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train.yaml")
