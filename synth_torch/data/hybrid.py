@@ -17,8 +17,9 @@
 ============================  =========================================================================
 
 Counts are exact, not sampled: the real images of steps ``[0, s)`` are ``floor(B * F(s))`` (per batch) or
-``B * floor(F(s))`` (per step), where ``F(s)`` is the sum of the fraction over those steps in fixed point
-(2**-20), so the real budget of any run is known in advance (:meth:`HybridSchedule.real_images`).
+``B * floor(F(s))`` (per step), where ``F(s)`` is the sum of the fraction over those steps (an integer sum in
+fixed point, 2**-32, so it does not depend on summation order), so the real budget of any run is known in
+advance (:meth:`HybridSchedule.real_images`).
 
 :class:`HybridStream` renders step ``s``'s synthetic images as the first ``B - n`` samples of the synthetic
 stream's batch (the sample indices :class:`~synth_torch.data.dataset.SynthDataset` gives that batch) and draws
@@ -48,7 +49,8 @@ from synth_torch.scenario.random import stable_hash
 __all__ = ["SCHEDULES", "HybridSchedule", "HybridBatch", "HybridStream", "images_in"]
 
 SCHEDULES = ("synthetic_only", "real_only", "mixed", "pretrain_finetune", "anneal")
-_ONE = 1 << 20  # fixed-point unit of the real fraction: integer sums are exact and order-free
+_ONE = 1 << 32  # fixed-point unit of the real fraction: integer prefix sums are exact and order-free
+_TOLERANCE = 2.0**-12  # of an image: a sum like 3 * (1/3) lands on 1, not just below it
 
 
 @dataclass(frozen=True)
@@ -119,10 +121,10 @@ class HybridSchedule:
         """Real images in steps ``[0, steps)`` for batches of ``batch_size`` (int64, same shape as ``steps``)."""
         steps = torch.as_tensor(steps, dtype=torch.int64)
         top = int(steps.max()) if steps.numel() else 0
-        cum = _fixed_point_sums(self, 1 << max(10, top.bit_length()))[steps]  # F(s) * 2**20
+        total = _fixed_point_sums(self, 1 << max(10, top.bit_length()))[steps].double() / _ONE  # F(s)
         if self.mix_by == "batch":
-            return cum * batch_size // _ONE
-        return cum // _ONE * batch_size
+            return (total * batch_size + _TOLERANCE).floor().long()
+        return (total + _TOLERANCE).floor().long() * batch_size
 
     def real_count(self, step: int, batch_size: int) -> int:
         """Real images in step ``step``."""
@@ -140,7 +142,7 @@ class HybridSchedule:
 
 @functools.lru_cache(maxsize=16)
 def _fixed_point_sums(schedule: HybridSchedule, size: int) -> torch.Tensor:
-    """``F(s) * 2**20`` for ``s = 0 .. size`` (int64; exact integer prefix sums of the rounded fraction)."""
+    """``F(s) * 2**32`` for ``s = 0 .. size`` (int64; exact integer prefix sums of the rounded fraction)."""
     per_step = torch.round(schedule.fraction(torch.arange(size)) * _ONE).to(torch.int64)
     return torch.cat([torch.zeros(1, dtype=torch.int64), per_step.cumsum(0)])
 
