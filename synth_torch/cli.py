@@ -8,7 +8,8 @@
     (:mod:`synth_torch.render`, :mod:`synth_torch.camera`, :mod:`synth_torch.scene.meshes`): a first run
     that needs nothing but the package.
 ``synth-torch bench [ARGS...]``
-    Run ``benchmarks/bench_dataset.py`` (from the working directory or the source checkout) with ARGS.
+    Throughput of the live stream against reading samples from disk, side by side, with a per-stage breakdown
+    (:mod:`synth_torch.benchmark`; ``synth-torch bench --help``).
 
 Heavy imports happen inside the commands, so ``synth-torch --help`` is instant.
 """
@@ -194,27 +195,10 @@ def demo(args) -> Path:
     return out
 
 
-def _bench_script() -> Path | None:
-    here = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_dataset.py"
-    for path in (Path.cwd() / "benchmarks" / "bench_dataset.py", here):
-        if path.is_file():
-            return path
-    return None
-
-
 def bench(args) -> None:
-    import runpy
+    from synth_torch.benchmark import main as bench_main
 
-    script = _bench_script()
-    if script is None:
-        raise CLIError("benchmarks/bench_dataset.py not found (looked in the working directory and next to the "
-                       "synth_torch package); run from a source checkout")
-    saved = sys.argv
-    sys.argv = [str(script), *args.args]
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-    finally:
-        sys.argv = saved
+    bench_main(args.args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,9 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--resolution", type=int, default=256)
     d.set_defaults(func=demo)
 
-    b = sub.add_parser("bench", help="run benchmarks/bench_dataset.py with the given arguments",
-                       description="Every further argument goes to benchmarks/bench_dataset.py "
-                       "(use `synth-torch bench -- --help` for its help).")
+    b = sub.add_parser("bench", help="stream throughput against a dataset on disk, with a per-stage breakdown",
+                       description="Every further argument goes to the benchmark "
+                       "(use `synth-torch bench -- --help` for its options).")
     b.set_defaults(func=bench)
     return parser
 

@@ -102,33 +102,17 @@ def test_demo_renders_lit_textured_antialiased_meshes(tmp_path):
     assert edge.any()
 
 
-def test_bench_runs_the_benchmark_script(tmp_path, monkeypatch, capsys):
-    (tmp_path / "benchmarks").mkdir()
-    (tmp_path / "benchmarks" / "bench_dataset.py").write_text(
-        "import sys\nif __name__ == '__main__':\n    print('bench args', sys.argv[1:])\n")
-    monkeypatch.chdir(tmp_path)
-    saved = list(sys.argv)
-    assert main(["bench", "--batch", "2", "--resolutions", "32"]) == 0
-    assert "bench args ['--batch', '2', '--resolutions', '32']" in capsys.readouterr().out
-    assert main(["bench", "--", "--help"]) == 0  # `--` passes the benchmark's own options through
-    assert "bench args ['--help']" in capsys.readouterr().out
-    assert sys.argv == saved
+def test_bench_measures_both_sides(capsys):
+    assert main(["bench", "--cases", "train-default", "--batches", "1", "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "| train-default (defects, 8 x 64²) |" in out and "ratio main / disk" in out
+    assert "g-buffer passes" in out and "sensor" in out
 
 
-def test_other_commands_reject_unknown_arguments(capsys):
+def test_bench_rejects_bad_options(capsys):
     with pytest.raises(SystemExit) as info:
-        main(["demo", "--colour", "red"])
-    assert info.value.code == 2 and "unrecognized arguments: --colour red" in capsys.readouterr().err
-
-
-def test_bench_without_the_script(tmp_path, monkeypatch, capsys):
-    import synth_torch.cli as cli
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli, "__file__", str(tmp_path / "pkg" / "synth_torch" / "cli.py"))
-    with pytest.raises(SystemExit) as info:
-        main(["bench"])
-    assert info.value.code == 2 and "bench_dataset.py not found" in capsys.readouterr().err
+        main(["bench", "--batches", "0"])
+    assert info.value.code == 2 and "--batches must be >= 1" in capsys.readouterr().err
 
 
 def test_console_script_is_declared():

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 from torchvision import tv_tensors
 
-from synth_torch.labels.extract import Labels
+from synth_torch.labels.passes import Labels
 
 SLICE_BITS = 10  # sample_id = sample_index * 2**SLICE_BITS + slice_id
 

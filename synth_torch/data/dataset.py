@@ -10,14 +10,17 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 import synth_torch.render as dr
 from synth_torch.data.batch import Batch, decode_sample_id, encode_sample_id
-from synth_torch.labels.extract import extract_labels
-from synth_torch.scenario.config import PARAM_NAMES, ConfigError, Scenario, load_scenario
+from synth_torch.labels.passes import label_passes
+from synth_torch.scenario.config import ConfigError, Scenario, load_scenario
 from synth_torch.scenario.distributions import Dist
-from synth_torch.scenario.random import uniform
-from synth_torch.scenario.sampler import ScenarioSampler
-from synth_torch.scene.assets import pick_images
-from synth_torch.scene.renderer import render
+from synth_torch.scenario.sampler import SceneParams, ScenarioSampler
+from synth_torch.scene.assets import load_images
+from synth_torch.scene.gbuffer import build_gbuffer
+from synth_torch.scene.geometry import assemble
 from synth_torch.sensor import apply_sensor
+from synth_torch.shading.shaders import SHADERS, get_shader, render_image
+from synth_torch.spec.params import PARAM_NAMES
+from synth_torch.spec.random import uniform
 
 MAX_SLICES = 64
 TEXTURE_SIZE = 256  # ground image textures are resampled to this square size (mipmapped lookups)
@@ -127,6 +130,7 @@ class SynthDataset(IterableDataset):
         backend: rasterizer backend (``"auto"``, ``"cpu"``, ``"torch"``, ``"nvdiffrast"``).
         length: batches per epoch on each rank (None: infinite).
         sensor: apply the scenario's sensor effects.
+        shader: ``"auto"`` (compiled on CPU, torch elsewhere), ``"numba"`` or ``"torch"`` (``docs/rendering.md``).
 
     Sample ``i`` of the stream is a pure function of (scenario, seed, i, slice weights): global batch ``k``
     holds samples ``k * batch_size ...``. From the resume point ``s`` (``next_batch``), rank ``r`` of
@@ -142,7 +146,7 @@ class SynthDataset(IterableDataset):
     """
 
     def __init__(self, scenario="tabletop", batch_size: int = 32, resolution=128, device="cpu", seed: int = 0,
-                 backend: str = "auto", length: int | None = None, sensor: bool = True):
+                 backend: str = "auto", length: int | None = None, sensor: bool = True, shader: str = "auto"):
         super().__init__()
         self.scenario = load_scenario(scenario)
         if int(batch_size) <= 0:
@@ -157,7 +161,14 @@ class SynthDataset(IterableDataset):
         self.backend = backend
         self.length = None if length is None else int(length)
         self.sensor = bool(sensor)
+        if shader not in SHADERS:
+            raise ConfigError(f"shader must be one of {SHADERS}, got {shader!r}")
+        get_shader(shader, self.device)  # fails here, not in a worker, when the shader cannot run on the device
+        self.shader = shader
         self.sampler = ScenarioSampler(self.scenario, self.seed)
+        self._sensor_bounds = {n: max(d.support[1] for d in [self.scenario.parameters[n]] + [
+            sl.overrides[n] for sl in self.scenario.slices.values() if n in sl.overrides])
+            for n in ("sensor.motion_blur_px", "sensor.defocus_px")}
         self.weights = SliceWeights(self.scenario)
         self.next_batch = 0
         self._ctx = None
@@ -218,23 +229,30 @@ class SynthDataset(IterableDataset):
         slice_id = self.slice_ids(sample_index) if slice_id is None else torch.as_tensor(slice_id, dtype=torch.int64)
         if (slice_id >= len(self.weights)).any() or (slice_id < 0).any():
             raise ValueError(f"slice ids must lie in [0, {len(self.weights)}), got {slice_id.tolist()}")
-        spec = self.sampler.sample(sample_index, slice_id, self.weights.overrides(self.scenario), self.resolution)
+        return self.render_params(self.sampler.sample_params(sample_index, slice_id,
+                                                             self.weights.overrides(self.scenario)))
+
+    def render_params(self, params: SceneParams) -> Batch:
+        """Render explicitly given sampled values (e.g. edited by a hard-example search); labels stay exact."""
         sc = self.scenario
-        ground_texture = background = None
+        spec = self.sampler.build(params, self.resolution).to(self.device)
+        geom = assemble(spec)
+        gbuffer = build_gbuffer(spec, geom, self.context, self.resolution, shadows=sc.shadows,
+                                uv=sc.texture_images is not None)
+        ground_images = background = None
         if sc.texture_images:
-            choice = uniform(spec.keys, "ground.image")
-            ground_texture = pick_images(sc.texture_images, choice, (TEXTURE_SIZE, TEXTURE_SIZE)).permute(0, 2, 3, 1)
+            ground_images = load_images(sc.resolve(sc.texture_images), spec.ground.image,
+                                        (TEXTURE_SIZE, TEXTURE_SIZE)).permute(0, 2, 3, 1)
         if sc.background_images:
-            background = pick_images(sc.background_images, uniform(spec.keys, "background.image"), self.resolution)
-        image, frags, geom = render(spec, self.resolution, self.context, shadows=sc.shadows, antialias=sc.antialias,
-                                    ground_texture=ground_texture, background=background)
-        spec = spec.to(self.device)
-        labels = extract_labels(spec, frags, geom, self.context, len(sc.categories), self.resolution)
+            background = load_images(sc.resolve(sc.background_images), spec.ground.background,
+                                     self.resolution).permute(0, 2, 3, 1).to(self.device)
+        image = render_image(spec, geom, gbuffer, self.shader, ground_images, background, antialias=sc.antialias)
+        labels = label_passes(spec, gbuffer, geom, self.sampler.num_objects, len(sc.categories))
         if self.sensor:
-            sensor_params = {k: v for k, v in spec.params.items() if k.startswith("sensor.")}
-            image = apply_sensor(image, sensor_params, spec.keys.to(self.device))
-        return Batch(**{f.name: getattr(labels, f.name) for f in fields(labels)}, image=image, K=spec.K,
-                     world_to_cam=spec.world_to_cam, params=spec.params, slice_id=spec.slice_id,
+            sensor_params = {k: v for k, v in params.values.items() if k.startswith("sensor.")}
+            image = apply_sensor(image, sensor_params, spec.keys, self._sensor_bounds)
+        return Batch(**{f.name: getattr(labels, f.name) for f in fields(labels)}, image=image, K=spec.camera.K,
+                     world_to_cam=spec.camera.world_to_cam, params=spec.params, slice_id=spec.slice_id,
                      sample_id=encode_sample_id(spec.sample_index, spec.slice_id).to(self.device),
                      class_names=sc.class_names, slice_names=self.slice_names)
 

@@ -44,7 +44,7 @@ from synth_torch.data.batch import Batch
 from synth_torch.data.dataset import SynthDataset, _rank_and_world
 from synth_torch.data.real import RealBatch, RealDataset, collate_real
 from synth_torch.scenario.config import ConfigError
-from synth_torch.scenario.random import stable_hash
+from synth_torch.spec.random import stable_hash
 
 __all__ = ["SCHEDULES", "HybridSchedule", "HybridBatch", "HybridStream", "images_in"]
 

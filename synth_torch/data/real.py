@@ -29,7 +29,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from synth_torch.scenario.config import ConfigError
-from synth_torch.scenario.random import stable_hash
+from synth_torch.spec.random import stable_hash
 
 __all__ = ["SPLITS", "RealBatch", "RealDataset", "MagneticTile", "CocoReal", "READERS", "open_real", "collate_real",
            "check_fractions", "split_of", "nested_order"]

@@ -38,7 +38,8 @@ from synth_torch.loop.datamodule import MINE_START, SUITE_STRIDE
 from synth_torch.loop.mining import MinedSlice, Predicate, find_slices
 from synth_torch.loop.rules import RULES, SliceReweighter, SliceStats
 from synth_torch.loop.tasks import slice_key
-from synth_torch.scenario.config import PARAM_NAMES, ConfigError
+from synth_torch.scenario.config import ConfigError
+from synth_torch.spec.params import PARAM_NAMES
 
 try:
     from typing_extensions import override

@@ -35,7 +35,7 @@ from synth_torch.data.dataset import SynthDataset, _rank_and_world
 from synth_torch.data.hybrid import HybridBatch, HybridSchedule, HybridStream, images_in
 from synth_torch.data.real import RealBatch, RealDataset, check_fractions, collate_real, open_real
 from synth_torch.scenario.config import ConfigError, Scenario, load_scenario
-from synth_torch.scenario.random import stable_hash
+from synth_torch.spec.random import stable_hash
 
 __all__ = ["SynthDataModule", "collate_batch", "VAL_START", "SUITE_STRIDE", "MINE_START"]
 

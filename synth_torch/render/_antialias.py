@@ -12,10 +12,12 @@ Triangles with a vertex at ``w <= 0`` are skipped.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 
+from synth_torch.render import cpu
 from synth_torch.render._dispatch import use_nvdiffrast
 
 _EDGES = ((0, 1, 2), (1, 2, 0), (2, 0, 1))  # (vertex i, vertex j, opposite vertex k)
@@ -54,6 +56,28 @@ def antialias_construct_topology_hash(tri: torch.Tensor) -> TopologyHash:
     return TopologyHash(opposite.view(3, T).t().contiguous(), T)
 
 
+def _use_kernel(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor) -> bool:
+    """The compiled forward serves CPU calls that need no gradient; autograd goes through the torch path."""
+    if os.environ.get("SYNTH_TORCH_RENDER_BACKEND", "auto") == "torch":
+        return False
+    if any(t.device.type != "cpu" for t in (color, rast, pos)) or color.dtype not in (torch.float32, torch.float64):
+        return False
+    return not (torch.is_grad_enabled() and (color.requires_grad or pos.requires_grad))
+
+
+def _antialias_cpu(color, rast, pos, tri, topology_hash):
+    from synth_torch.render import _numba_kernels as nk
+
+    nk.use_torch_threads()
+    out = cpu.empty(tuple(color.shape), color.dtype)
+    vstride = pos.shape[1] if pos.ndim == 3 else 0
+    nk.antialias_images(color.detach().contiguous().numpy(), rast.detach().contiguous().numpy(),
+                        pos.detach().reshape(-1, 4).contiguous().numpy(), vstride,
+                        tri.to(torch.int64).contiguous().numpy(), topology_hash.opposite.contiguous().numpy(),
+                        out.numpy())
+    return out
+
+
 def _cross2(ax, ay, bx, by):
     return ax * by - ay * bx
 
@@ -83,6 +107,8 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
                               pos_gradient_boost=pos_gradient_boost)
     if topology_hash is None:
         topology_hash = antialias_construct_topology_hash(tri)
+    if _use_kernel(color, rast, pos):
+        return _antialias_cpu(color, rast, pos, tri, topology_hash)
     B, H, W, C = color.shape
     tri = tri.to(device=color.device, dtype=torch.long)
     if pos_gradient_boost != 1.0:

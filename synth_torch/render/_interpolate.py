@@ -7,7 +7,7 @@ import os
 import numpy as np
 import torch
 
-from synth_torch.render import _buffers
+from synth_torch.render import cpu
 from synth_torch.render._dispatch import use_nvdiffrast
 
 
@@ -67,8 +67,8 @@ def _interpolate_cpu(attr, rast, tri, rast_db, idx):
     if tri32.numel() and (int(tri32.min()) < 0 or int(tri32.max()) >= a.shape[1]):
         raise ValueError(f"tri indexes vertices in [{int(tri32.min())}, {int(tri32.max())}] but attr has "
                          f"{a.shape[1]} vertices")
-    out = _buffers.empty((B, H, W, a.shape[2]), rast.dtype)
-    out_da = _buffers.empty((B, H, W, 2 * len(idx)), rast.dtype)
+    out = cpu.empty((B, H, W, a.shape[2]), rast.dtype)
+    out_da = cpu.empty((B, H, W, 2 * len(idx)), rast.dtype)
     bad = np.zeros(B * H, dtype=np.uint8)
     rast_np = rast.detach().contiguous().view(B * H, W * 4).numpy()
     db_np = rast_db.detach().contiguous().view(B * H, W * 4).numpy() if rast_db is not None else rast_np

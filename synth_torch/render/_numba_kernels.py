@@ -9,8 +9,12 @@
     scratch buffer (cache-resident) instead of a batch-wide array.
 ``rasterize_bands``
     Visibility and fill from a precomputed setup, one work item per (image, band of rows).
+``depth_images`` / ``coverage_counts``
+    Visibility only: the nearest z/w per pixel, or the number of pixel centres each range covers.
 ``interpolate_rows``
     Forward of :func:`synth_torch.render.interpolate` when no gradient is needed, parallel over rows.
+``antialias_images``
+    Forward of :func:`synth_torch.render.antialias` when no gradient is needed, one work item per image.
 
 Every pixel belongs to exactly one work item and triangles are visited in ascending id order inside
 it, so results never depend on thread count or timing. Every float64 expression mirrors
@@ -25,32 +29,15 @@ bound) and ``bbox`` [M, 5] int32 = (x0 y0 x1 y1 flip), flip = 1 when the exact o
 from __future__ import annotations
 
 import math
-import os
 
 import numba
 import numpy as np
 
-# DataLoader workers fork the process, and numba's OpenMP layer aborts in a forked child once the parent has
-# run a parallel kernel; its work-queue layer is fork-safe. A user's NUMBA_THREADING_LAYER still wins.
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+from synth_torch.render.cpu import use_torch_threads  # noqa: F401  (threading set-up before any kernel)
 
 BOUND_SLACK = 1e-6  # == _raster.BOUND_SLACK
 ERR = 1e-13  # == _raster.ERR
 DOUBT = 2  # bbox[:, 4] bit during setup: the float orientation sign needs an exact check
-
-
-def use_torch_threads() -> None:
-    """Run the kernels on as many threads as torch's intra-op pool (``torch.set_num_threads``; DataLoader
-    workers use 1), at most ``NUMBA_NUM_THREADS``. Starting numba's OpenMP pool resets the thread count
-    that torch reads from the same runtime; the user's setting is put back."""
-    import torch
-
-    n = torch.get_num_threads()
-    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-
 
 # ----------------------------------------------------------------------------------------------------
 # Exact sign of a 3x3 determinant (error-free transformations, Dekker / Shewchuk expansions)
@@ -313,16 +300,8 @@ def _exact_covered(pos, tri, t, base, flip, xn, yn, e0, e1, e2, bound):
 
 
 @numba.njit(inline="always")
-def _raster_rows(pos, tri, base, coef, bbox, lo, hi, r0, r1, xn_of, yn_of, id_base, rast, rast_db, row_base):
-    """Visibility then fill of rows ``r0..r1`` of one image from setup slots ``lo..hi-1``.
-
-    Slot ``lo + k`` is triangle ``id_base + k`` with vertex rows offset by ``base``. ``rast``/``rast_db``
-    are [B*H, W*4] views; image row ``j`` is view row ``row_base + j``. Every value of those rows is
-    written (zeros where no triangle covers the pixel centre).
-    """
-    width = xn_of.shape[0]
-    zbuf = np.full((r1 - r0 + 1, width), np.inf, dtype=np.float32)
-    index = np.full((r1 - r0 + 1, width), -1, dtype=np.int32)  # slot - lo of the nearest triangle
+def _visibility(pos, tri, base, coef, bbox, lo, hi, r0, r1, xn_of, yn_of, id_base, zbuf, index):
+    """Nearest setup slot (``index``, slot - lo; -1 for none) and its float32 z/w (``zbuf``) for rows r0..r1."""
     for m in range(lo, hi):
         y0 = max(bbox[m, 1], r0)
         y1 = min(bbox[m, 3], r1)
@@ -356,13 +335,29 @@ def _raster_rows(pos, tri, base, coef, bbox, lo, hi, r0, r1, xn_of, yn_of, id_ba
                     if d32 < zbuf[jj, i]:
                         zbuf[jj, i] = d32
                         index[jj, i] = slot
+
+
+@numba.njit(inline="always")
+def _raster_rows(pos, tri, base, coef, bbox, lo, hi, r0, r1, xn_of, yn_of, id_base, rast, rast_db, row_base):
+    """Visibility then fill of rows ``r0..r1`` of one image from setup slots ``lo..hi-1``.
+
+    Slot ``lo + k`` is triangle ``id_base + k`` with vertex rows offset by ``base``. ``rast``/``rast_db``
+    are [B*H, W*4] views; image row ``j`` is view row ``row_base + j``. Every value of those rows is
+    written (zeros where no triangle covers the pixel centre). A ``rast_db`` with no columns is not written.
+    """
+    width = xn_of.shape[0]
+    zbuf = np.full((r1 - r0 + 1, width), np.inf, dtype=np.float32)
+    index = np.full((r1 - r0 + 1, width), -1, dtype=np.int32)  # slot - lo of the nearest triangle
+    _visibility(pos, tri, base, coef, bbox, lo, hi, r0, r1, xn_of, yn_of, id_base, zbuf, index)
+    with_db = rast_db.shape[1] > 0
     dx_scale, dy_scale = 2.0 / width, 2.0 / yn_of.shape[0]
     for j in range(r0, r1 + 1):
         o = row_base + j
         for k in range(4 * width):
             rast[o, k] = 0.0
-        for k in range(4 * width):
-            rast_db[o, k] = 0.0
+        if with_db:
+            for k in range(4 * width):
+                rast_db[o, k] = 0.0
         yn = yn_of[j]
         for i in range(width):
             slot = index[j - r0, i]
@@ -376,18 +371,32 @@ def _raster_rows(pos, tri, base, coef, bbox, lo, hi, r0, r1, xn_of, yn_of, id_ba
             e2 = a2 * xn + (b2 * yn + coef[m, 8])
             s = (e0 + e1) + e2
             inv_s = 1.0 / s
-            inv_ss = inv_s * inv_s
-            sa = (a0 + a1) + a2
-            sb = (b0 + b1) + b2
             k = 4 * i
             rast[o, k] = e0 * inv_s
             rast[o, k + 1] = e1 * inv_s
             rast[o, k + 2] = coef[m, 9] * xn + (coef[m, 10] * yn + coef[m, 11])
             rast[o, k + 3] = np.float64(id_base + slot + 1)
-            rast_db[o, k] = (a0 * s - e0 * sa) * inv_ss * dx_scale
-            rast_db[o, k + 1] = (b0 * s - e0 * sb) * inv_ss * dy_scale
-            rast_db[o, k + 2] = (a1 * s - e1 * sa) * inv_ss * dx_scale
-            rast_db[o, k + 3] = (b1 * s - e1 * sb) * inv_ss * dy_scale
+            if with_db:
+                inv_ss = inv_s * inv_s
+                sa = (a0 + a1) + a2
+                sb = (b0 + b1) + b2
+                rast_db[o, k] = (a0 * s - e0 * sa) * inv_ss * dx_scale
+                rast_db[o, k + 1] = (b0 * s - e0 * sb) * inv_ss * dy_scale
+                rast_db[o, k + 2] = (a1 * s - e1 * sa) * inv_ss * dx_scale
+                rast_db[o, k + 3] = (b1 * s - e1 * sb) * inv_ss * dy_scale
+
+
+@numba.njit(inline="always")
+def _setup_image(pos, tri, vbox, vcode, image_offsets, tri_start, vert_offset, height, width, b):
+    """Setup of image b's triangles into fresh (coef, bbox) scratch arrays."""
+    n = image_offsets[b + 1] - image_offsets[b]
+    coef = np.empty((n, 13), dtype=np.float64)
+    bbox = np.empty((n, 5), dtype=np.int32)
+    for k in range(n):
+        _setup_one(pos, tri, vbox, vcode, tri_start[b] + k, vert_offset[b], height, width, coef, bbox, k)
+        if bbox[k, 4] & DOUBT:
+            _resolve_orientation(pos, tri, tri_start[b] + k, vert_offset[b], coef, bbox, k)
+    return coef, bbox
 
 
 @numba.njit(cache=True)
@@ -402,19 +411,74 @@ def _pixel_centres(size):
 def rasterize_images(pos, tri, vbox, vcode, image_offsets, tri_start, vert_offset, height, width, rast, rast_db):
     """Setup, visibility and fill, one work item per image (setup kept in a per-image scratch buffer).
 
-    Arguments as :func:`setup_triangles`; ``rast``/``rast_db`` are [B*H, W*4] views of the outputs.
+    Arguments as :func:`setup_triangles`; ``rast``/``rast_db`` are [B*H, W*4] views of the outputs
+    (``rast_db`` with no columns: not computed).
     """
     xn_of, yn_of = _pixel_centres(width), _pixel_centres(height)
     for b in numba.prange(image_offsets.shape[0] - 1):
-        n = image_offsets[b + 1] - image_offsets[b]
-        coef = np.empty((n, 13), dtype=np.float64)
-        bbox = np.empty((n, 5), dtype=np.int32)
-        for k in range(n):
-            _setup_one(pos, tri, vbox, vcode, tri_start[b] + k, vert_offset[b], height, width, coef, bbox, k)
-            if bbox[k, 4] & DOUBT:
-                _resolve_orientation(pos, tri, tri_start[b] + k, vert_offset[b], coef, bbox, k)
-        _raster_rows(pos, tri, vert_offset[b], coef, bbox, 0, n, 0, height - 1, xn_of, yn_of, tri_start[b],
-                     rast, rast_db, b * height)
+        coef, bbox = _setup_image(pos, tri, vbox, vcode, image_offsets, tri_start, vert_offset, height, width, b)
+        _raster_rows(pos, tri, vert_offset[b], coef, bbox, 0, coef.shape[0], 0, height - 1, xn_of, yn_of,
+                     tri_start[b], rast, rast_db, b * height)
+
+
+@numba.njit(parallel=True, cache=True)
+def depth_images(pos, tri, vbox, vcode, image_offsets, tri_start, vert_offset, height, width, depth):
+    """Nearest z/w per pixel (``depth`` [B*H, W] float32, +inf where no triangle covers the centre), one work item
+    per image; the same visibility as :func:`rasterize_images`."""
+    xn_of, yn_of = _pixel_centres(width), _pixel_centres(height)
+    for b in numba.prange(image_offsets.shape[0] - 1):
+        coef, bbox = _setup_image(pos, tri, vbox, vcode, image_offsets, tri_start, vert_offset, height, width, b)
+        zbuf = np.full((height, width), np.inf, dtype=np.float32)
+        index = np.full((height, width), -1, dtype=np.int32)
+        _visibility(pos, tri, vert_offset[b], coef, bbox, 0, coef.shape[0], 0, height - 1, xn_of, yn_of, tri_start[b],
+                    zbuf, index)
+        depth[b * height:(b + 1) * height] = zbuf
+
+
+@numba.njit(parallel=True, cache=True)
+def coverage_counts(pos, tri, vbox, vcode, image_offsets, tri_start, vert_offset, height, width, counts):
+    """Pixel centres covered by the union of each range's triangles (``counts`` [R] int64), one work item per
+    range, with the coverage rule of :func:`rasterize_images` (fill rule and z/w clipping; no depth test is needed
+    for a union, so only a bitmap of the range's box is kept)."""
+    xn_of, yn_of = _pixel_centres(width), _pixel_centres(height)
+    for b in numba.prange(image_offsets.shape[0] - 1):
+        coef, bbox = _setup_image(pos, tri, vbox, vcode, image_offsets, tri_start, vert_offset, height, width, b)
+        n = coef.shape[0]
+        x0, y0, x1, y1 = width, height, -1, -1
+        for m in range(n):
+            if bbox[m, 0] <= bbox[m, 2]:
+                x0, y0 = min(x0, bbox[m, 0]), min(y0, bbox[m, 1])
+                x1, y1 = max(x1, bbox[m, 2]), max(y1, bbox[m, 3])
+        if x1 < x0:
+            counts[b] = 0
+            continue
+        mask = np.zeros((y1 - y0 + 1, x1 - x0 + 1), dtype=np.uint8)
+        base, id_base = vert_offset[b], tri_start[b]
+        for m in range(n):
+            if bbox[m, 0] > bbox[m, 2]:
+                continue
+            a0, b0, c0 = coef[m, 0], coef[m, 1], coef[m, 2]
+            a1, b1, c1 = coef[m, 3], coef[m, 4], coef[m, 5]
+            a2, b2, c2 = coef[m, 6], coef[m, 7], coef[m, 8]
+            za, zb, zc = coef[m, 9], coef[m, 10], coef[m, 11]
+            bound = coef[m, 12]
+            nbound = -bound
+            for j in range(bbox[m, 1], bbox[m, 3] + 1):
+                yn = yn_of[j]
+                t0, t1, t2, tz = b0 * yn + c0, b1 * yn + c1, b2 * yn + c2, zb * yn + zc
+                for i in range(bbox[m, 0], bbox[m, 2] + 1):
+                    if mask[j - y0, i - x0]:
+                        continue
+                    xn = xn_of[i]
+                    e0, e1, e2 = a0 * xn + t0, a1 * xn + t1, a2 * xn + t2
+                    if (e0 >= nbound) & (e1 >= nbound) & (e2 >= nbound):
+                        if (e0 <= bound) | (e1 <= bound) | (e2 <= bound):
+                            if not _exact_covered(pos, tri, id_base + m, base, bbox[m, 4], xn, yn, e0, e1, e2, bound):
+                                continue
+                        depth = za * xn + tz
+                        if depth >= -1.0 and depth <= 1.0:
+                            mask[j - y0, i - x0] = 1
+        counts[b] = mask.sum()
 
 
 @numba.njit(parallel=True, cache=True)
@@ -478,3 +542,88 @@ def interpolate_rows(attr, rast, tri, rast_db, diff_idx, one, height, out, out_d
                 out_da[row, o + 2 * d] = rast_db[row, 4 * i] * d_u + rast_db[row, 4 * i + 2] * d_v
                 out_da[row, o + 2 * d + 1] = rast_db[row, 4 * i + 1] * d_u + rast_db[row, 4 * i + 3] * d_v
 
+
+
+# ----------------------------------------------------------------------------------------------------
+# Antialiasing
+
+
+@numba.njit(inline="always")
+def _screen_xy(pos, row, half_w, half_h):
+    w = pos[row, 3]
+    sw = w if w > 0 else 1.0
+    return (pos[row, 0] / sw + 1.0) * half_w, (pos[row, 1] / sw + 1.0) * half_h, w > 0
+
+
+@numba.njit(inline="always")
+def _aa_pair(color, rast, pos, vstride, tri, opposite, out, b, j0, i0, j1, i1, vertical):
+    """The blend of one pair of neighbouring pixels with different triangle ids (see ``_antialias.py``)."""
+    id0 = np.int64(rast[b, j0, i0, 3]) - 1
+    id1 = np.int64(rast[b, j1, i1, 3]) - 1
+    if id0 == id1:
+        return
+    pick1 = id0 < 0 or (id1 >= 0 and not (rast[b, j0, i0, 2] < rast[b, j1, i1, 2]))
+    if pick1:
+        t, ds, cj, ci = id1, -1.0, j1 + 0.5, i1 + 0.5
+    else:
+        t, ds, cj, ci = id0, 1.0, j0 + 0.5, i0 + 0.5
+    H, W = rast.shape[1], rast.shape[2]
+    half_w, half_h = 0.5 * W, 0.5 * H
+    base = b * vstride
+    sx = np.empty(3)
+    sy = np.empty(3)
+    front = True
+    for k in range(3):
+        sx[k], sy[k], ok = _screen_xy(pos, base + tri[t, k], half_w, half_h)
+        front = front and ok
+    if not front:
+        return
+    area = (sx[1] - sx[0]) * (sy[2] - sy[0]) - (sy[1] - sy[0]) * (sx[2] - sx[0])
+    if area == 0.0:
+        return
+    best, crossing, usable = -np.inf, 0.0, False
+    for e in range(3):
+        ei, ej, ek = e, (e + 1) % 3, (e + 2) % 3
+        if vertical:
+            a0, a1, c0, c1 = sy[ei] - cj, sy[ej] - cj, sx[ei] - ci, sx[ej] - ci
+        else:
+            a0, a1, c0, c1 = sx[ei] - ci, sx[ej] - ci, sy[ei] - cj, sy[ej] - cj
+        if (c0 < 0) == (c1 < 0):
+            continue
+        x_c = a0 - c0 * (a1 - a0) / (c1 - c0)
+        score = ds * x_c
+        if not score > best:
+            continue
+        o = opposite[t, e]
+        o = base + (o if o >= 0 else tri[t, ek])
+        ox, oy, _ = _screen_xy(pos, o, half_w, half_h)
+        ex, ey = sx[ej] - sx[ei], sy[ej] - sy[ei]
+        side = ex * (oy - sy[ei]) - ey * (ox - sx[ei])
+        edge_area = ex * (sy[ek] - sy[ei]) - ey * (sx[ek] - sx[ei])
+        silhouette = (side > 0 and edge_area > 0) or (side < 0 and edge_area < 0)
+        best, crossing, usable = score, score, silhouette and abs(c1 - c0) >= abs(a1 - a0)
+    if not (usable and crossing > -1.0 / 16 and crossing < 1.0 + 1.0 / 16):
+        return
+    alpha = ds * (0.5 - min(max(crossing, 0.0), 1.0))
+    jt, it = (j0, i0) if alpha > 0 else (j1, i1)
+    for c in range(color.shape[3]):
+        out[b, jt, it, c] += alpha * (color[b, j1, i1, c] - color[b, j0, i0, c])
+
+
+@numba.njit(parallel=True, cache=True)
+def antialias_images(color, rast, pos, vstride, tri, opposite, out):
+    """Forward of :func:`synth_torch.render.antialias` without gradients, one work item per image.
+
+    color, out [B, H, W, C]; rast [B, H, W, 4]; pos [N, 4] (vertex ``b * vstride + k`` of image b; vstride 0 in
+    range mode); tri, opposite [T, 3]. Horizontal pairs, then vertical ones, each in row-major order, add their
+    blends to ``out`` (a copy of ``color``), as the reference's ``index_add`` does.
+    """
+    B, H, W = color.shape[0], color.shape[1], color.shape[2]
+    for b in numba.prange(B):
+        out[b] = color[b]
+        for j in range(H):
+            for i in range(W - 1):
+                _aa_pair(color, rast, pos, vstride, tri, opposite, out, b, j, i, j, i + 1, False)
+        for j in range(H - 1):
+            for i in range(W):
+                _aa_pair(color, rast, pos, vstride, tri, opposite, out, b, j, i, j + 1, i, True)

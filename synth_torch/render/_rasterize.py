@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from synth_torch.render import _buffers, _raster
+from synth_torch.render import _raster, cpu
 from synth_torch.render.context import RasterizeContext
 
 
@@ -102,8 +102,9 @@ class _Rasterize(torch.autograd.Function):
         return grad_pos, None, None, None, None, None, None
 
 
-def _rasterize_cpu(pos, tri, ranges, num_images, num_vertices, instanced, height, width):
-    """``cpu`` backend: numba setup, visibility and fill; every output value is written by the kernel."""
+def cpu_setup(pos, tri, ranges, num_images, num_vertices, instanced, height, width):
+    """Inputs of the ``cpu`` kernels: (pos [N, 4], tri int32, vbox, vcode, image_offsets, tri_start, vert_offset)
+    as numpy arrays, after the per-vertex setup."""
     from synth_torch.render import _numba_kernels as nk
 
     nk.use_torch_threads()
@@ -119,16 +120,25 @@ def _rasterize_cpu(pos, tri, ranges, num_images, num_vertices, instanced, height
         vert_offset = np.zeros(num_images, dtype=np.int64)
     pos_np = pos.detach().reshape(-1, 4).contiguous().numpy()
     tri_np = tri.to(torch.int32).contiguous().numpy()
-    rast = _buffers.empty((num_images, height, width, 4), pos.dtype)
-    rast_db = _buffers.empty((num_images, height, width, 4), pos.dtype)
-    if num_images == 0:
-        return rast, rast_db
-    out = rast.view(num_images * height, width * 4).numpy()
-    out_db = rast_db.view(num_images * height, width * 4).numpy()
     vbox = np.empty((pos_np.shape[0], 4), dtype=np.int32)
     vcode = np.empty(pos_np.shape[0], dtype=np.uint8)
     setup_vertices = nk.setup_vertices if len(pos_np) >= nk.PARALLEL_VERTICES else nk.setup_vertices_serial
     setup_vertices(pos_np, height, width, vbox, vcode)
+    return pos_np, tri_np, vbox, vcode, image_offsets, tri_start, vert_offset
+
+
+def _rasterize_cpu(pos, tri, ranges, num_images, num_vertices, instanced, height, width):
+    """``cpu`` backend: numba setup, visibility and fill; every output value is written by the kernel."""
+    from synth_torch.render import _numba_kernels as nk
+
+    rast = cpu.empty((num_images, height, width, 4), pos.dtype)
+    rast_db = cpu.empty((num_images, height, width, 4), pos.dtype)
+    if num_images == 0:
+        return rast, rast_db
+    pos_np, tri_np, vbox, vcode, image_offsets, tri_start, vert_offset = cpu_setup(
+        pos, tri, ranges, num_images, num_vertices, instanced, height, width)
+    out = rast.view(num_images * height, width * 4).numpy()
+    out_db = rast_db.view(num_images * height, width * 4).numpy()
     band_rows = _band_rows(num_images, height)
     if band_rows >= height:  # enough images to keep every thread busy: one work item per image
         nk.rasterize_images(pos_np, tri_np, vbox, vcode, image_offsets, tri_start, vert_offset, height, width, out,

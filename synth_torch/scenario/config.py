@@ -1,101 +1,43 @@
 """Scenario descriptions: validated dataclasses loaded from YAML, dicts or Hydra configs.
 
-A scenario has structural fields (categories, shapes, textures, placement, folders) and numeric
-*parameters* grouped in sections (``camera``, ``light``, ``objects``, ``material``, ``ground``, ``defects``,
-``sensor``). Every parameter is a distribution (see :mod:`synth_torch.scenario.distributions`), sampled
-once per image and recorded in ``Batch.params`` under its dotted name (``light.intensity``). A *slice*
-overrides some parameter distributions and has a mixture weight. Unknown keys, impossible ranges,
-missing folders and empty category lists raise :class:`ConfigError` naming the key.
+A scenario has structural fields (categories, shapes, textures, placement, folders) and numeric *parameters*
+grouped in sections (``camera``, ``light``, ``objects``, ``material``, ``ground``, ``defects``, ``sensor``),
+declared once in :mod:`synth_torch.spec.params`. Every parameter is a distribution (see
+:mod:`synth_torch.scenario.distributions`), sampled once per image (per object slot for ``material``) and
+recorded in ``Batch.params`` under its dotted name (``light.intensity``). A *slice* overrides some parameter
+distributions and has a mixture weight. Unknown keys, impossible ranges, missing files or folders and empty
+category lists raise :class:`ConfigError` naming the key.
+
+:meth:`Scenario.to_dict` is the normalised form (every parameter, canonical distributions, paths as written);
+:meth:`Scenario.fingerprint` hashes it together with the *contents* of every asset file, so equivalent YAML
+spellings give the same fingerprint and an edited mesh or image a different one.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from synth_torch.scenario.distributions import ConfigError, Dist, parse_dist, parse_number
-from synth_torch.scenario.random import stable_hash
+from synth_torch.scene.assets import list_images
 from synth_torch.scene.meshes import MESH_SUFFIXES, PRIMITIVES
+from synth_torch.spec import params as registry
+from synth_torch.spec.constants import DEFECT_KINDS, PLACEMENTS, SURFACES, TEXTURES
 
 BUILTIN_DIR = Path(__file__).with_name("builtin")
-INF = math.inf
-
-# section -> name -> (default distribution, allowed value range)
-PARAMETERS: dict[str, dict[str, tuple[object, tuple[float, float]]]] = {
-    "camera": {
-        "focal_mm": (35.0, (1.0, 1000.0)),
-        "sensor_mm": (36.0, (1.0, 100.0)),
-        "principal_jitter": (0.0, (-0.25, 0.25)),
-        "distance": (1.2, (0.05, 100.0)),
-        "elevation_deg": (45.0, (-89.0, 89.0)),
-        "azimuth_deg": ([0.0, 360.0], (-720.0, 720.0)),
-        "roll_deg": (0.0, (-180.0, 180.0)),
-    },
-    "light": {
-        "ambient": (0.3, (0.0, 4.0)),
-        "intensity": (1.0, (0.0, 20.0)),
-        "temperature_k": (6500.0, (1000.0, 40000.0)),
-        "elevation_deg": (50.0, (1.0, 90.0)),
-        "azimuth_deg": ([0.0, 360.0], (-720.0, 720.0)),
-        "specular": (0.3, (0.0, 10.0)),
-        "shininess": (32.0, (1.0, 2048.0)),
-        "shadow_softness": (1.0, (0.0, 4.0)),
-    },
-    "objects": {
-        "count": ([3.0, 8.0], (0.0, 64.0)),
-        "scale": (1.0, (0.05, 20.0)),
-        "spread": (0.35, (0.01, 50.0)),
-        "distractors": (0.0, (0.0, 32.0)),
-        "occluders": (0.0, (0.0, 8.0)),
-        "tilt_deg": (0.0, (0.0, 90.0)),
-    },
-    "material": {
-        "saturation": ([0.3, 0.9], (0.0, 1.0)),
-        "value": ([0.35, 0.95], (0.0, 1.0)),
-        "texture_scale": ([3.0, 12.0], (0.01, 1000.0)),
-        "texture_contrast": ([0.1, 0.5], (0.0, 1.0)),
-    },
-    "ground": {
-        "value": ([0.3, 0.8], (0.0, 1.0)),
-        "saturation": ([0.0, 0.4], (0.0, 1.0)),
-        "texture_scale": ([2.0, 8.0], (0.01, 1000.0)),
-        "texture_contrast": ([0.05, 0.35], (0.0, 1.0)),
-        "grain": (0.0, (0.0, 1.0)),
-    },
-    "defects": {
-        "count": (0.0, (0.0, 16.0)),
-        "contrast": ([0.2, 0.5], (0.0, 1.0)),
-        "size": (1.0, (0.05, 20.0)),
-    },
-    "sensor": {
-        "exposure_ev": (0.0, (-6.0, 6.0)),
-        "wb_red": (1.0, (0.2, 5.0)),
-        "wb_blue": (1.0, (0.2, 5.0)),
-        "motion_blur_px": (0.0, (0.0, 64.0)),
-        "motion_blur_angle_deg": ([0.0, 180.0], (-360.0, 360.0)),
-        "defocus_px": (0.0, (0.0, 16.0)),
-        "vignetting": (0.0, (0.0, 1.0)),
-        "noise_sigma": (0.0, (0.0, 0.5)),
-        "shot_noise": (0.0, (0.0, 0.5)),
-        "gamma": (1.0, (0.1, 10.0)),
-        "saturation": (1.0, (0.0, 4.0)),
-        "hue_shift_deg": (0.0, (-180.0, 180.0)),
-        "grayscale": (0.0, (0.0, 1.0)),
-        "jpeg_quality": (100.0, (1.0, 100.0)),
-    },
-}
-PARAM_NAMES = tuple(f"{s}.{k}" for s, ks in PARAMETERS.items() for k in ks)
-TEXTURES = ("solid", "checker", "stripes", "noise", "marble", "wood", "brushed")
-PLACEMENTS = ("ground", "floating", "stacked")
-DEFECT_KINDS = ("blowhole", "crack", "spot", "fray", "break", "uneven")
+STRUCTURE_KEYS = ("name", "categories", "defect_types", "distractor_shapes", "placement", "surface",
+                  "ground_textures", "background_images", "texture_images", "shadows", "antialias", "slices")
 
 
-def _check_keys(data: dict, allowed, where: str) -> None:
+def _check_keys(data, allowed, where: str) -> None:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     unknown = sorted(set(data) - set(allowed))
@@ -104,37 +46,60 @@ def _check_keys(data: dict, allowed, where: str) -> None:
 
 
 def parse_parameters(data: dict, where: str, with_defaults: bool) -> dict[str, Dist]:
-    """Nested ``{section: {name: dist}}`` to ``{'section.name': Dist}`` with validation."""
-    _check_keys(data, PARAMETERS, where)
+    """Nested ``{section: {name: dist}}`` to ``{'section.name': Dist}``, validated against the registry."""
+    _check_keys(data, registry.SECTIONS, where or "scenario")
     out: dict[str, Dist] = {}
-    for section, specs in PARAMETERS.items():
+    for section in registry.SECTIONS:
         given = data.get(section) or {}
-        _check_keys(given, specs, f"{where}.{section}" if where else section)
-        for name, (default, bounds) in specs.items():
-            key = f"{section}.{name}"
-            if name in given:
-                out[key] = parse_dist(given[name], f"{where}.{key}" if where else key, bounds)
+        params = registry.section(section)
+        _check_keys(given, [p.key for p in params], f"{where}.{section}" if where else section)
+        for p in params:
+            key = f"{where}.{p.name}" if where else p.name
+            if p.key in given:
+                out[p.name] = parse_dist(given[p.key], key, (p.lo, p.hi), p.integer)
             elif with_defaults:
-                out[key] = parse_dist(default, key, bounds)
+                out[p.name] = parse_dist(p.default, key, (p.lo, p.hi), p.integer)
     return out
 
 
-def _shape_source(value: str, key: str, root: Path | None) -> str:
+def _resolve(value: str, root: Path | None) -> Path:
+    return Path(value) if Path(value).is_absolute() or root is None else root / value
+
+
+def _shape_source(value, key: str, root: Path | None) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a primitive name or a mesh file path, got {value!r}")
     if value in PRIMITIVES:
         return value
-    path = Path(value) if Path(value).is_absolute() or root is None else root / value
+    path = _resolve(value, root)
     if path.suffix.lower() not in MESH_SUFFIXES:
         raise ConfigError(f"{key}: {value!r} is neither a primitive {sorted(PRIMITIVES)} nor a mesh file "
                           f"{MESH_SUFFIXES}")
     if not path.is_file():
         raise ConfigError(f"{key}: mesh file not found: {path}")
-    return str(path)
+    return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file's bytes (cached while its size and modification time stay the same)."""
+    st = os.stat(path)
+    return _file_sha256(str(path), st.st_size, st.st_mtime_ns)
 
 
 @dataclass(frozen=True)
 class Category:
-    """A labeled object class: ``shape`` is a primitive name or a mesh file; ``size`` the largest extent in
-    metres; ``aspect`` stretches one random axis; ``textures`` restricts the material textures."""
+    """A labeled object class: ``shape`` is a primitive name or a mesh file (as written, relative to the
+    scenario's folder); ``size`` the largest extent in metres; ``aspect`` stretches one random axis;
+    ``textures`` restricts the material textures."""
 
     name: str
     shape: str
@@ -160,8 +125,23 @@ class Slice:
 
 
 @dataclass(frozen=True)
+class AssetFile:
+    """A file a scenario reads: ``role`` (``mesh``, ``texture_images``, ``background_images``), ``path``
+    (resolved), ``sha256`` and ``size`` in bytes."""
+
+    role: str
+    path: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
 class Scenario:
-    """A validated scenario; build it with :func:`load_scenario` or :meth:`from_dict`."""
+    """A validated scenario; build it with :func:`load_scenario` or :meth:`from_dict`.
+
+    ``root`` is the folder that relative mesh and image-folder paths resolve against (the YAML file's folder),
+    kept so that re-loading with overrides resolves them the same way.
+    """
 
     name: str
     categories: tuple[Category, ...]
@@ -176,6 +156,7 @@ class Scenario:
     antialias: bool
     parameters: dict[str, Dist]
     slices: dict[str, Slice]
+    root: Path | None = None
     source: dict = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -187,38 +168,103 @@ class Scenario:
     def slice_names(self) -> tuple[str, ...]:
         return tuple(self.slices)
 
+    def _sup(self, name: str) -> int:
+        """Largest value of an integer parameter over the base and every slice."""
+        dists = [self.parameters[name]] + [s.overrides[name] for s in self.slices.values() if name in s.overrides]
+        return int(math.floor(max(d.support[1] for d in dists)))
+
     @property
     def max_objects(self) -> int:
-        return int(math.floor(self.parameters["objects.count"].support[1])) if self.categories else 0
+        return self._sup("objects.count") if self.categories else 0
 
     @property
     def max_distractors(self) -> int:
-        return int(math.floor(max(self._sup("objects.distractors")))) if self.distractor_shapes else 0
+        return self._sup("objects.distractors") if self.distractor_shapes else 0
 
     @property
     def max_occluders(self) -> int:
-        return int(math.floor(max(self._sup("objects.occluders"))))
+        return self._sup("objects.occluders")
 
     @property
     def max_defects(self) -> int:
-        return int(math.floor(max(self._sup("defects.count")))) if self.defect_types else 0
+        return self._sup("defects.count") if self.defect_types else 0
 
-    def _sup(self, name: str) -> list[float]:
-        """Upper support of a parameter over the base and every slice."""
-        dists = [self.parameters[name]] + [s.overrides[name] for s in self.slices.values() if name in s.overrides]
-        return [d.support[1] for d in dists]
+    def resolve(self, path: str) -> str:
+        """A mesh or folder path as written in the scenario, resolved against :attr:`root`."""
+        return path if path in PRIMITIVES else str(_resolve(path, self.root))
+
+    def asset_files(self) -> tuple[AssetFile, ...]:
+        """Every file the scenario reads (meshes, then image folders), with content hashes."""
+        out = []
+        meshes = dict.fromkeys([c.shape for c in self.categories] + list(self.distractor_shapes))
+        for shape in meshes:
+            if shape not in PRIMITIVES:
+                path = self.resolve(shape)
+                out.append(AssetFile("mesh", path, file_sha256(path), os.path.getsize(path)))
+        for role in ("texture_images", "background_images"):
+            folder = getattr(self, role)
+            if folder is not None:
+                for path in list_images(self.resolve(folder)):
+                    out.append(AssetFile(role, path, file_sha256(path), os.path.getsize(path)))
+        return tuple(out)
+
+    def to_dict(self) -> dict:
+        """The normalised scenario: every field and parameter, distributions in canonical form, paths as
+        written. ``Scenario.from_dict(s.to_dict(), s.root) == s``."""
+        sections: dict[str, dict] = {}
+        for name, dist in self.parameters.items():
+            sec, key = name.split(".", 1)
+            sections.setdefault(sec, {})[key] = dist.to_yaml()
+
+        def overrides(ov: dict[str, Dist]) -> dict:
+            out: dict[str, dict] = {}
+            for name, dist in ov.items():
+                sec, key = name.split(".", 1)
+                out.setdefault(sec, {})[key] = dist.to_yaml()
+            return out
+
+        return {
+            "name": self.name, "surface": self.surface, "placement": self.placement,
+            "shadows": self.shadows, "antialias": self.antialias,
+            "categories": [{"name": c.name, "shape": c.shape, "size": c.size.to_yaml(), "aspect": c.aspect.to_yaml(),
+                            "textures": list(c.textures)} for c in self.categories],
+            "defect_types": [{"name": d.name, "kind": d.kind, "size": d.size.to_yaml(), "weight": d.weight}
+                             for d in self.defect_types],
+            "distractor_shapes": list(self.distractor_shapes), "ground_textures": list(self.ground_textures),
+            "background_images": self.background_images, "texture_images": self.texture_images,
+            **sections,
+            "slices": {k: {"weight": s.weight, **overrides(s.overrides)} for k, s in self.slices.items()},
+        }
+
+    def fingerprint(self) -> str:
+        """sha256 (hex) of the normalised scenario with every asset path replaced by its file's content hash."""
+        data = self.to_dict()
+        hashes = {a.path: a.sha256 for a in self.asset_files()}
+
+        def content(shape: str) -> str:
+            return shape if shape in PRIMITIVES else "sha256:" + hashes[self.resolve(shape)]
+
+        for c in data["categories"]:
+            c["shape"] = content(c["shape"])
+        data["distractor_shapes"] = [content(s) for s in data["distractor_shapes"]]
+        for role in ("texture_images", "background_images"):
+            if data[role] is not None:
+                data[role] = [hashes[p] for p in list_images(self.resolve(data[role]))]
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    @functools.cached_property
+    def _digest(self) -> int:
+        return int(self.fingerprint()[:8], 16) & 0x7FFFFFFF
 
     def digest(self) -> int:
-        """A stable 31-bit hash of the scenario content (part of every sample's random key)."""
-        return stable_hash(json.dumps(self.source, sort_keys=True, default=str))
+        """A 31-bit hash of :meth:`fingerprint`: part of every sample's random key."""
+        return self._digest
 
     @classmethod
     def from_dict(cls, data: dict, root: Path | None = None) -> Scenario:
         data = copy.deepcopy(dict(data))
-        allowed = {"name", "categories", "defect_types", "distractor_shapes", "placement", "surface",
-                   "ground_textures", "background_images", "texture_images", "shadows", "antialias", "slices",
-                   *PARAMETERS}
-        _check_keys(data, allowed, "scenario")
+        _check_keys(data, (*STRUCTURE_KEYS, *registry.SECTIONS), "scenario")
         name = data.get("name", "custom")
         categories = []
         for i, c in enumerate(data.get("categories") or []):
@@ -230,7 +276,7 @@ class Scenario:
             bad = sorted(set(textures) - set(TEXTURES))
             if bad or not textures:
                 raise ConfigError(f"{where}.textures: unknown or empty {bad}; allowed: {TEXTURES}")
-            categories.append(Category(str(c["name"]), _shape_source(str(c["shape"]), f"{where}.shape", root),
+            categories.append(Category(str(c["name"]), _shape_source(c["shape"], f"{where}.shape", root),
                                        parse_dist(c.get("size", [0.08, 0.16]), f"{where}.size", (1e-3, 100.0)),
                                        parse_dist(c.get("aspect", 1.0), f"{where}.aspect", (0.1, 10.0)), textures))
         defect_types = []
@@ -250,12 +296,12 @@ class Scenario:
         names = [c.name for c in categories] + [d.name for d in defect_types]
         if len(set(names)) != len(names):
             raise ConfigError(f"categories/defect_types: class names must be unique, got {names}")
-        distractors = tuple(_shape_source(str(s), "distractor_shapes", root) for s in data.get("distractor_shapes", ()))
+        distractors = tuple(_shape_source(s, "distractor_shapes", root) for s in data.get("distractor_shapes", ()))
         placement = data.get("placement", "ground")
         if placement not in PLACEMENTS:
             raise ConfigError(f"placement: expected one of {PLACEMENTS}, got {placement!r}")
         surface = data.get("surface", "tabletop")
-        if surface not in ("tabletop", "inspection"):
+        if surface not in SURFACES:
             raise ConfigError(f"surface: expected 'tabletop' or 'inspection', got {surface!r}")
         ground_textures = tuple(data.get("ground_textures", ("checker", "noise", "wood", "marble", "solid")))
         bad = sorted(set(ground_textures) - set(TEXTURES))
@@ -265,22 +311,28 @@ class Scenario:
         for key in ("background_images", "texture_images"):
             value = data.get(key)
             if value is not None:
-                path = Path(value) if Path(value).is_absolute() or root is None else root / value
+                if not isinstance(value, str):
+                    raise ConfigError(f"{key}: expected a folder path, got {value!r}")
+                path = _resolve(value, root)
                 if not path.is_dir():
                     raise ConfigError(f"{key}: folder not found: {path}")
-                folders[key] = str(path)
+                try:
+                    list_images(str(path))
+                except (FileNotFoundError, ValueError) as exc:
+                    raise ConfigError(f"{key}: {exc}") from None
+                folders[key] = value
         flags = {}
         for key in ("shadows", "antialias"):
             flags[key] = data.get(key, True)
             if not isinstance(flags[key], bool):
                 raise ConfigError(f"{key}: expected true or false, got {flags[key]!r}")
-        parameters = parse_parameters({k: data[k] for k in PARAMETERS if k in data}, "", True)
+        parameters = parse_parameters({k: data[k] for k in registry.SECTIONS if k in data}, "", True)
         slices = {}
         for sname, spec in (data.get("slices") or {}).items():
             where = f"slices.{sname}"
             if not isinstance(spec, dict):
                 raise ConfigError(f"{where}: expected a mapping with 'weight' and parameter sections")
-            _check_keys(spec, {"weight", *PARAMETERS}, where)
+            _check_keys(spec, {"weight", *registry.SECTIONS}, where)
             weight = parse_number(spec.get("weight", 1.0), f"{where}.weight")
             if not weight > 0:
                 raise ConfigError(f"{where}.weight: must be > 0, got {weight}")
@@ -292,16 +344,7 @@ class Scenario:
                    distractor_shapes=distractors, placement=placement, surface=surface,
                    ground_textures=ground_textures, background_images=folders.get("background_images"),
                    texture_images=folders.get("texture_images"), shadows=flags["shadows"],
-                   antialias=flags["antialias"], parameters=parameters, slices=slices, source=data)
-
-    def describe(self) -> dict:
-        """A JSON-friendly summary (parameters as readable strings)."""
-        return {"name": self.name, "classes": list(self.class_names),
-                "parameters": {k: d.describe() for k, d in self.parameters.items()},
-                "slices": {k: {"weight": s.weight, **{p: d.describe() for p, d in s.overrides.items()}}
-                           for k, s in self.slices.items()},
-                "categories": [asdict(c) | {"size": c.size.describe(), "aspect": c.aspect.describe()}
-                               for c in self.categories]}
+                   antialias=flags["antialias"], parameters=parameters, slices=slices, root=root, source=data)
 
 
 def _merge(base: dict, overrides: dict) -> dict:
@@ -316,13 +359,15 @@ def builtin_scenarios() -> tuple[str, ...]:
 
 
 def load_scenario(source, overrides: dict | None = None) -> Scenario:
-    """Load a built-in name (``'tabletop'``, ``'defects'``), a YAML path, a dict or an OmegaConf node.
+    """Load a built-in name (``'tabletop'``, ``'defects'``), a YAML path, a dict, an OmegaConf node or a
+    :class:`Scenario`.
 
     ``overrides`` is merged recursively on top (e.g. ``{'camera': {'distance': [1, 2]}}``). Relative file
-    and folder paths resolve against the YAML file's folder (or the working directory).
+    and folder paths resolve against the YAML file's folder (or the working directory); a :class:`Scenario`
+    keeps its folder when re-loaded with overrides.
     """
     if isinstance(source, Scenario):
-        return source if not overrides else Scenario.from_dict(_merge(source.source, overrides))
+        return source if not overrides else Scenario.from_dict(_merge(source.source, overrides), root=source.root)
     root = None
     if not isinstance(source, dict) and type(source).__name__ == "DictConfig":
         from omegaconf import OmegaConf
@@ -338,7 +383,7 @@ def load_scenario(source, overrides: dict | None = None) -> Scenario:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"scenario file {path} is not valid YAML: {exc}") from exc
-        root = path.parent if path.parent != BUILTIN_DIR else None
+        root = path.parent.resolve() if path.parent.resolve() != BUILTIN_DIR.resolve() else None
     elif isinstance(source, dict):
         data = source
     else:

@@ -34,8 +34,8 @@ def _load(file: str, height: int, width: int) -> torch.Tensor:
     return F.interpolate(img[None], size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0]
 
 
-def pick_images(folder: str, choice: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Images [B, 3, H, W] in [0, 1]: image ``floor(choice * n)`` of the folder for each ``choice`` [B] in [0, 1)."""
+def load_images(folder: str, index: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Images [B, 3, H, W] in [0, 1]: image ``index[b]`` of the folder's sorted list (see :func:`list_images`),
+    resized to ``size`` (H, W); decoded images are cached."""
     files = list_images(folder)
-    index = (choice.cpu() * len(files)).long().clamp(max=len(files) - 1)
-    return torch.stack([_load(files[i], size[0], size[1]) for i in index.tolist()])
+    return torch.stack([_load(files[i], size[0], size[1]) for i in index.cpu().tolist()])

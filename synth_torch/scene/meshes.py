@@ -68,6 +68,16 @@ class Mesh:
         s = torch.as_tensor(scale, dtype=torch.float32).expand(3)
         return self.transformed(torch.diag(torch.cat((s, torch.ones(1)))))
 
+    def compacted(self) -> Mesh:
+        """The same surface with unreferenced and duplicate normals and texture coordinates removed."""
+        def dedupe(rows: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            unique, inverse = torch.unique(rows[index.flatten()], dim=0, return_inverse=True)
+            return unique, inverse.view_as(index)
+
+        normals, normal_faces = dedupe(self.normals, self.normal_faces)
+        uvs, uv_faces = dedupe(self.uvs, self.uv_faces)
+        return replace(self, normals=normals, normal_faces=normal_faces, uvs=uvs, uv_faces=uv_faces)
+
     def bounds(self) -> torch.Tensor:
         """[2, 3] axis-aligned (min, max) corners."""
         return torch.stack((self.vertices.amin(0), self.vertices.amax(0)))

@@ -8,7 +8,7 @@ scene stay valid. Parameters, units, neutral values and the fixed order of opera
 * Axes: ``x`` runs along columns (W, rightwards), ``y`` along rows (H, downwards). A motion-blur angle is
   measured counter-clockwise *as displayed*, from the +x axis: 0 deg is horizontal, 90 deg vertical,
   45 deg runs from bottom-left to top-right.
-* Noise is counter-based (:mod:`synth_torch.scenario.random`), drawn from the per-sample ``keys``, so a
+* Noise is counter-based (:mod:`synth_torch.spec.random`), drawn from the per-sample ``keys``, so a
   sample's image never depends on which batch it was rendered in.
 * A sample whose value of an effect's parameter is neutral is passed through that effect untouched
   (bit-exact); effects are computed only on the samples that use them.
@@ -17,6 +17,7 @@ scene stay valid. Parameters, units, neutral values and the fixed order of opera
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping
 
 import torch
@@ -24,27 +25,14 @@ from kornia.color import rgb_to_grayscale
 from kornia.enhance import adjust_gamma, adjust_hue, adjust_saturation_with_gray_subtraction, jpeg_codec_differentiable
 from kornia.filters import get_gaussian_kernel1d
 
-from synth_torch.scenario.random import uniform
+from synth_torch.render import cpu
+from synth_torch.spec import params as registry
+from synth_torch.spec.random import stable_hash, uniform
 
 __all__ = ["SENSOR_DEFAULTS", "SENSOR_ORDER", "apply_sensor", "motion_blur_kernel"]
 
-#: Neutral value of every parameter: the value that leaves the image unchanged.
-SENSOR_DEFAULTS: dict[str, float] = {
-    "sensor.exposure_ev": 0.0,
-    "sensor.wb_red": 1.0,
-    "sensor.wb_blue": 1.0,
-    "sensor.motion_blur_px": 0.0,
-    "sensor.motion_blur_angle_deg": 0.0,
-    "sensor.defocus_px": 0.0,
-    "sensor.vignetting": 0.0,
-    "sensor.noise_sigma": 0.0,
-    "sensor.shot_noise": 0.0,
-    "sensor.gamma": 1.0,
-    "sensor.saturation": 1.0,
-    "sensor.hue_shift_deg": 0.0,
-    "sensor.grayscale": 0.0,
-    "sensor.jpeg_quality": 100.0,
-}
+#: Neutral value of every parameter (the value that leaves the image unchanged), from the parameter registry.
+SENSOR_DEFAULTS: dict[str, float] = {p.name: p.neutral for p in registry.section("sensor")}
 
 #: The order in which :func:`apply_sensor` applies its effects.
 SENSOR_ORDER: tuple[str, ...] = (
@@ -61,23 +49,8 @@ SENSOR_ORDER: tuple[str, ...] = (
     "jpeg",
 )
 
-# Allowed closed range of each parameter (None: unbounded on that side); non-finite values always raise.
-_RANGES: dict[str, tuple[float | None, float | None]] = {
-    "sensor.exposure_ev": (None, None),
-    "sensor.wb_red": (0.0, None),
-    "sensor.wb_blue": (0.0, None),
-    "sensor.motion_blur_px": (0.0, None),
-    "sensor.motion_blur_angle_deg": (None, None),
-    "sensor.defocus_px": (0.0, None),
-    "sensor.vignetting": (0.0, 1.0),
-    "sensor.noise_sigma": (0.0, None),
-    "sensor.shot_noise": (0.0, None),
-    "sensor.gamma": (1e-3, None),
-    "sensor.saturation": (0.0, None),
-    "sensor.hue_shift_deg": (None, None),
-    "sensor.grayscale": (0.0, 1.0),
-    "sensor.jpeg_quality": (1.0, 100.0),
-}
+# Allowed closed range of each parameter, from the registry; non-finite values always raise.
+_RANGES: dict[str, tuple[float, float]] = {p.name: (p.lo, p.hi) for p in registry.section("sensor")}
 
 # Counter-based stream of the read + shot noise draw.
 _NOISE_STREAM = "sensor.noise"
@@ -87,7 +60,8 @@ _VIGNETTE_TAN2 = 1.0
 _DEFOCUS_TRUNCATE = 3.0
 
 
-def apply_sensor(image: torch.Tensor, params: Mapping[str, torch.Tensor | float], keys: torch.Tensor) -> torch.Tensor:
+def apply_sensor(image: torch.Tensor, params: Mapping[str, torch.Tensor | float], keys: torch.Tensor,
+                 bounds: Mapping[str, float] | None = None) -> torch.Tensor:
     """Apply the sensor model to a batch of linear-intensity images, with per-sample parameters.
 
     Order of operations (see ``docs/sensor.md``): exposure -> white balance -> motion blur -> defocus ->
@@ -98,7 +72,10 @@ def apply_sensor(image: torch.Tensor, params: Mapping[str, torch.Tensor | float]
         params: per-sample parameters ``name -> tensor [B]`` (a Python number or 0-d tensor is broadcast).
             Missing ``sensor.*`` names take :data:`SENSOR_DEFAULTS`; keys that do not start with
             ``sensor.`` are ignored, so the full scenario parameter dict can be passed.
-        keys: per-sample int64 random keys (:func:`synth_torch.scenario.random.sample_keys`).
+        keys: per-sample int64 random keys (:func:`synth_torch.spec.random.sample_keys`).
+        bounds: optional upper bounds of ``sensor.motion_blur_px`` and ``sensor.defocus_px`` over every batch
+            (e.g. the scenario's supports); they fix the blur kernel sizes, so a CUDA batch never waits for the
+            host. Values above them raise on the CPU (where the check costs nothing).
 
     Returns:
         the images in [0, 1], same dtype and device as ``image``. Differentiable w.r.t. ``image``.
@@ -115,7 +92,7 @@ def apply_sensor(image: torch.Tensor, params: Mapping[str, torch.Tensor | float]
         - output: :math:`(B, 3, H, W)`
 
     Example:
-        >>> from synth_torch.scenario.random import sample_keys
+        >>> from synth_torch.spec.random import sample_keys
         >>> img = torch.full((2, 3, 16, 16), 0.25)
         >>> keys = sample_keys(7, torch.arange(2))
         >>> out = apply_sensor(img, {"sensor.exposure_ev": torch.tensor([0.0, 1.0])}, keys)
@@ -124,6 +101,24 @@ def apply_sensor(image: torch.Tensor, params: Mapping[str, torch.Tensor | float]
     """
     _check_image_and_keys(image, keys)
     p = _resolve_params(params, image.shape[0], image.device, image.dtype)
+    bounds = dict(bounds or {})
+    unknown = sorted(set(bounds) - {"sensor.motion_blur_px", "sensor.defocus_px"})
+    if unknown:
+        raise ValueError(f"bounds: unknown key(s) {unknown}; allowed: sensor.motion_blur_px, sensor.defocus_px")
+    if image.device.type == "cpu":
+        for name, bound in bounds.items():
+            if bool((p[name] > bound).any()):
+                raise ValueError(f"{name} exceeds its bound {bound}: {p[name].max().item()}")
+    if image.device.type == "cpu" and image.dtype == torch.float32 and image.shape[0] \
+            and not (torch.is_grad_enabled() and image.requires_grad) and os.environ.get("SYNTH_TORCH_SENSOR") != "torch":
+        return _apply_compiled(image, p, keys)
+    return _apply_torch(image, p, keys, bounds)
+
+
+def _apply_torch(image: torch.Tensor, p: dict[str, torch.Tensor], keys: torch.Tensor,
+                 bounds: Mapping[str, float] | None = None) -> torch.Tensor:
+    """The reference: torch and kornia, differentiable, any device (resolved parameters)."""
+    bounds = bounds or {}
     x = image
 
     # Exposure and white balance: one per-channel gain, 2**ev * (wb_red, 1, wb_blue).
@@ -139,11 +134,13 @@ def apply_sensor(image: torch.Tensor, params: Mapping[str, torch.Tensor | float]
 
     # Motion blur: anti-aliased line segment kernel.
     length, angle = p["sensor.motion_blur_px"], p["sensor.motion_blur_angle_deg"]
-    x = _on_active(x, length > 0, lambda xs, i: _filter(xs, _as(motion_blur_kernel(length[i].double(), angle[i].double()), xs)))
+    size = None if "sensor.motion_blur_px" not in bounds else 2 * math.ceil(bounds["sensor.motion_blur_px"] / 2 + 1) + 1
+    x = _on_active(x, length > 0, lambda xs, i: _filter(xs, _as(motion_blur_kernel(length[i].double(), angle[i].double(),
+                                                                                   size), xs)))
 
     # Defocus: Gaussian with per-sample sigma, truncated per sample.
     sigma = p["sensor.defocus_px"]
-    x = _on_active(x, sigma > 0, lambda xs, i: _defocus(xs, sigma[i]))
+    x = _on_active(x, sigma > 0, lambda xs, i: _defocus(xs, sigma[i], bounds.get("sensor.defocus_px")))
 
     # Vignetting: cos^4-shaped radial falloff reaching 1 - strength at the corner pixel centres.
     strength = p["sensor.vignetting"]
@@ -187,6 +184,42 @@ def apply_sensor(image: torch.Tensor, params: Mapping[str, torch.Tensor | float]
     return x
 
 
+def _apply_compiled(image: torch.Tensor, p: dict[str, torch.Tensor], keys: torch.Tensor) -> torch.Tensor:
+    """Compiled forward for the samples without hue shift or JPEG; the others take :func:`_apply_torch`, so each
+    sample always takes the same path whatever its batch-mates."""
+    from synth_torch.sensor import _kernels
+
+    cpu.use_torch_threads()
+    B, _, H, W = image.shape
+    hue, jpeg = torch.remainder(p["sensor.hue_shift_deg"], 360.0) != 0, p["sensor.jpeg_quality"] < 100
+    compiled = ~(hue | jpeg)
+    x = image.detach().contiguous()
+    out = cpu.empty((B, 3, H, W), torch.float32)
+    length, angle = p["sensor.motion_blur_px"].double(), p["sensor.motion_blur_angle_deg"].double()
+    motion = motion_blur_kernel(length, angle).to(torch.float32) if bool((length > 0).any()) else torch.ones(B, 1, 1)
+    sigma = p["sensor.defocus_px"].double()
+    radius = torch.ceil(_DEFOCUS_TRUNCATE * sigma)
+    R = max(int(radius.max()), 1)
+    taps = torch.arange(-R, R + 1, dtype=torch.float64)
+    gauss = torch.exp(-taps**2 / (2 * sigma.clamp_min(1e-12)[:, None] ** 2)) * (taps.abs() <= radius[:, None])
+    defocus = torch.where((sigma > 0)[:, None], gauss / gauss.sum(1, keepdim=True), 0.0).to(torch.float32)
+
+    def f64(name: str):
+        return p[name].double().contiguous().numpy()
+
+    _kernels.sensor_images(x.numpy(), compiled.numpy(), f64("sensor.exposure_ev"), f64("sensor.wb_red"),
+                           f64("sensor.wb_blue"), f64("sensor.motion_blur_px"), motion.contiguous().numpy(), defocus.contiguous().numpy(),
+                           f64("sensor.vignetting"), f64("sensor.noise_sigma"), f64("sensor.shot_noise"),
+                           f64("sensor.gamma"), f64("sensor.saturation"), f64("sensor.grayscale"),
+                           stable_hash(_NOISE_STREAM + "/radius"), stable_hash(_NOISE_STREAM + "/phase"),
+                           keys.contiguous().numpy(), out.numpy())
+    if not bool(compiled.all()):
+        rest = (~compiled).nonzero().squeeze(1)
+        sub = {k: v[rest] for k, v in p.items()}
+        out[rest] = _apply_torch(x[rest], sub, keys[rest])
+    return out
+
+
 def motion_blur_kernel(length: torch.Tensor, angle_deg: torch.Tensor, kernel_size: int | None = None) -> torch.Tensor:
     """Anti-aliased linear motion-blur kernels, one per sample, normalised to sum 1.
 
@@ -216,7 +249,7 @@ def motion_blur_kernel(length: torch.Tensor, angle_deg: torch.Tensor, kernel_siz
         raise ValueError(
             f"length and angle_deg must both have shape [B], got {list(length.shape)} and {list(angle_deg.shape)}"
         )
-    if bool((length < 0).any()) or not bool(torch.isfinite(length).all()):
+    if length.device.type == "cpu" and (bool((length < 0).any()) or not bool(torch.isfinite(length).all())):
         raise ValueError(f"length must be finite and >= 0, got {length.tolist()}")
     if kernel_size is None:
         lmax = float(length.max()) if length.numel() else 0.0
@@ -257,7 +290,9 @@ def _filter(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     H, W = x.shape[-2:]
     padded = torch.nn.functional.pad(x, (rw, rw, rh, rh), mode="replicate")
     out = torch.zeros_like(x)
-    for i, j in (kernel != 0).any(0).nonzero().tolist():
+    taps = ([(i, j) for i in range(kh) for j in range(kw)] if x.is_cuda
+            else (kernel != 0).any(0).nonzero().tolist())
+    for i, j in taps:
         out = out + kernel[:, i, j, None, None, None] * padded[..., i:i + H, j:j + W]
     return out
 
@@ -288,12 +323,13 @@ def _tent_cdf(u: torch.Tensor) -> torch.Tensor:
     return torch.where(u < 0, 0.5 * (u + 1) ** 2, 1 - 0.5 * (1 - u) ** 2)
 
 
-def _defocus(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def _defocus(x: torch.Tensor, sigma: torch.Tensor, bound: float | None = None) -> torch.Tensor:
     """Separable Gaussian blur, each sample's kernel truncated at its own ``3 sigma`` and renormalised
-    (weights in float64, so the renormalisation does not depend on the shared window size)."""
+    (weights in float64, so the renormalisation does not depend on the shared window size, which is
+    ``bound``'s when given)."""
     sigma = sigma.double()
     radius = torch.ceil(_DEFOCUS_TRUNCATE * sigma)
-    r = max(int(radius.max()), 1)
+    r = max(math.ceil(_DEFOCUS_TRUNCATE * bound) if bound is not None else int(radius.max()), 1)
     k = get_gaussian_kernel1d(2 * r + 1, sigma[:, None])
     offs = torch.arange(-r, r + 1, device=x.device, dtype=k.dtype).abs()
     k = torch.where(offs[None, :] <= radius[:, None], k, torch.zeros_like(k))
@@ -329,7 +365,10 @@ def _on_active(
     active: torch.Tensor,
     fn: Callable[[torch.Tensor, slice | torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    """Apply ``fn(x[idx], idx)`` to the active samples only; the others pass through bit-exactly."""
+    """Apply ``fn(x[idx], idx)`` to the active samples only; the others pass through bit-exactly. On CUDA every
+    sample is computed and the inactive ones are replaced by their input, so nothing waits for the host."""
+    if x.is_cuda:
+        return torch.where(active[:, None, None, None], fn(x, slice(None)), x)
     n_active = int(active.sum())
     if n_active == 0:
         return x
@@ -357,10 +396,11 @@ def _check_image_and_keys(image: torch.Tensor, keys: torch.Tensor) -> None:
 def _resolve_params(
     params: Mapping[str, torch.Tensor | float], batch: int, device: torch.device, dtype: torch.dtype
 ) -> dict[str, torch.Tensor]:
+    """Every sensor parameter as a [B] tensor on ``device``; validated where the values live (one check for all)."""
     unknown = sorted(k for k in params if isinstance(k, str) and k.startswith("sensor.") and k not in SENSOR_DEFAULTS)
     if unknown:
         raise ValueError(f"unknown sensor parameter(s) {unknown}; expected names from {sorted(SENSOR_DEFAULTS)}")
-    out: dict[str, torch.Tensor] = {}
+    values: dict[str, torch.Tensor] = {}
     for name, default in SENSOR_DEFAULTS.items():
         value = params.get(name, default)
         if isinstance(value, torch.Tensor):
@@ -368,26 +408,30 @@ def _resolve_params(
                 value = value.expand(batch)
             elif value.shape != (batch,):
                 raise ValueError(f"{name} must have shape [B] = [{batch}], got {list(value.shape)}")
-            value = value.to(device=device, dtype=dtype)
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = torch.full((batch,), float(value), device=device, dtype=dtype)
+            value = torch.full((batch,), float(value), dtype=dtype)
         else:
             raise ValueError(f"{name} must be a tensor [B] or a number, got {type(value).__name__}")
-        bad = ~torch.isfinite(value)
-        if bool(bad.any()):
-            raise ValueError(f"{name} must be finite; samples {_first(bad)} hold {value[bad][:8].tolist()}")
-        lo, hi = _RANGES[name]
-        bad = torch.zeros_like(value, dtype=torch.bool)
-        if lo is not None:
-            bad |= value < lo
-        if hi is not None:
-            bad |= value > hi
-        if bool(bad.any()):
-            raise ValueError(
-                f"{name} must lie in [{lo}, {hi}]; samples {_first(bad)} hold {value[bad][:8].tolist()}"
-            )
-        out[name] = value
-    return out
+        values[name] = value
+    by_device: dict[torch.device, list[str]] = {}
+    for name, value in values.items():
+        by_device.setdefault(value.device, []).append(name)
+    for names in by_device.values():
+        table = torch.stack([values[n].to(torch.float64) for n in names])
+        lo = torch.tensor([_RANGES[n][0] for n in names], dtype=torch.float64, device=table.device)[:, None]
+        hi = torch.tensor([_RANGES[n][1] for n in names], dtype=torch.float64, device=table.device)[:, None]
+        if bool((~torch.isfinite(table) | (table < lo) | (table > hi)).any()):
+            for name in names:
+                value = values[name]
+                bad = ~torch.isfinite(value)
+                if bool(bad.any()):
+                    raise ValueError(f"{name} must be finite; samples {_first(bad)} hold {value[bad][:8].tolist()}")
+                lo_n, hi_n = _RANGES[name]
+                bad = (value < lo_n) | (value > hi_n)
+                if bool(bad.any()):
+                    raise ValueError(f"{name} must lie in [{lo_n}, {hi_n}]; samples {_first(bad)} hold "
+                                     f"{value[bad][:8].tolist()}")
+    return {n: v.to(device=device, dtype=dtype) for n, v in values.items()}
 
 
 def _first(mask: torch.Tensor, n: int = 8) -> list[int]:

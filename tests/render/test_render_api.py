@@ -15,6 +15,8 @@ EXPECTED = [
     "TopologyHash",
     "antialias",
     "antialias_construct_topology_hash",
+    "coverage",
+    "depth_map",
     "interpolate",
     "nvdiffrast_available",
     "rasterize",
@@ -26,7 +28,7 @@ EXPECTED = [
 def test_public_names():
     assert sorted(dr.__all__) == EXPECTED
     for name in EXPECTED:
-        assert getattr(dr, name) is not None
+        assert callable(getattr(dr, name)) or name == "BACKENDS", name
     assert dr.BACKENDS == ("auto", "nvdiffrast", "cpu", "torch")
 
 
@@ -37,3 +39,5 @@ def test_signatures_follow_nvdiffrast():
     assert params(dr.texture) == ["tex", "uv", "uv_da", "mip_level_bias", "mip", "filter_mode", "boundary_mode",
                                   "max_mip_level"]
     assert params(dr.antialias) == ["color", "rast", "pos", "tri", "topology_hash", "pos_gradient_boost"]
+    assert params(dr.depth_map) == ["ctx", "pos", "tri", "resolution", "ranges"]
+    assert params(dr.coverage) == ["ctx", "pos", "tri", "resolution", "ranges"]

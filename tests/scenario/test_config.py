@@ -5,18 +5,13 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 import yaml
 
-from synth_torch.scenario.config import (
-    PARAM_NAMES,
-    BUILTIN_DIR,
-    PARAMETERS,
-    ConfigError,
-    Scenario,
-    builtin_scenarios,
-    load_scenario,
-)
-from synth_torch.scenario.distributions import Dist, parse_dist
+from synth_torch.scenario.config import BUILTIN_DIR, ConfigError, Scenario, builtin_scenarios, load_scenario
+from synth_torch.scenario.distributions import Dist, ParamTable, parse_dist
+from synth_torch.spec import params as registry
+from synth_torch.spec.params import PARAM_NAMES, SECTIONS
 
 
 def minimal(**extra) -> dict:
@@ -49,7 +44,7 @@ def test_tabletop_matches_its_yaml():
     assert sc.class_names == tuple(c["name"] for c in raw["categories"])
     assert sc.slice_names == tuple(raw["slices"])
     assert sc.surface == raw["surface"] and sc.placement == raw["placement"]
-    for section in PARAMETERS:
+    for section in SECTIONS:
         for name, value in (raw.get(section) or {}).items():
             assert sc.parameters[f"{section}.{name}"] == _expected_dist(value), f"{section}.{name}"
     for sname, spec in raw["slices"].items():
@@ -75,23 +70,85 @@ def test_defaults_fill_every_parameter():
     sc = load_scenario(minimal())
     assert set(sc.parameters) == set(PARAM_NAMES)
     assert sc.slice_names == ("base",)
-    for section, specs in PARAMETERS.items():
-        for name, (default, _) in specs.items():
-            assert sc.parameters[f"{section}.{name}"] == parse_dist(default, name)
+    for p in registry.PARAMS:
+        assert sc.parameters[p.name] == parse_dist(p.default, p.name)
 
 
-def test_load_from_yaml_file_resolves_relative_paths(tmp_path):
+def _mesh_scenario(tmp_path):
     trimesh = pytest.importorskip("trimesh")
+    from PIL import Image
+
     (tmp_path / "assets").mkdir()
     trimesh.creation.icosphere(subdivisions=1).export(tmp_path / "assets" / "rock.obj")
     (tmp_path / "backgrounds").mkdir()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "backgrounds" / "red.png")
     data = minimal(categories=[{"name": "rock", "shape": "assets/rock.obj"}], background_images="backgrounds")
     path = tmp_path / "scene.yaml"
     path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_load_from_yaml_file_resolves_relative_paths(tmp_path):
+    path = _mesh_scenario(tmp_path)
     sc = load_scenario(path)
-    assert sc.categories[0].shape == str(tmp_path / "assets" / "rock.obj")
-    assert sc.background_images == str(tmp_path / "backgrounds")
+    assert sc.categories[0].shape == "assets/rock.obj" and sc.root == tmp_path.resolve()
+    assert sc.resolve(sc.categories[0].shape) == str(tmp_path.resolve() / "assets" / "rock.obj")
+    assert sc.resolve(sc.background_images) == str(tmp_path.resolve() / "backgrounds")
     assert load_scenario(str(path)).digest() == sc.digest()
+    assert [a.role for a in sc.asset_files()] == ["mesh", "background_images"]
+
+
+def test_reloaded_scenario_keeps_its_folder(tmp_path, monkeypatch):
+    sc = load_scenario(_mesh_scenario(tmp_path))
+    monkeypatch.chdir(tmp_path.parent)  # relative paths would break if resolved against the working directory
+    again = load_scenario(sc, {"camera": {"distance": [1.0, 2.0]}})
+    assert again.root == sc.root
+    assert again.resolve(again.categories[0].shape) == sc.resolve(sc.categories[0].shape)
+
+
+def test_fingerprint_hashes_the_normalised_scenario_and_asset_contents(tmp_path):
+    a = load_scenario(minimal(camera={"distance": [1.0, 1.5]}, light={"ambient": [0.2, 0.2]}))
+    b = load_scenario(minimal(camera={"distance": {"uniform": [1.0, 1.5]}}, light={"ambient": 0.2}))
+    assert a.fingerprint() == b.fingerprint() and a.digest() == b.digest()
+    assert Scenario.from_dict(a.to_dict()) == a
+    (tmp_path / "one").mkdir()
+    path = _mesh_scenario(tmp_path / "one")
+    at_one = load_scenario(path).fingerprint()
+    moved = tmp_path / "two"
+    path.parent.rename(moved)
+    before = load_scenario(moved / "scene.yaml").fingerprint()
+    assert before == at_one  # the folder's location does not matter, only the files' contents
+    import trimesh
+
+    trimesh.creation.icosphere(subdivisions=2).export(moved / "assets" / "rock.obj")  # an edited mesh
+    assert load_scenario(moved / "scene.yaml").fingerprint() != before
+
+
+def test_empty_or_bad_image_folders_fail_at_load(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(ConfigError, match="background_images: image folder .* contains no images"):
+        load_scenario(minimal(background_images=str(tmp_path / "empty")))
+
+
+def test_integer_parameters_need_integer_values():
+    with pytest.raises(ConfigError, match="objects.count: an integer parameter needs integer values"):
+        load_scenario(minimal(objects={"count": [1.5, 4]}))
+    with pytest.raises(ConfigError, match="slices.busy.objects.count: an integer parameter"):
+        load_scenario(minimal(slices={"busy": {"objects": {"count": 2.5}}}))
+
+
+def test_param_table_matches_the_distributions():
+    u = ((torch.arange(4000, dtype=torch.float64) + 0.5) / 4000).float()  # a quantile grid: exact expectations
+    dists = [Dist("uniform", 2.0, 5.0), Dist("loguniform", 1.0, 100.0), Dist("normal", 0.0, 1.0, -1.0, 2.0),
+             Dist("choice", values=(1.0, 4.0, 9.0), probs=(1.0, 1.0, 2.0)), Dist("constant", 3.0)]
+    table = ParamTable([dists], [False] * len(dists))
+    out = table.icdf(u[:, None].expand(-1, len(dists)).contiguous(), torch.zeros(len(u), dtype=torch.long))
+    torch.testing.assert_close(out[:, 0], 2 + 3 * u)
+    torch.testing.assert_close(out[:, 1], torch.exp(math.log(100) * u.double()).float())
+    assert out[:, 2].min() >= -1 and out[:, 2].max() <= 2 and abs(float(out[:, 2].mean()) - 0.2297) < 0.002  # truncated N(0, 1) on [-1, 2]
+    assert set(out[:, 3].tolist()) == {1.0, 4.0, 9.0} and float((out[:, 3] == 9).float().mean()) == 0.5
+    assert (out[:, 4] == 3).all()
 
 
 def test_overrides_merge_recursively():
@@ -214,3 +271,12 @@ def test_scenario_is_frozen():
     assert isinstance(sc, Scenario)
     with pytest.raises(Exception):
         sc.name = "other"  # type: ignore[misc]
+
+
+def test_parameter_reference_page_is_generated_from_the_registry():
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "parameters.md"
+    assert page.read_text() == registry.document(), "regenerate: python -m synth_torch.spec > docs/parameters.md"
+    for p in registry.PARAMS:
+        assert f"`{p.name}`" in page.read_text()

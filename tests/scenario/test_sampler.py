@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import math
-from dataclasses import fields
+from dataclasses import replace
 
 import pytest
 import torch
 
-from synth_torch.scenario.config import PARAM_NAMES, load_scenario
-from synth_torch.scenario.sampler import KIND_OBJECT, KIND_OCCLUDER, ScenarioSampler, SceneSpec
+from synth_torch.scenario.config import load_scenario
+from synth_torch.scenario.sampler import ScenarioSampler
+from synth_torch.spec import params as registry
+from synth_torch.spec.constants import SlotKind
+from synth_torch.spec.params import PARAM_NAMES
+from synth_torch.spec.random import Streams, sample_keys, uniform
+from synth_torch.spec.types import SceneSpec, tree_map
 
 RES = (48, 64)
 CORNERS = torch.tensor([[(k & 1) - 0.5, ((k >> 1) & 1) - 0.5, ((k >> 2) & 1) - 0.5] for k in range(8)])
@@ -28,17 +33,18 @@ def draw(scenario, seed, index, slice_id) -> SceneSpec:
     return sampler.sample(index, slice_id, overrides, RES)
 
 
+def _leaves(spec: SceneSpec) -> list[torch.Tensor]:
+    out = []
+    tree_map(spec, lambda t: out.append(t) or t)
+    return out
+
+
 def assert_rows_equal(a: SceneSpec, rows_a, b: SceneSpec, rows_b) -> None:
-    for f in fields(SceneSpec):
-        va, vb = getattr(a, f.name), getattr(b, f.name)
-        if isinstance(va, dict):
-            assert va.keys() == vb.keys()
-            for k in va:
-                assert torch.equal(va[k][rows_a], vb[k][rows_b]), f"params[{k!r}]"
-        elif torch.is_tensor(va):
-            assert torch.equal(va[rows_a], vb[rows_b]), f.name
-        else:
-            assert va == vb, f.name
+    assert (a.shapes, a.surface) == (b.shapes, b.surface) and a.params.keys() == b.params.keys()
+    la, lb = _leaves(a), _leaves(b)
+    assert len(la) == len(lb) > 30
+    for k, (va, vb) in enumerate(zip(la, lb)):
+        assert torch.equal(va[rows_a], vb[rows_b]), k
 
 
 def test_same_seed_index_slice_is_identical(tabletop):
@@ -63,7 +69,7 @@ def test_different_seeds_and_indices_differ(tabletop):
         assert not torch.equal(a.params[name], b.params[name]), name
         assert (a.params[name] != b.params[name]).float().mean() > 0.9
         assert a.params[name].unique().numel() > 12  # indices differ from each other too
-    assert not torch.equal(a.slot_translation, b.slot_translation)
+    assert not torch.equal(a.objects.translation, b.objects.translation)
     assert (a.keys != b.keys).all()
 
 
@@ -94,14 +100,14 @@ def test_slice_overrides_of_object_counts(tabletop):
     occ = tabletop.slice_names.index("heavy_occlusion")
     base = draw(tabletop, 0, torch.arange(128), 0)
     heavy = draw(tabletop, 0, torch.arange(128), occ)
-    n_occ = lambda s: (s.slot_valid & (s.slot_kind == KIND_OCCLUDER)).sum(1)  # noqa: E731
+    n_occ = lambda s: (s.objects.valid & (s.objects.kind == SlotKind.OCCLUDER)).sum(1)  # noqa: E731
     base_lo, base_hi = _support(tabletop, "base", "objects.occluders")
     assert ((n_occ(base) >= round(base_lo)) & (n_occ(base) <= round(base_hi))).all()
     lo, hi = _support(tabletop, "heavy_occlusion", "objects.occluders")
     assert hi > base_hi
     assert ((n_occ(heavy) >= round(lo)) & (n_occ(heavy) <= round(hi))).all()
     assert n_occ(heavy).float().mean() > n_occ(base).float().mean()
-    torch.testing.assert_close(n_occ(heavy).float(), torch.round(heavy.params["objects.occluders"]))
+    assert torch.equal(n_occ(heavy).float(), heavy.params["objects.occluders"])
     lo, hi = _support(tabletop, "heavy_occlusion", "objects.spread")
     spread = heavy.params["objects.spread"]
     assert (spread >= lo).all() and (spread <= hi).all()
@@ -121,13 +127,13 @@ def test_every_parameter_is_recorded_within_its_support(tabletop):
 
 def test_counts_match_recorded_parameters(tabletop):
     spec = draw(tabletop, 0, torch.arange(64), 0)
-    n_obj = (spec.slot_valid & (spec.slot_kind == KIND_OBJECT)).sum(1)
-    assert torch.equal(n_obj, torch.round(spec.params["objects.count"]).long())
+    n_obj = (spec.objects.valid & (spec.objects.kind == SlotKind.OBJECT)).sum(1)
+    assert torch.equal(n_obj.float(), spec.params["objects.count"])
     lo, hi = tabletop.parameters["objects.count"].support
     assert ((n_obj >= round(lo)) & (n_obj <= round(hi))).all()
-    labels = spec.slot_label[spec.slot_valid & (spec.slot_kind == KIND_OBJECT)]
+    labels = spec.objects.label[spec.objects.valid & (spec.objects.kind == SlotKind.OBJECT)]
     assert ((labels >= 1) & (labels <= len(tabletop.categories))).all()
-    assert (spec.slot_label[~(spec.slot_valid & (spec.slot_kind == KIND_OBJECT))] == 0).all()
+    assert (spec.objects.label[~(spec.objects.valid & (spec.objects.kind == SlotKind.OBJECT))] == 0).all()
 
 
 def test_camera_matches_recorded_parameters(tabletop):
@@ -135,10 +141,10 @@ def test_camera_matches_recorded_parameters(tabletop):
     spec = draw(tabletop, 0, torch.arange(32), 0)
     p = spec.params
     W = RES[1]
-    torch.testing.assert_close(spec.K[:, 0, 0], p["camera.focal_mm"] * W / p["camera.sensor_mm"])
-    torch.testing.assert_close(spec.K[:, 1, 1], spec.K[:, 0, 0])
-    torch.testing.assert_close(spec.K[:, 0, 2], W / 2 + p["camera.principal_jitter"] * W)
-    R, t = spec.world_to_cam[:, :3, :3], spec.world_to_cam[:, :3, 3]
+    torch.testing.assert_close(spec.camera.K[:, 0, 0], p["camera.focal_mm"] * W / p["camera.sensor_mm"])
+    torch.testing.assert_close(spec.camera.K[:, 1, 1], spec.camera.K[:, 0, 0])
+    torch.testing.assert_close(spec.camera.K[:, 0, 2], W / 2 + p["camera.principal_jitter"] * W)
+    R, t = spec.camera.world_to_cam[:, :3, :3], spec.camera.world_to_cam[:, :3, 3]
     eye = -(R.transpose(1, 2) @ t[..., None])[..., 0]
     target = torch.tensor([0.0, 0.0, 0.03])  # the orbit centre just above the ground
     rel = eye - target
@@ -149,13 +155,13 @@ def test_camera_matches_recorded_parameters(tabletop):
 
 def test_objects_rest_on_the_ground(tabletop):
     spec = draw(tabletop, 0, torch.arange(64), 0)
-    world = torch.einsum("bsij,bskj->bski", spec.slot_rotation, CORNERS * spec.slot_scale[:, :, None]) \
-        + spec.slot_translation[:, :, None]
-    on_ground = spec.slot_valid & (spec.slot_kind != KIND_OCCLUDER)
+    world = torch.einsum("bsij,bskj->bski", spec.objects.rotation, CORNERS * spec.objects.scale[:, :, None]) \
+        + spec.objects.translation[:, :, None]
+    on_ground = spec.objects.valid & (spec.objects.kind != SlotKind.OCCLUDER)
     lowest = world[..., 2].amin(-1)[on_ground]
     torch.testing.assert_close(lowest, torch.zeros_like(lowest), atol=1e-6, rtol=0)
     # Upright objects: the template z axis stays vertical.
-    torch.testing.assert_close(spec.slot_rotation[on_ground][:, :, 2], torch.tensor([0.0, 0.0, 1.0]).expand(
+    torch.testing.assert_close(spec.objects.rotation[on_ground][:, :, 2], torch.tensor([0.0, 0.0, 1.0]).expand(
         int(on_ground.sum()), 3), atol=1e-6, rtol=0)
 
 
@@ -172,14 +178,14 @@ def test_box_objects_never_intersect(tabletop):
     box = spec.shapes.index("box")
     overlaps = []
     for b in range(spec.batch_size):
-        idx = (spec.slot_valid[b] & (spec.slot_shape[b] == box) & (spec.slot_kind[b] == KIND_OBJECT)).nonzero()[:, 0]
+        idx = (spec.objects.valid[b] & (spec.objects.shape[b] == box) & (spec.objects.kind[b] == SlotKind.OBJECT)).nonzero()[:, 0]
         for ii in range(len(idx)):
             for jj in range(ii + 1, len(idx)):
                 i, j = int(idx[ii]), int(idx[jj])
-                P = (CORNERS * spec.slot_scale[b, i] @ spec.slot_rotation[b, i].T + spec.slot_translation[b, i])[:, :2]
-                Q = (CORNERS * spec.slot_scale[b, j] @ spec.slot_rotation[b, j].T + spec.slot_translation[b, j])[:, :2]
-                axes = [spec.slot_rotation[b, i][:2, 0], spec.slot_rotation[b, i][:2, 1],
-                        spec.slot_rotation[b, j][:2, 0], spec.slot_rotation[b, j][:2, 1]]
+                P = (CORNERS * spec.objects.scale[b, i] @ spec.objects.rotation[b, i].T + spec.objects.translation[b, i])[:, :2]
+                Q = (CORNERS * spec.objects.scale[b, j] @ spec.objects.rotation[b, j].T + spec.objects.translation[b, j])[:, :2]
+                axes = [spec.objects.rotation[b, i][:2, 0], spec.objects.rotation[b, i][:2, 1],
+                        spec.objects.rotation[b, j][:2, 0], spec.objects.rotation[b, j][:2, 1]]
                 if _footprints_overlap(P, Q, axes):
                     overlaps.append((b, i, j))
     assert not overlaps, overlaps[:5]
@@ -190,10 +196,10 @@ def test_round_objects_never_intersect(tabletop):
     spec = draw(tabletop, 0, torch.arange(200), 0)
     round_shapes = [spec.shapes.index(s) for s in ("sphere", "cylinder", "capsule", "torus", "cone")]
     for b in range(spec.batch_size):
-        keep = spec.slot_valid[b] & (spec.slot_kind[b] != KIND_OCCLUDER)
-        keep &= torch.isin(spec.slot_shape[b], torch.tensor(round_shapes))
-        xy = spec.slot_translation[b, keep, :2]
-        r = spec.slot_scale[b, keep, :2].amax(-1) / 2
+        keep = spec.objects.valid[b] & (spec.objects.kind[b] != SlotKind.OCCLUDER)
+        keep &= torch.isin(spec.objects.shape[b], torch.tensor(round_shapes))
+        xy = spec.objects.translation[b, keep, :2]
+        r = spec.objects.scale[b, keep, :2].amax(-1) / 2
         d = torch.cdist(xy, xy) - (r[:, None] + r[None]) + 1e-6
         d.fill_diagonal_(1.0)
         assert (d >= 0).all(), b
@@ -202,20 +208,57 @@ def test_round_objects_never_intersect(tabletop):
 def test_defects_scenario_slots():
     sc = load_scenario("defects")
     spec = draw(sc, 0, torch.arange(64), 0)
-    assert spec.slot_valid.shape[1] == 0
-    present = spec.defect_type >= 0
-    assert torch.equal(present.sum(1), torch.round(spec.params["defects.count"]).long())
+    assert spec.objects.valid.shape[1] == 0
+    present = spec.defects.type >= 0
+    assert torch.equal(present.sum(1).float(), spec.params["defects.count"])
     # Defects sit on the tile (|x|, |y| within 0.6 of its half size 0.16 m).
-    assert (spec.defect_center[present].abs() <= 0.6 * 0.16 + 1e-6).all()
-    assert (spec.defect_size[present] > 0).all()
+    assert (spec.defects.center[present].abs() <= 0.6 * 0.16 + 1e-6).all()
+    assert (spec.defects.size[present] > 0).all()
     kinds = ("blowhole", "crack", "spot", "fray", "break", "uneven")
-    names = [sc.defect_types[int(t)].kind for t in spec.defect_type[present]]
-    assert [kinds[int(k)] for k in spec.defect_kind[present]] == names
+    names = [sc.defect_types[int(t)].kind for t in spec.defects.type[present]]
+    assert [kinds[int(k)] for k in spec.defects.kind[present]] == names
 
 
 def test_sampler_on_a_scenario_without_objects_or_defects_slots():
     sc = load_scenario({"categories": [{"name": "cube", "shape": "box"}], "objects": {"count": 1}})
     spec = draw(sc, 0, torch.arange(4), 0)
-    assert spec.slot_valid.shape == (4, 1) and spec.slot_valid.all()
-    assert spec.defect_type.shape == (4, 0)
+    assert spec.objects.valid.shape == (4, 1) and spec.objects.valid.all()
+    assert spec.defects.type.shape == (4, 0)
     assert math.isclose(float(spec.params["objects.count"][0]), 1.0)
+
+
+def test_integer_parameters_are_integers_with_uniform_end_values(tabletop):
+    """objects.count ~ uniform[5, 10] in the YAML: every count 5..10 is equally likely (ends included), and the
+    recorded value is the number of filled slots."""
+    spec = draw(tabletop, 0, torch.arange(6000), 0)
+    counts = spec.params["objects.count"]
+    assert torch.equal(counts, counts.round())
+    freq = torch.bincount(counts.long(), minlength=11)[5:11].float() / counts.numel()
+    assert freq.min() > 1 / 6 - 0.025 and freq.max() < 1 / 6 + 0.025, freq
+    assert int(counts.min()) == 5 and int(counts.max()) == 10
+    for p in registry.PARAMS:
+        if p.integer:
+            assert torch.equal(spec.params[p.name], spec.params[p.name].round()), p.name
+
+
+def test_streams_equal_per_stream_draws():
+    keys = sample_keys(11, torch.arange(5))
+    d = Streams([("a", ()), ("b", (3,)), ("c", (2, 2)), (12345, (4,))]).draw(keys)
+    assert torch.equal(d["a"], uniform(keys, "a"))
+    assert torch.equal(d["b"], uniform(keys, "b", (3,)))
+    assert torch.equal(d["c"], uniform(keys, "c", (2, 2)))
+    assert torch.equal(d[12345], uniform(keys, 12345, (4,)))
+
+
+def test_build_is_differentiable_in_continuous_values(tabletop):
+    sampler = ScenarioSampler(tabletop, 0)
+    p = sampler.sample_params(torch.arange(4), torch.zeros(4, dtype=torch.long),
+                              [s.overrides for s in tabletop.slices.values()])
+    values = {k: v.clone().requires_grad_(k in ("light.intensity", "camera.distance", "objects.spread"))
+              for k, v in p.values.items()}
+    spec = sampler.build(replace(p, values=values), RES)
+    loss = spec.light.intensity.sum() + spec.camera.world_to_cam[:, :3, 3].norm(dim=-1).sum() \
+        + spec.objects.translation.norm(dim=-1).sum()
+    loss.backward()
+    for k in ("light.intensity", "camera.distance", "objects.spread"):
+        assert values[k].grad is not None and values[k].grad.abs().sum() > 0, k

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import synth_torch.sensor as sensor
-from synth_torch.scenario.random import sample_keys
+from synth_torch.spec.random import sample_keys
 from synth_torch.sensor import SENSOR_DEFAULTS, apply_sensor, motion_blur_kernel
 
 NAMES = {
@@ -344,11 +344,14 @@ def test_saturation_zero_and_grayscale_give_equal_channels():
 def test_hue_shift_rotates_primaries():
     img = torch.zeros(2, 3, 4, 4)
     img[:, 0] = 1.0  # pure red
-    out = apply_sensor(img, {"sensor.hue_shift_deg": torch.tensor([120.0, -240.0])}, _keys(2))
-    green = torch.zeros(3, 4, 4)
+    out = apply_sensor(img, {"sensor.hue_shift_deg": torch.tensor([120.0, -120.0])}, _keys(2))
+    green, blue = torch.zeros(3, 4, 4), torch.zeros(3, 4, 4)
     green[1] = 1.0
+    blue[2] = 1.0
     torch.testing.assert_close(out[0], green, atol=1e-5, rtol=0)
-    torch.testing.assert_close(out[1], green, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[1], blue, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"sensor.hue_shift_deg must lie in \[-180.0, 180.0\]"):
+        apply_sensor(img, {"sensor.hue_shift_deg": torch.tensor([120.0, -240.0])}, _keys(2))
 
 
 # --- JPEG --------------------------------------------------------------------------------------------------------
@@ -459,3 +462,31 @@ def test_gradient_through_jpeg_and_black_pixels_is_finite():
     apply_sensor(img, _all_on(2), _keys(2)).sum().backward()
     assert torch.isfinite(img.grad).all()
     assert img.grad.abs().sum() > 0
+
+
+def test_compiled_forward_matches_the_torch_reference(monkeypatch):
+    """Float32 CPU images take the compiled kernel (hue and JPEG samples excepted); the reference is the torch path."""
+    img = _rand_image(6, 20, 28)
+    params = _all_on(6)
+    params["sensor.hue_shift_deg"] = torch.tensor([0.0, 0.0, 0.0, 30.0, 0.0, 0.0])
+    params["sensor.jpeg_quality"] = torch.tensor([100.0, 100.0, 100.0, 100.0, 60.0, 100.0])
+    keys = _keys(6)
+    fast = apply_sensor(img, params, keys)
+    monkeypatch.setenv("SYNTH_TORCH_SENSOR", "torch")
+    ref = apply_sensor(img, params, keys)
+    torch.testing.assert_close(fast, ref, atol=2e-5, rtol=0)
+    # and a sample's result does not depend on its batch-mates
+    monkeypatch.delenv("SYNTH_TORCH_SENSOR")
+    alone = apply_sensor(img[2:3], {k: v[2:3] for k, v in params.items()}, keys[2:3])
+    assert torch.equal(alone[0], fast[2])
+
+
+def test_zero_length_motion_blur_is_untouched_next_to_a_blurred_sample():
+    """A zero-length blur at an oblique angle is no blur at all, also when its batch-mate is blurred (the kernel
+    of length 0 at 5.9 degrees is not a delta on the pixel grid, so it must not be applied)."""
+    img = _rand_image(2, 16, 20)
+    params = {"sensor.motion_blur_px": torch.tensor([6.0, 0.0]), "sensor.motion_blur_angle_deg": torch.tensor([30.0, 5.9]),
+              "sensor.defocus_px": torch.tensor([0.0, 0.7])}
+    both = apply_sensor(img, params, _keys(2))
+    alone = apply_sensor(img[1:], {k: v[1:] for k, v in params.items()}, _keys(2)[1:])
+    assert torch.equal(both[1], alone[0])

@@ -1,0 +1,30 @@
+"""Names and constants shared by sampling (``scenario``), rendering (``scene``, ``shading``) and labels.
+
+Index tensors in a :class:`~synth_torch.spec.types.SceneSpec` index these tuples, so their order is part of the
+sample format: append, never reorder.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+TEXTURES: tuple[str, ...] = ("solid", "checker", "stripes", "noise", "marble", "wood", "brushed")
+PLACEMENTS: tuple[str, ...] = ("ground", "floating", "stacked")
+SURFACES: tuple[str, ...] = ("tabletop", "inspection")
+DEFECT_KINDS: tuple[str, ...] = ("blowhole", "crack", "spot", "fray", "break", "uneven")
+
+
+class SlotKind(IntEnum):
+    """What an object slot holds: labeled objects get instance ids; distractors and occluders are background."""
+
+    OBJECT = 0
+    DISTRACTOR = 1
+    OCCLUDER = 2
+
+
+#: Half the side of the ground quad (tabletop) or of the inspected tile (inspection), metres.
+GROUND_HALF_SIZE: dict[str, float] = {"tabletop": 3.0, "inspection": 0.16}
+#: The camera orbits a point this high above the ground on a tabletop (metres).
+TARGET_HEIGHT = 0.03
+#: Keypoints per object: the template surface points furthest along the eight box-corner directions.
+NUM_KEYPOINTS = 8
