@@ -173,3 +173,18 @@ def test_magnetic_tile_hybrid_training_loaders(shared_real):
     assert isinstance(real, RealBatch) and real.semantic.shape[1:] == (32, 32)
     kinds = [type(b).__name__ for b, _ in zip(dm.train_dataloader(), range(4))]
     assert kinds == ["Batch", "Batch", "Batch", "RealBatch"]
+
+
+@pytest.mark.gpu
+def test_mixed_schedule_trains_on_gpu(fake_tiles, tmp_path):
+    """Synthetic images rendered on the GPU and real images read on the CPU meet in one HybridBatch there."""
+    dm = _dm(fake_tiles, "mixed", device="cuda")
+    task = SegmentationTask(functools.partial(TinyUNet, width=4, depth=2), dm.num_classes, target="foreground")
+    recorder = Recorder()
+    trainer = pl.Trainer(max_steps=3, callbacks=[recorder], logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=1, val_check_interval=3,
+                         num_sanity_val_steps=0, default_root_dir=str(tmp_path), accelerator="gpu", devices=1)
+    trainer.fit(task, datamodule=dm)
+    assert [s["kind"] for s in recorder.steps] == ["HybridBatch"] * 3
+    assert dm.images_seen == {"synthetic": 6, "real": 6} and next(task.parameters()).is_cuda
+    assert "val/fg_iou/real" in trainer.callback_metrics
