@@ -118,7 +118,8 @@ def images_per_second(iterable, batches: int, warmup: int = 1) -> float:
 
 
 def stages(ds, batches: int) -> dict[str, float]:
-    """CPU milliseconds per batch of every stage of ``SynthDataset.render_batch``, run stage by stage."""
+    """Wall-clock milliseconds per batch of every stage of ``SynthDataset.render_batch``, run stage by stage in the
+    main process (all threads)."""
     from synth_torch.labels import label_passes
     from synth_torch.scene import assemble, build_gbuffer
     from synth_torch.sensor import apply_sensor
@@ -128,9 +129,9 @@ def stages(ds, batches: int) -> dict[str, float]:
     totals: dict[str, float] = {}
 
     def timed(name, fn):
-        start = time.process_time()
+        start = time.perf_counter()
         out = fn()
-        totals[name] = totals.get(name, 0.0) + (time.process_time() - start) * 1000 / batches
+        totals[name] = totals.get(name, 0.0) + (time.perf_counter() - start) * 1000 / batches
         return out
 
     for k in range(batches):
@@ -145,7 +146,7 @@ def stages(ds, batches: int) -> dict[str, float]:
                                                                 antialias=sc.antialias))
         timed("labels", lambda: label_passes(spec, gbuffer, geom, ds.sampler.num_objects, len(sc.categories)))
         sensor = {k: v for k, v in params.values.items() if k.startswith("sensor.")}
-        timed("sensor", lambda: apply_sensor(image, sensor, spec.keys, ds._sensor_bounds))
+        timed("sensor", lambda: apply_sensor(image, sensor, spec.keys, ds.sensor_supports))
     return totals
 
 
@@ -198,7 +199,7 @@ def format_report(results: list[dict], memory: list[tuple[int, float]] | None, w
                      f"{r['workers'] / r['disk']:.2f} |")
     names = list(results[0]["stages_ms"]) if results else []
     if names:
-        lines += ["", "CPU milliseconds per batch by stage (one thread of work, summed over threads):", "",
+        lines += ["", "Milliseconds per batch by stage (wall clock, main process, all threads):", "",
                   "| case | " + " | ".join(names) + " | total |", "|---|" + "---|" * (len(names) + 1)]
         for r in results:
             ms = r["stages_ms"]

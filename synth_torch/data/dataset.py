@@ -17,7 +17,7 @@ from synth_torch.scenario.sampler import SceneParams, ScenarioSampler
 from synth_torch.scene.assets import load_images
 from synth_torch.scene.gbuffer import build_gbuffer
 from synth_torch.scene.geometry import assemble
-from synth_torch.sensor import apply_sensor
+from synth_torch.sensor import SENSOR_DEFAULTS, apply_sensor
 from synth_torch.shading.shaders import SHADERS, get_shader, render_image
 from synth_torch.spec.params import PARAM_NAMES
 from synth_torch.spec.random import uniform
@@ -166,9 +166,7 @@ class SynthDataset(IterableDataset):
         get_shader(shader, self.device)  # fails here, not in a worker, when the shader cannot run on the device
         self.shader = shader
         self.sampler = ScenarioSampler(self.scenario, self.seed)
-        self._sensor_bounds = {n: max(d.support[1] for d in [self.scenario.parameters[n]] + [
-            sl.overrides[n] for sl in self.scenario.slices.values() if n in sl.overrides])
-            for n in ("sensor.motion_blur_px", "sensor.defocus_px")}
+        self.sensor_supports = {n: self.scenario.support(n) for n in SENSOR_DEFAULTS}
         self.weights = SliceWeights(self.scenario)
         self.next_batch = 0
         self._ctx = None
@@ -250,7 +248,7 @@ class SynthDataset(IterableDataset):
         labels = label_passes(spec, gbuffer, geom, self.sampler.num_objects, len(sc.categories))
         if self.sensor:
             sensor_params = {k: v for k, v in params.values.items() if k.startswith("sensor.")}
-            image = apply_sensor(image, sensor_params, spec.keys, self._sensor_bounds)
+            image = apply_sensor(image, sensor_params, spec.keys, self.sensor_supports)
         return Batch(**{f.name: getattr(labels, f.name) for f in fields(labels)}, image=image, K=spec.camera.K,
                      world_to_cam=spec.camera.world_to_cam, params=spec.params, slice_id=spec.slice_id,
                      sample_id=encode_sample_id(spec.sample_index, spec.slice_id).to(self.device),

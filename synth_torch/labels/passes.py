@@ -87,7 +87,8 @@ def dense_labels_torch(g: GBuffer, inst_label: Tensor, num_objects: int):
 
     box = torch.stack((reduce(xs, big, "amin"), reduce(ys, big, "amin"), reduce(xs, -1, "amax") + 1,
                        reduce(ys, -1, "amax") + 1), -1).view(B, N + 1, 4)[:, 1:].float()
-    count = torch.bincount(idx, minlength=B * (N + 1)).view(B, N + 1)[:, 1:]
+    count = torch.zeros(B * (N + 1), dtype=torch.int64, device=slot.device).scatter_add_(
+        0, idx, torch.ones_like(idx)).view(B, N + 1)[:, 1:]  # not bincount: its size would wait for the GPU
     box = torch.where((count > 0)[..., None], box, torch.zeros_like(box))
     return instance, semantic, depth, normals, box, count
 

@@ -23,10 +23,14 @@ COVERAGE_CHUNK = 64
 
 
 def _prepare(ctx: RasterizeContext, pos: torch.Tensor, tri: torch.Tensor, resolution, ranges):
+    """Validation for the ``cpu`` kernels; other backends go through :func:`rasterize`, which validates as it
+    does for them (nvdiffrast: not at all, so nothing waits for the GPU)."""
     if not isinstance(ctx, RasterizeContext):
         raise TypeError(f"ctx must be a RasterizeContext, got {type(ctx).__name__}")
     ctx.check_device(pos, tri)
     height, width = int(resolution[0]), int(resolution[1])
+    if ctx.backend != "cpu":
+        return height, width, 0, 0, pos.ndim == 3
     num_images, num_vertices, instanced = _check_inputs(pos, tri, (height, width), ranges)
     return height, width, num_images, num_vertices, instanced
 

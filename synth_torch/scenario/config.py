@@ -168,10 +168,13 @@ class Scenario:
     def slice_names(self) -> tuple[str, ...]:
         return tuple(self.slices)
 
-    def _sup(self, name: str) -> int:
-        """Largest value of an integer parameter over the base and every slice."""
+    def support(self, name: str) -> tuple[float, float]:
+        """The values parameter ``name`` can take: the union of its supports over the base and every slice."""
         dists = [self.parameters[name]] + [s.overrides[name] for s in self.slices.values() if name in s.overrides]
-        return int(math.floor(max(d.support[1] for d in dists)))
+        return min(d.support[0] for d in dists), max(d.support[1] for d in dists)
+
+    def _sup(self, name: str) -> int:
+        return int(math.floor(self.support(name)[1]))
 
     @property
     def max_objects(self) -> int:

@@ -61,7 +61,7 @@ _DEFOCUS_TRUNCATE = 3.0
 
 
 def apply_sensor(image: torch.Tensor, params: Mapping[str, torch.Tensor | float], keys: torch.Tensor,
-                 bounds: Mapping[str, float] | None = None) -> torch.Tensor:
+                 supports: Mapping[str, tuple[float, float]] | None = None) -> torch.Tensor:
     """Apply the sensor model to a batch of linear-intensity images, with per-sample parameters.
 
     Order of operations (see ``docs/sensor.md``): exposure -> white balance -> motion blur -> defocus ->
@@ -73,9 +73,10 @@ def apply_sensor(image: torch.Tensor, params: Mapping[str, torch.Tensor | float]
             Missing ``sensor.*`` names take :data:`SENSOR_DEFAULTS`; keys that do not start with
             ``sensor.`` are ignored, so the full scenario parameter dict can be passed.
         keys: per-sample int64 random keys (:func:`synth_torch.spec.random.sample_keys`).
-        bounds: optional upper bounds of ``sensor.motion_blur_px`` and ``sensor.defocus_px`` over every batch
-            (e.g. the scenario's supports); they fix the blur kernel sizes, so a CUDA batch never waits for the
-            host. Values above them raise on the CPU (where the check costs nothing).
+        supports: optional ``name -> (lo, hi)``, the values each parameter can take in any batch (e.g. the
+            scenario's supports; ``SynthDataset`` passes them). They fix the blur kernel sizes and skip effects
+            that are neutral over the whole support, so a CUDA batch never waits for the host. Values outside
+            them raise on the CPU (where the check costs nothing).
 
     Returns:
         the images in [0, 1], same dtype and device as ``image``. Differentiable w.r.t. ``image``.
@@ -101,24 +102,31 @@ def apply_sensor(image: torch.Tensor, params: Mapping[str, torch.Tensor | float]
     """
     _check_image_and_keys(image, keys)
     p = _resolve_params(params, image.shape[0], image.device, image.dtype)
-    bounds = dict(bounds or {})
-    unknown = sorted(set(bounds) - {"sensor.motion_blur_px", "sensor.defocus_px"})
+    supports = dict(supports or {})
+    unknown = sorted(set(supports) - set(SENSOR_DEFAULTS))
     if unknown:
-        raise ValueError(f"bounds: unknown key(s) {unknown}; allowed: sensor.motion_blur_px, sensor.defocus_px")
+        raise ValueError(f"supports: unknown sensor parameter(s) {unknown}")
     if image.device.type == "cpu":
-        for name, bound in bounds.items():
-            if bool((p[name] > bound).any()):
-                raise ValueError(f"{name} exceeds its bound {bound}: {p[name].max().item()}")
+        for name, (lo, hi) in supports.items():
+            if bool(((p[name] < lo) | (p[name] > hi)).any()):
+                raise ValueError(f"{name} leaves its declared support [{lo}, {hi}]: {p[name].tolist()}")
     if image.device.type == "cpu" and image.dtype == torch.float32 and image.shape[0] \
             and not (torch.is_grad_enabled() and image.requires_grad) and os.environ.get("SYNTH_TORCH_SENSOR") != "torch":
         return _apply_compiled(image, p, keys)
-    return _apply_torch(image, p, keys, bounds)
+    return _apply_torch(image, p, keys, supports)
 
 
 def _apply_torch(image: torch.Tensor, p: dict[str, torch.Tensor], keys: torch.Tensor,
-                 bounds: Mapping[str, float] | None = None) -> torch.Tensor:
+                 supports: Mapping[str, tuple[float, float]] | None = None) -> torch.Tensor:
     """The reference: torch and kornia, differentiable, any device (resolved parameters)."""
-    bounds = bounds or {}
+    supports = supports or {}
+
+    def _on(names: tuple[str, ...], active: torch.Tensor, fn) -> torch.Tensor:
+        """``_on_active`` unless the declared supports of ``names`` hold only their neutral values."""
+        if all(supports.get(n) == (SENSOR_DEFAULTS[n], SENSOR_DEFAULTS[n]) for n in names):
+            return x
+        return _on_active(x, active, fn)
+
     x = image
 
     # Exposure and white balance: one per-channel gain, 2**ev * (wb_red, 1, wb_blue).
@@ -130,21 +138,23 @@ def _apply_torch(image: torch.Tensor, p: dict[str, torch.Tensor], keys: torch.Te
         gains = torch.stack([e * wr[idx], e, e * wb[idx]], dim=1)
         return xs * gains[:, :, None, None]
 
-    x = _on_active(x, gain_active, _gain)
+    x = _on(("sensor.exposure_ev", "sensor.wb_red", "sensor.wb_blue"), gain_active, _gain)
 
     # Motion blur: anti-aliased line segment kernel.
     length, angle = p["sensor.motion_blur_px"], p["sensor.motion_blur_angle_deg"]
-    size = None if "sensor.motion_blur_px" not in bounds else 2 * math.ceil(bounds["sensor.motion_blur_px"] / 2 + 1) + 1
-    x = _on_active(x, length > 0, lambda xs, i: _filter(xs, _as(motion_blur_kernel(length[i].double(), angle[i].double(),
-                                                                                   size), xs)))
+    size = None if "sensor.motion_blur_px" not in supports else 2 * math.ceil(supports["sensor.motion_blur_px"][1] / 2 + 1) + 1
+    x = _on(("sensor.motion_blur_px",), length > 0,
+            lambda xs, i: _filter(xs, _as(motion_blur_kernel(length[i].double(), angle[i].double(), size), xs)))
 
     # Defocus: Gaussian with per-sample sigma, truncated per sample.
     sigma = p["sensor.defocus_px"]
-    x = _on_active(x, sigma > 0, lambda xs, i: _defocus(xs, sigma[i], bounds.get("sensor.defocus_px")))
+    bound = supports["sensor.defocus_px"][1] if "sensor.defocus_px" in supports else None
+    x = _on(("sensor.defocus_px",), sigma > 0, lambda xs, i: _defocus(xs, sigma[i], bound))
 
     # Vignetting: cos^4-shaped radial falloff reaching 1 - strength at the corner pixel centres.
     strength = p["sensor.vignetting"]
-    x = _on_active(x, strength > 0, lambda xs, i: xs * _vignette_gain(strength[i], xs.shape[-2], xs.shape[-1]))
+    x = _on(("sensor.vignetting",), strength > 0,
+            lambda xs, i: xs * _vignette_gain(strength[i], xs.shape[-2], xs.shape[-1]))
 
     # Shot + read noise: Gaussian with variance noise_sigma^2 + shot_noise * I, one draw per pixel.
     read, shot = p["sensor.noise_sigma"], p["sensor.shot_noise"]
@@ -155,19 +165,19 @@ def _apply_torch(image: torch.Tensor, p: dict[str, torch.Tensor], keys: torch.Te
         # clamp_min keeps the gradient of sqrt finite (zero) where the variance is exactly 0.
         return xs + var.clamp_min(1e-20).sqrt() * z
 
-    x = _on_active(x, (read > 0) | (shot > 0), _noise)
+    x = _on(("sensor.noise_sigma", "sensor.shot_noise"), (read > 0) | (shot > 0), _noise)
 
     x = x.clamp(0.0, 1.0)
 
     # Gamma encoding: out = I ** (1 / gamma); gamma = 2.2 brightens mid-tones like an sRGB-ish camera curve.
     g = p["sensor.gamma"]
-    x = _on_active(x, g != 1, lambda xs, i: _gamma_encode(xs, g[i]))
+    x = _on(("sensor.gamma",), g != 1, lambda xs, i: _gamma_encode(xs, g[i]))
 
     # Saturation (blend with Rec.601 luma, as torchvision / PIL) then hue rotation in HSV.
     sat = p["sensor.saturation"]
-    x = _on_active(x, sat != 1, lambda xs, i: adjust_saturation_with_gray_subtraction(xs, sat[i]))
+    x = _on(("sensor.saturation",), sat != 1, lambda xs, i: adjust_saturation_with_gray_subtraction(xs, sat[i]))
     hue = torch.remainder(p["sensor.hue_shift_deg"], 360.0)
-    x = _on_active(x, hue != 0, lambda xs, i: adjust_hue(xs, torch.deg2rad(hue[i])).clamp(0.0, 1.0))
+    x = _on(("sensor.hue_shift_deg",), hue != 0, lambda xs, i: adjust_hue(xs, torch.deg2rad(hue[i])).clamp(0.0, 1.0))
 
     # Grayscale: blend weight toward Rec.601 luma (0 = colour, 1 = fully gray).
     gray = p["sensor.grayscale"]
@@ -176,11 +186,11 @@ def _apply_torch(image: torch.Tensor, p: dict[str, torch.Tensor], keys: torch.Te
         w = gray[idx, None, None, None]
         return (1 - w) * xs + w * rgb_to_grayscale(xs).expand_as(xs)
 
-    x = _on_active(x, gray > 0, _gray)
+    x = _on(("sensor.grayscale",), gray > 0, _gray)
 
     # JPEG compression (differentiable codec, per-sample quality); 100 means off.
     q = p["sensor.jpeg_quality"]
-    x = _on_active(x, q < 100, lambda xs, i: jpeg_codec_differentiable(xs, q[i]).clamp(0.0, 1.0))
+    x = _on(("sensor.jpeg_quality",), q < 100, lambda xs, i: jpeg_codec_differentiable(xs, q[i]).clamp(0.0, 1.0))
     return x
 
 
