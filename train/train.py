@@ -96,8 +96,13 @@ def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     seconds = time.perf_counter() - started
-
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test"):
+        trainer.test(model, datamodule=datamodule, verbose=False)
+        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+
+    data = {"images_seen": dict(getattr(datamodule, "images_seen", {})),
+            "real_train_images": len(getattr(datamodule, "real_train_keys", ()))}
     paths = {"output_dir": str(output_dir)}
     if trainer.is_global_zero and datamodule.slice_names:
         from synth_torch.fileio import save_png_atomic
@@ -125,8 +130,13 @@ def train(cfg: DictConfig) -> dict:
         shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("val/") and k.count("/") == 1}
         if shown:
             print(f"  final {shown}")
+        tested = {k: round(v, 4) for k, v in metrics.items() if k.startswith("test/")}
+        if tested:
+            print(f"  test  {tested}")
+        if data["images_seen"].get("real"):
+            print(f"  trained on {data['images_seen']} images; {data['real_train_images']} distinct real")
         print(summary_line(metrics, trainer.global_step, seconds, paths.get("predictions")))
-    return {"metrics": metrics, "paths": paths}
+    return {"metrics": metrics, "paths": paths, "data": data}
 
 
 def summary_line(metrics: dict[str, float], steps: int, seconds: float, predictions: str | None) -> str:
