@@ -57,4 +57,6 @@ def prediction_grid(task, batch, max_images: int = 8, score_threshold: float = 0
             boxes = pred[i]["boxes"][keep].cpu()
             right = draw_bounding_boxes(base, boxes, colors=[PRED_COLOR] * len(boxes), width=1)
         tiles.append(torch.cat((left, torch.full((3, base.shape[1], 2), 255, dtype=torch.uint8), right), 2))
-    return make_grid(torch.stack(tiles), nrow=max(1, math.ceil(math.sqrt(n / 2))), padding=4, pad_value=255)
+    grid = make_grid(torch.stack(tiles), nrow=max(1, math.ceil(math.sqrt(n / 2))), padding=4, pad_value=255)
+    scale = max(1, 128 // base.shape[1])  # small renders are enlarged (nearest) so that a person can read them
+    return grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
