@@ -144,7 +144,7 @@ def stages(ds, batches: int) -> dict[str, float]:
                                                                  shadows=sc.shadows, uv=sc.texture_images is not None))
         image = timed("shade + antialias", lambda: render_image(spec, geom, gbuffer, ds.shader,
                                                                 antialias=sc.antialias))
-        timed("labels", lambda: label_passes(spec, gbuffer, geom, ds.sampler.num_objects, len(sc.categories)))
+        timed("labels", lambda: label_passes(spec, gbuffer, geom, ds.sampler.num_objects))
         sensor = {k: v for k, v in params.values.items() if k.startswith("sensor.")}
         timed("sensor", lambda: apply_sensor(image, sensor, spec.keys, ds.sensor_supports))
     return totals

@@ -42,7 +42,7 @@ def test_a_cuda_batch_never_waits_for_the_host():
         geom = assemble(spec)
         g = build_gbuffer(spec, geom, ds.context, ds.resolution, shadows=True)
         image = render_image(spec, geom, g, "torch")
-        labels = label_passes(spec, g, geom, ds.sampler.num_objects, len(ds.scenario.categories))
+        labels = label_passes(spec, g, geom, ds.sampler.num_objects)
         return apply_sensor(image, sensor, keys, ds.sensor_supports), labels
 
     batch()  # warm-up: caches, kernels, the template bank on the device

@@ -245,7 +245,7 @@ class SynthDataset(IterableDataset):
             background = load_images(sc.resolve(sc.background_images), spec.ground.background,
                                      self.resolution).permute(0, 2, 3, 1).to(self.device)
         image = render_image(spec, geom, gbuffer, self.shader, ground_images, background, antialias=sc.antialias)
-        labels = label_passes(spec, gbuffer, geom, self.sampler.num_objects, len(sc.categories))
+        labels = label_passes(spec, gbuffer, geom, self.sampler.num_objects)
         if self.sensor:
             sensor_params = {k: v for k, v in params.values.items() if k.startswith("sensor.")}
             image = apply_sensor(image, sensor_params, spec.keys, self.sensor_supports)

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from synth_torch.camera import mat_mat, mat_vec, project_camera_points
 from synth_torch.render import cpu
+from synth_torch.scene.decals import HALF_EXTENT
 from synth_torch.scene.gbuffer import GBuffer
 from synth_torch.scene.geometry import SceneGeometry
 from synth_torch.scene.library import template_bank
@@ -108,13 +109,13 @@ def _dense_labels_fast(g: GBuffer, inst_label: Tensor, num_objects: int):
     return instance, semantic, depth, normals, boxes, counts
 
 
-def label_passes(spec: SceneSpec, gbuffer: GBuffer, geom: SceneGeometry, num_objects: int, num_categories: int,
+def label_passes(spec: SceneSpec, gbuffer: GBuffer, geom: SceneGeometry, num_objects: int,
                  fast: bool | None = None) -> Labels:
     """Every label of a rendered batch from independent quantities of the same scene.
 
     Args:
-        num_objects: object slots that hold labeled objects (the first slots); num_categories: object classes
-            (defect class ids follow them); fast: compiled dense pass (default: on CPU without gradients).
+        num_objects: object slots that hold labeled objects (the first slots); fast: compiled dense pass (default:
+            on CPU without gradients). Class ids come from the spec (``objects.label``, ``defects.label``).
     """
     g = gbuffer
     device = g.slot.device
@@ -122,13 +123,12 @@ def label_passes(spec: SceneSpec, gbuffer: GBuffer, geom: SceneGeometry, num_obj
     obj, dfx = spec.objects, spec.defects
     D = spec.num_defects
     N = num_objects + D
-    inst_label = torch.cat((obj.label[:, :num_objects],
-                            torch.where(dfx.type >= 0, num_categories + 1 + dfx.type, torch.zeros_like(dfx.type))), 1)
+    inst_label = torch.cat((obj.label[:, :num_objects], dfx.label), 1)
     if fast is None:
         fast = device.type == "cpu" and not (torch.is_grad_enabled() and g.position.requires_grad)
     dense = _dense_labels_fast if fast else dense_labels_torch
     instance, semantic, depth, normals, boxes, visible_pixels = dense(g, inst_label, num_objects)
-    valid = torch.cat((obj.valid[:, :num_objects], dfx.type >= 0), 1)
+    valid = torch.cat((obj.valid[:, :num_objects], dfx.label > 0), 1)
 
     # Oriented 3D boxes in the camera frame: template boxes are exactly [-0.5, 0.5]^3 times the slot scale.
     K, T = spec.camera.K, spec.camera.world_to_cam
@@ -142,7 +142,9 @@ def label_passes(spec: SceneSpec, gbuffer: GBuffer, geom: SceneGeometry, num_obj
     d_world = torch.cat((dfx.center, torch.zeros(B, D, 1, device=device)), -1)
     center = torch.cat((obj_c, mat_vec(R_wc[:, None], d_world) + t_wc[:, None]), 1)
     rotation = torch.cat((obj_R, mat_mat(R_wc[:, None], d_rot)), 1)
-    size = torch.cat((obj_size, torch.stack((dfx.size, dfx.size, torch.zeros_like(dfx.size)), -1)), 1)
+    half = torch.tensor(HALF_EXTENT, dtype=dfx.size.dtype, device=device)[dfx.kind]
+    d_size = torch.cat((2 * half * dfx.size[..., None], torch.zeros_like(dfx.size)[..., None]), -1)
+    size = torch.cat((obj_size, d_size), 1)
     corners_cam = center[:, :, None] + mat_vec(rotation[:, :, None], _UNIT_CORNERS.to(device)[None, None] * size[:, :, None])
     corners_px = project_camera_points(corners_cam.reshape(B, -1, 3), K).view(B, N, 8, 2)
 
@@ -166,7 +168,7 @@ def label_passes(spec: SceneSpec, gbuffer: GBuffer, geom: SceneGeometry, num_obj
     d_px = project_camera_points(center[:, num_objects:], K)
     inside = (d_px[..., 0] >= 0) & (d_px[..., 0] < W) & (d_px[..., 1] >= 0) & (d_px[..., 1] < H)
     kp_def = torch.zeros(B, D, NUM_KEYPOINTS, 3, device=device)
-    kp_def = torch.cat((torch.cat((d_px, torch.where(inside & (dfx.type >= 0), 2.0, 0.0)[..., None]), -1)[:, :, None],
+    kp_def = torch.cat((torch.cat((d_px, torch.where(inside & (dfx.label > 0), 2.0, 0.0)[..., None]), -1)[:, :, None],
                         kp_def[:, :, 1:]), 2)
     keypoints = torch.cat((torch.cat((kp_obj, vis_obj[..., None]), -1), kp_def), 1) * valid[:, :, None, None]
 

@@ -30,7 +30,7 @@ from synth_torch.scenario.distributions import ConfigError, Dist, parse_dist, pa
 from synth_torch.scene.assets import list_images
 from synth_torch.scene.meshes import MESH_SUFFIXES, PRIMITIVES
 from synth_torch.spec import params as registry
-from synth_torch.spec.constants import DEFECT_KINDS, PLACEMENTS, SURFACES, TEXTURES
+from synth_torch.spec.constants import DEFECT_KINDS, DEFECT_PLACEMENTS, PLACEMENTS, SURFACES, TEXTURES
 
 BUILTIN_DIR = Path(__file__).with_name("builtin")
 STRUCTURE_KEYS = ("name", "categories", "defect_types", "distractor_shapes", "placement", "surface",
@@ -110,12 +110,19 @@ class Category:
 
 @dataclass(frozen=True)
 class DefectType:
-    """A surface defect class painted on the inspected surface."""
+    """A surface defect type painted on the inspected surface.
+
+    ``size`` is the characteristic size as a fraction of the surface side; ``weight`` the relative frequency;
+    ``placement`` puts centres ``anywhere`` on the visible surface or on the ``edge`` of the view (along it);
+    a ``decoy`` is a near-miss look-alike (a stain, dust, a tool mark): drawn, never labeled, not a class.
+    """
 
     name: str
     kind: str
-    size: Dist  # characteristic size as a fraction of the surface side
+    size: Dist
     weight: float
+    placement: str = "anywhere"
+    decoy: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,7 +169,7 @@ class Scenario:
     @property
     def class_names(self) -> tuple[str, ...]:
         """Semantic classes 1..C (0 is background): object categories, then defect types."""
-        return tuple(c.name for c in self.categories) + tuple(d.name for d in self.defect_types)
+        return tuple(c.name for c in self.categories) + tuple(d.name for d in self.defect_types if not d.decoy)
 
     @property
     def slice_names(self) -> tuple[str, ...]:
@@ -189,8 +196,17 @@ class Scenario:
         return self._sup("objects.occluders")
 
     @property
+    def max_labeled_defects(self) -> int:
+        return self._sup("defects.count") if any(not d.decoy for d in self.defect_types) else 0
+
+    @property
+    def max_decoys(self) -> int:
+        return self._sup("defects.decoys") if any(d.decoy for d in self.defect_types) else 0
+
+    @property
     def max_defects(self) -> int:
-        return self._sup("defects.count") if self.defect_types else 0
+        """Defect slots per image: labeled ones first, then decoys."""
+        return self.max_labeled_defects + self.max_decoys
 
     def resolve(self, path: str) -> str:
         """A mesh or folder path as written in the scenario, resolved against :attr:`root`."""
@@ -231,8 +247,8 @@ class Scenario:
             "shadows": self.shadows, "antialias": self.antialias,
             "categories": [{"name": c.name, "shape": c.shape, "size": c.size.to_yaml(), "aspect": c.aspect.to_yaml(),
                             "textures": list(c.textures)} for c in self.categories],
-            "defect_types": [{"name": d.name, "kind": d.kind, "size": d.size.to_yaml(), "weight": d.weight}
-                             for d in self.defect_types],
+            "defect_types": [{"name": d.name, "kind": d.kind, "size": d.size.to_yaml(), "weight": d.weight,
+                              "placement": d.placement, "decoy": d.decoy} for d in self.defect_types],
             "distractor_shapes": list(self.distractor_shapes), "ground_textures": list(self.ground_textures),
             "background_images": self.background_images, "texture_images": self.texture_images,
             **sections,
@@ -285,18 +301,26 @@ class Scenario:
         defect_types = []
         for i, d in enumerate(data.get("defect_types") or []):
             where = f"defect_types[{i}]"
-            _check_keys(d, {"name", "kind", "size", "weight"}, where)
+            _check_keys(d, {"name", "kind", "size", "weight", "placement", "decoy"}, where)
             if d.get("kind") not in DEFECT_KINDS:
                 raise ConfigError(f"{where}.kind: expected one of {DEFECT_KINDS}, got {d.get('kind')!r}")
             weight = parse_number(d.get("weight", 1.0), f"{where}.weight")
             if weight <= 0:
                 raise ConfigError(f"{where}.weight: must be > 0, got {weight}")
+            placement = d.get("placement", "anywhere")
+            if placement not in DEFECT_PLACEMENTS:
+                raise ConfigError(f"{where}.placement: expected one of {DEFECT_PLACEMENTS}, got {placement!r}")
+            decoy = d.get("decoy", False)
+            if not isinstance(decoy, bool):
+                raise ConfigError(f"{where}.decoy: expected true or false, got {decoy!r}")
             defect_types.append(DefectType(str(d.get("name", d["kind"])), d["kind"],
                                            parse_dist(d.get("size", [0.03, 0.08]), f"{where}.size", (1e-4, 1.0)),
-                                           weight))
+                                           weight, placement, decoy))
+        if defect_types and all(d.decoy for d in defect_types) and not categories:
+            raise ConfigError("defect_types: every defect type is a decoy; a scenario needs at least one labeled class")
         if not categories and not defect_types:
             raise ConfigError("categories: a scenario needs at least one object category or defect type")
-        names = [c.name for c in categories] + [d.name for d in defect_types]
+        names = [c.name for c in categories] + [d.name for d in defect_types]  # decoys too: names identify types
         if len(set(names)) != len(names):
             raise ConfigError(f"categories/defect_types: class names must be unique, got {names}")
         distractors = tuple(_shape_source(s, "distractor_shapes", root) for s in data.get("distractor_shapes", ()))

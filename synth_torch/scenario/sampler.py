@@ -123,7 +123,7 @@ class ScenarioSampler:
                  "objects.jitter_y": (S,), "material.hue": (S,), "material.texture": (S,), "material.phase": (S,),
                  "ground.texture": (), "ground.hue": (), "ground.phase": (), "ground.image": (), "background.image": (),
                  "defects.type": (D,), "defects.type_size": (D,), "defects.contrast_jitter": (D,), "defects.center": (D, 2),
-                 "defects.angle": (D,), "defects.seed": (D,)}
+                 "defects.angle": (D,), "defects.seed": (D,), "defects.side": (D,)}
         if sc.placement == "floating":
             draws["objects.height"] = (S,)
             draws["objects.rotation"] = (S, 4)
@@ -330,24 +330,45 @@ class ScenarioSampler:
                           texture_phase=d["material.phase"])
 
     def _defects(self, p: SceneParams) -> DefectSpec:
+        """Labeled defect slots first (``defects.count`` of them present), then decoy slots (``defects.decoys``);
+        each slot draws its type by weight among the labeled (or decoy) types."""
         sc, v, d = self.scenario, p.values, p.draws
-        B, D = p.keys.shape[0], self.max_defects
+        B, D, DL = p.keys.shape[0], self.max_defects, sc.max_labeled_defects
         if D == 0:
             z = torch.zeros(B, 0)
-            return DefectSpec(type=z.long(), kind=z.long(), center=torch.zeros(B, 0, 2), size=z, angle=z, contrast=z,
-                              seed=z)
+            return DefectSpec(type=z.long(), label=z.long(), kind=z.long(), center=torch.zeros(B, 0, 2), size=z,
+                              angle=z, contrast=z, seed=z)
+        decoy_slot = torch.arange(D) >= DL
+        kind_of_type = torch.tensor([DEFECT_KINDS.index(t.kind) for t in sc.defect_types])
+        is_decoy = torch.tensor([t.decoy for t in sc.defect_types])
         weights = torch.tensor([t.weight for t in sc.defect_types], dtype=torch.float64)
-        cdf = torch.cumsum(weights, 0) / weights.sum()
-        kind = torch.searchsorted(cdf, d["defects.type"].double().contiguous(), right=True).clamp(max=len(weights) - 1)
-        present = torch.arange(D)[None] < v["defects.count"][:, None]
-        side = 2 * GROUND_HALF_SIZE["inspection"]
+        u = d["defects.type"].double()
+        dtype = torch.zeros(B, D, dtype=torch.long)
+        for decoys in (False, True):
+            w = torch.where(is_decoy == decoys, weights, 0.0)
+            if w.sum() > 0:
+                pick = torch.searchsorted(torch.cumsum(w, 0) / w.sum(), u.contiguous(), right=True).clamp(max=len(w) - 1)
+                dtype = torch.where(decoy_slot == decoys, pick, dtype)
+        rank = torch.where(decoy_slot, torch.arange(D) - DL, torch.arange(D))
+        present = rank < torch.where(decoy_slot, v["defects.decoys"][:, None], v["defects.count"][:, None])
+        class_of_type = torch.cumsum(~is_decoy, 0) * ~is_decoy  # 1.. over labeled types, 0 for decoys
+        label = torch.where(present, len(sc.categories) + class_of_type[dtype], 0)
+        label = torch.where(is_decoy[dtype], 0, label)
         size = torch.zeros(B, D)
         for i, t in enumerate(sc.defect_types):
-            size = torch.where(kind == i, t.size.icdf(d["defects.type_size"]) * side, size)
+            size = torch.where(dtype == i, t.size.icdf(d["defects.type_size"]) * 2 * GROUND_HALF_SIZE["inspection"], size)
         size = size * v["defects.size"][:, None]
-        jitter = 0.85 + 0.3 * d["defects.contrast_jitter"]
-        contrast = (v["defects.contrast"][:, None] * jitter).clamp(0, 1)
-        centre = (2 * d["defects.center"] - 1) * (0.6 * GROUND_HALF_SIZE["inspection"])
-        kinds = torch.tensor([DEFECT_KINDS.index(t.kind) for t in sc.defect_types])
-        return DefectSpec(type=torch.where(present, kind, -1), kind=kinds[kind], center=centre, size=size,
-                          angle=math.pi * d["defects.angle"], contrast=contrast, seed=d["defects.seed"])
+        contrast = (v["defects.contrast"][:, None] * (0.85 + 0.3 * d["defects.contrast_jitter"])).clamp(0, 1)
+        # Half side of the visible surface (a near top-down view), within the tile.
+        half = (v["camera.distance"] * v["camera.sensor_mm"] / (2 * v["camera.focal_mm"])).clamp(
+            max=GROUND_HALF_SIZE["inspection"])[:, None]
+        anywhere = (2 * d["defects.center"] - 1) * 0.85 * half[..., None]
+        side = (d["defects.side"] * 4).long().clamp(max=3)  # 0/1: top/bottom border, 2/3: left/right
+        along = (2 * d["defects.center"][..., 0] - 1) * 0.9 * half
+        across = torch.where(side % 2 == 0, -half, half)
+        edge = torch.where((side < 2)[..., None], torch.stack((along, across), -1), torch.stack((across, along), -1))
+        at_edge = torch.tensor([t.placement == "edge" for t in sc.defect_types])[dtype]
+        centre = torch.where(at_edge[..., None], edge, anywhere)
+        angle = torch.where(at_edge, torch.where(side < 2, 0.0, math.pi / 2), math.pi * d["defects.angle"])
+        return DefectSpec(type=torch.where(present, dtype, -1), label=label, kind=kind_of_type[dtype], center=centre,
+                          size=size, angle=angle, contrast=contrast, seed=d["defects.seed"])

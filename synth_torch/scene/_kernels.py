@@ -15,7 +15,7 @@ import numpy as np
 
 from synth_torch.render.cpu import sin2pi
 
-BLOB, CRACK, SPOT, FRAY, BREAK, UNEVEN = 0, 1, 2, 3, 4, 5  # == DEFECT_KINDS order
+BLOB, CRACK, SPOT, FRAY, BREAK, UNEVEN, STAIN, DUST, SCRATCH = range(9)  # == DEFECT_KINDS order
 
 
 @numba.njit(parallel=True, cache=True)
@@ -63,44 +63,62 @@ def _clamp01(x):
     return min(max(x, 0.0), 1.0)
 
 
+@numba.njit(inline="always")
+def _ellipse(a, p, s, ra, rp):
+    return math.sqrt(max((a / (ra * s)) ** 2 + (p / (rp * s)) ** 2, 1e-24))
+
+
+@numba.njit(inline="always")
+def _line(a, dn, s, mw, core):
+    w = max(core * s, 0.5 * mw)
+    return (dn < w) and abs(a) < 0.5 * s, _clamp01((w + mw - dn) / mw) * _clamp01((0.5 * s - abs(a)) / (0.05 * s))
+
+
 @numba.njit(cache=True)
-def defect_field(kind, a, p, s, sd, mw):
+def defect_field(kind, a, p, s, sd, mw, extent):
     """(inside, darkness) of a defect of ``kind`` and size ``s`` at defect-frame point (a, p) (metres);
-    ``sd`` in [0, 1) varies its shape; ``mw`` is the pixel footprint (thin defects are never thinner)."""
-    if a * a + p * p > (0.75 * s + 3.0 * mw) ** 2:
+    ``sd`` in [0, 1) varies its shape; ``mw`` is the pixel footprint; ``extent`` = ``decals.EXTENT``."""
+    if a * a + p * p > (extent[kind] * s + 3.0 * mw) ** 2:
         return False, 0.0
-    if kind == BLOB or kind == SPOT or kind == UNEVEN:
-        r = math.sqrt((a / (0.5 * s)) ** 2 + (p / (0.4 * s)) ** 2)
-        if kind == UNEVEN:
-            return r < 1.0, 0.6 * _clamp01(1.0 - r)
+    if kind == BLOB:
+        r = _ellipse(a, p, s, 0.5, 0.35)
+        return r < 1.0, _clamp01(2.0 * (1.0 - r))
+    if kind == SPOT:
+        r = _ellipse(a, p, s, 0.5, 0.4)
         return r < 1.0, _clamp01(1.6 * (1.0 - r))
     if kind == CRACK:
-        off = 0.06 * s * sin2pi(3.0 * a / s + sd) + 0.03 * s * sin2pi(7.0 * a / s + 2.0 * sd)
-        width = max(0.012 * s, 0.6 * mw)
-        dn = abs(p - off)
-        along = abs(a) < 0.5 * s
-        return (dn < width) and along, _clamp01(1.5 * (1.0 - dn / width)) * _clamp01((0.5 * s - abs(a)) / (0.05 * s))
+        off = 0.025 * s * sin2pi(2.0 * a / s + sd) + 0.01 * s * sin2pi(5.0 * a / s + 2.0 * sd)
+        return _line(a, abs(p - off), s, mw, 0.004)
     if kind == FRAY:
-        spacing = max(0.15 * s, 2.5 * mw)
-        x = p / spacing + sd
-        q = abs((x - math.floor(x)) - 0.5)
-        inside = abs(a) < 0.5 * s and abs(p) < 0.35 * s
-        if not inside:
-            return False, 0.0
-        return q < 0.2, 0.8 * _clamp01((0.2 - q) / 0.1)
-    theta = math.atan2(p, a)  # BREAK: an irregular chipped region
-    radius = 0.5 * s * (1.0 + 0.3 * sin2pi(3.0 * theta / (2.0 * math.pi) + sd)
-                        + 0.15 * sin2pi(7.0 * theta / (2.0 * math.pi)))
-    dist = math.sqrt(a * a + p * p)
-    return dist < radius, _clamp01((radius - dist) / (0.15 * radius))
+        r = _ellipse(a, p, s, 0.5, 0.2)
+        edge = 1.0 + 0.25 * sin2pi(5.0 * a / s + sd) + 0.15 * sin2pi(13.0 * a / s + 2.0 * sd)
+        return r < edge, 0.7 * _clamp01((edge - r) / 0.2) * (0.7 + 0.3 * sin2pi(17.0 * p / s + sd))
+    if kind == BREAK:
+        theta = math.atan2(p, a)
+        radius = 0.5 * s * (1.0 + 0.3 * math.sin(3.0 * theta + 2.0 * math.pi * sd) + 0.15 * math.sin(7.0 * theta))
+        dist = math.sqrt(max(a * a + p * p, 1e-24))
+        return dist < radius, _clamp01((radius - dist) / (0.15 * radius))
+    if kind == UNEVEN:
+        r = _ellipse(a, p, s, 1.5, 0.5)
+        edge = 1.0 + 0.1 * sin2pi(2.0 * a / s + sd)
+        return r < edge, 0.6 * _clamp01((edge - r) / 0.3)
+    if kind == STAIN:
+        r = _ellipse(a, p, s, 0.5, 0.45) * (1.0 + 0.15 * sin2pi(2.0 * p / s + sd))
+        return r < 1.0, 0.5 * _clamp01(1.0 - r) ** 2
+    if kind == DUST:
+        rad = max(0.1 * s, 0.7 * mw)
+        r = math.sqrt(max((a * a + p * p) / (rad * rad), 1e-24))
+        return r < 1.0, _clamp01(1.5 * (1.0 - r))
+    inside, dark = _line(a, abs(p), s, mw, 0.002)  # SCRATCH
+    return inside, 0.8 * dark
 
 
 @numba.njit(parallel=True, cache=True)
-def decal_rows(slot, local, position, height, num_slots, fx, dtype, dkind, center, size, cos_a, sin_a, contrast, seed,
-               defect, decal):
-    """Defect decals on ground pixels: ``defect`` [B*H, W] (0 none, d + 1 for the last slot d whose mask holds)
-    and ``decal`` [B*H, W] = 1 - prod_d (1 - contrast_d * darkness_d). Per-image tables are [B] / [B, D]
-    (``cos_a``, ``sin_a``: of each defect's angle)."""
+def decal_rows(slot, local, position, height, num_slots, fx, dtype, dlabel, dkind, center, size, cos_a, sin_a,
+               contrast, seed, extent, sign, defect, decal):
+    """Defect decals on ground pixels: ``defect`` [B*H, W] (0 none, d + 1 for the last labeled slot d whose
+    mask holds) and ``decal`` [B*H, W] = 1 - prod_d (1 - sign_d * contrast_d * darkness_d). Per-image tables
+    are [B] / [B, D] (``cos_a``, ``sin_a``: of each defect's angle); ``extent``, ``sign``: per kind."""
     rows, width = slot.shape
     D = dtype.shape[1]
     for row in numba.prange(rows):
@@ -118,10 +136,11 @@ def decal_rows(slot, local, position, height, num_slots, fx, dtype, dkind, cente
                     continue
                 rx, ry = x - center[b, d, 0], y - center[b, d, 1]
                 c, s = cos_a[b, d], sin_a[b, d]
-                inside, dark = defect_field(dkind[b, d], c * rx + s * ry, -s * rx + c * ry, np.float64(size[b, d]),
-                                            np.float64(seed[b, d]), mw)
-                factor *= 1.0 - contrast[b, d] * dark
-                if inside:
+                k = dkind[b, d]
+                inside, dark = defect_field(k, c * rx + s * ry, -s * rx + c * ry, np.float64(size[b, d]),
+                                            np.float64(seed[b, d]), mw, extent)
+                factor *= 1.0 - sign[k] * contrast[b, d] * dark
+                if inside and dlabel[b, d] > 0:
                     defect[row, i] = d + 1
             decal[row, i] = 1.0 - factor
 

@@ -13,10 +13,30 @@ import math
 import torch
 from torch import Tensor
 
-from synth_torch.spec.constants import DEFECT_KINDS
+from synth_torch.spec.constants import BRIGHT_DEFECT_KINDS, DEFECT_KINDS
 
 _KIND = {name: i for i, name in enumerate(DEFECT_KINDS)}
 _TWO_PI = 2 * math.pi
+
+
+#: Half extents (along, across the defect's axis) of each kind (``DEFECT_KINDS`` order), in sizes: the shape lies
+#: in this box, except that thin lines are never thinner than half a pixel footprint.
+HALF_EXTENT = ((0.5, 0.35), (0.5, 0.04), (0.5, 0.4), (0.7, 0.28), (0.725, 0.725), (1.65, 0.55), (0.59, 0.53),
+               (0.1, 0.1), (0.5, 0.002))
+#: Radius of each kind in sizes: nothing of a defect lies further than this times its size (plus 3 pixel
+#: footprints) from its centre.
+EXTENT = tuple(math.hypot(a, p) for a, p in HALF_EXTENT)
+#: +1 for kinds that darken the surface, -1 for those that lighten it (``BRIGHT_DEFECT_KINDS``).
+SIGN = tuple(-1.0 if k in BRIGHT_DEFECT_KINDS else 1.0 for k in DEFECT_KINDS)
+
+
+def _line(a: Tensor, dn: Tensor, s: Tensor, mw: Tensor, core: float) -> tuple[Tensor, Tensor]:
+    """A thin line at distance ``dn`` across, of length s along ``a``: a core at least half a pixel wide, fully
+    dark, fading over one pixel footprint (so that a line thinner than a pixel stays continuous), tapered at
+    its ends. Returns (inside, darkness)."""
+    w = torch.maximum(core * s, 0.5 * mw)
+    inside = (dn < w) & (a.abs() < 0.5 * s)
+    return inside, ((w + mw - dn) / mw).clamp(0, 1) * ((0.5 * s - a.abs()) / (0.05 * s)).clamp(0, 1)
 
 
 def defect_field(kind: Tensor, a: Tensor, p: Tensor, s: Tensor, seed: Tensor, mw: Tensor) -> tuple[Tensor, Tensor]:
@@ -25,31 +45,46 @@ def defect_field(kind: Tensor, a: Tensor, p: Tensor, s: Tensor, seed: Tensor, mw
     Args:
         kind: index into ``DEFECT_KINDS``; a, p: coordinates along and across the defect's axis (metres,
             centre at the origin); s: size (metres); seed: in [0, 1), varies the shape; mw: pixel footprint
-            (metres): thin defects (cracks, fray) are never thinner than it.
+            (metres): thin defects (cracks, scratches) are never thinner than half of it.
     Returns:
-        (inside: bool, darkness in [0, 1]) of the same shape.
+        (inside: bool, darkness in [0, 1]) of the same shape. Kinds in ``BRIGHT_DEFECT_KINDS`` lighten by it.
     """
-    near = a * a + p * p <= (0.75 * s + 3.0 * mw) ** 2
-    r = torch.sqrt(((a / (0.5 * s)) ** 2 + (p / (0.4 * s)) ** 2).clamp_min(1e-24))
-    blob_in, blob_dark = r < 1, (1.6 * (1 - r)).clamp(0, 1)
-    uneven_dark = 0.6 * (1 - r).clamp(0, 1)
-    off = 0.06 * s * torch.sin(_TWO_PI * (3 * a / s + seed)) + 0.03 * s * torch.sin(_TWO_PI * (7 * a / s + 2 * seed))
-    width = torch.maximum(0.012 * s, 0.6 * mw)
-    dn = (p - off).abs()
-    crack_in = (dn < width) & (a.abs() < 0.5 * s)
-    crack_dark = (1.5 * (1 - dn / width)).clamp(0, 1) * ((0.5 * s - a.abs()) / (0.05 * s)).clamp(0, 1)
-    spacing = torch.maximum(0.15 * s, 2.5 * mw)
-    q = (torch.frac(p / spacing + seed) - 0.5).abs()
-    fray_box = (a.abs() < 0.5 * s) & (p.abs() < 0.35 * s)
-    fray_in, fray_dark = fray_box & (q < 0.2), torch.where(fray_box, 0.8 * ((0.2 - q) / 0.1).clamp(0, 1), 0.0)
+    def ellipse(ra, rp):
+        return torch.sqrt(((a / (ra * s)) ** 2 + (p / (rp * s)) ** 2).clamp_min(1e-24))
+
+    def wave(freq, x, shift):
+        return torch.sin(_TWO_PI * (freq * x / s + shift))
+
+    hole = ellipse(0.5, 0.35)
+    spot = ellipse(0.5, 0.4)
+    off = 0.025 * s * wave(2, a, seed) + 0.01 * s * wave(5, a, 2 * seed)
+    crack_in, crack_dark = _line(a, (p - off).abs(), s, mw, 0.004)
+    fray = ellipse(0.5, 0.2)
+    fray_edge = 1 + 0.25 * wave(5, a, seed) + 0.15 * wave(13, a, 2 * seed)
     theta = torch.atan2(p, a)
     radius = 0.5 * s * (1 + 0.3 * torch.sin(3 * theta + _TWO_PI * seed) + 0.15 * torch.sin(7 * theta))
     dist = torch.sqrt((a * a + p * p).clamp_min(1e-24))
-    break_in, break_dark = dist < radius, ((radius - dist) / (0.15 * radius)).clamp(0, 1)
+    band = ellipse(1.5, 0.5)
+    band_edge = 1 + 0.1 * wave(2, a, seed)
+    stain = ellipse(0.5, 0.45) * (1 + 0.15 * wave(2, p, seed))
+    speck = torch.sqrt(((a * a + p * p) / torch.maximum(0.1 * s, 0.7 * mw) ** 2).clamp_min(1e-24))
+    scratch_in, scratch_dark = _line(a, p.abs(), s, mw, 0.002)
+    shapes = {
+        "blowhole": (hole < 1, (2 * (1 - hole)).clamp(0, 1)),
+        "crack": (crack_in, crack_dark),
+        "spot": (spot < 1, (1.6 * (1 - spot)).clamp(0, 1)),
+        "fray": (fray < fray_edge, 0.7 * ((fray_edge - fray) / 0.2).clamp(0, 1) * (0.7 + 0.3 * wave(17, p, seed))),
+        "break": (dist < radius, ((radius - dist) / (0.15 * radius)).clamp(0, 1)),
+        "uneven": (band < band_edge, 0.6 * ((band_edge - band) / 0.3).clamp(0, 1)),
+        "stain": (stain < 1, 0.5 * (1 - stain).clamp(0, 1) ** 2),
+        "dust": (speck < 1, (1.5 * (1 - speck)).clamp(0, 1)),
+        "scratch": (scratch_in, 0.8 * scratch_dark),
+    }
+    extent = torch.tensor(EXTENT, dtype=a.dtype, device=a.device)[kind]
+    near = a * a + p * p <= (extent * s + 3.0 * mw) ** 2
     inside = torch.zeros_like(near)
     dark = torch.zeros_like(a)
-    for name, m, dk in (("blowhole", blob_in, blob_dark), ("spot", blob_in, blob_dark), ("uneven", blob_in, uneven_dark),
-                        ("crack", crack_in, crack_dark), ("fray", fray_in, fray_dark), ("break", break_in, break_dark)):
+    for name, (m, dk) in shapes.items():
         sel = kind == _KIND[name]
         inside = torch.where(sel, m, inside)
         dark = torch.where(sel, dk, dark)
@@ -64,8 +99,9 @@ def decal_pass(ground: Tensor, local: Tensor, depth: Tensor, fx: Tensor, defects
         depth: [B, H, W] camera-frame z; fx: [B] focal length in pixels; defects: a
         :class:`~synth_torch.spec.types.DefectSpec` ([B, D] tables).
     Returns:
-        defect [B, H, W] int32 (0 none, d + 1 for the last defect slot d covering the pixel) and decal
-        [B, H, W] = 1 - prod_d (1 - contrast_d * darkness_d).
+        defect [B, H, W] int32 (0 none, d + 1 for the last labeled defect slot d covering the pixel; decoys are
+        drawn but leave no id) and decal [B, H, W] = 1 - prod_d (1 - sign_d * contrast_d * darkness_d), with
+        sign -1 for kinds that lighten the surface (the decal is then negative).
     """
     B, D = defects.type.shape
     defect = torch.zeros(ground.shape, dtype=torch.int32, device=ground.device)
@@ -83,6 +119,8 @@ def decal_pass(ground: Tensor, local: Tensor, depth: Tensor, fx: Tensor, defects
         c, s = torch.cos(per(defects.angle)), torch.sin(per(defects.angle))
         inside, dark = defect_field(per(defects.kind), c * rx + s * ry, -s * rx + c * ry, per(defects.size),
                                     per(defects.seed), mw)
-        factor = factor * torch.where(present, 1 - per(defects.contrast) * dark, torch.ones_like(dark))
-        defect = torch.where(present & inside, torch.full_like(defect, d + 1), defect)
+        sign = torch.tensor(SIGN, dtype=dark.dtype, device=dark.device)[per(defects.kind)]
+        factor = factor * torch.where(present, 1 - sign * per(defects.contrast) * dark, torch.ones_like(dark))
+        labeled = present & (per(defects.label) > 0)
+        defect = torch.where(labeled & inside, torch.full_like(defect, d + 1), defect)
     return defect, 1 - factor

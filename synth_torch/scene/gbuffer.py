@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 import synth_torch.render as dr
 from synth_torch.camera import Camera, mat_vec
 from synth_torch.render import cpu
-from synth_torch.scene.decals import decal_pass
+from synth_torch.scene.decals import EXTENT, SIGN, decal_pass
 from synth_torch.scene.geometry import SceneGeometry, camera_clip
 from synth_torch.spec.types import SceneSpec, tree_map
 
@@ -180,6 +181,9 @@ def _surface_fast(geom, rast, vattr, nattr):
     return slot, position, normal, local, light
 
 
+_EXTENT, _SIGN = np.array(EXTENT), np.array(SIGN)
+
+
 def _decals_fast(spec, slot, local, position):
     from synth_torch.scene import _kernels
 
@@ -190,9 +194,10 @@ def _decals_fast(spec, slot, local, position):
     a = d.angle.double()
     _kernels.decal_rows(slot.view(B * H, W).numpy(), local.view(B * H, W * 3).numpy(),
                         position.view(B * H, W * 3).numpy(), H, spec.num_slots,
-                        spec.camera.K[:, 0, 0].double().numpy(), d.type.numpy(), d.kind.numpy(),
+                        spec.camera.K[:, 0, 0].double().numpy(), d.type.numpy(), d.label.numpy(), d.kind.numpy(),
                         d.center.double().numpy(), d.size.numpy(), torch.cos(a).numpy(), torch.sin(a).numpy(),
-                        d.contrast.double().numpy(), d.seed.numpy(), defect.view(B * H, W).numpy(),
+                        d.contrast.double().numpy(), d.seed.numpy(), _EXTENT, _SIGN,
+                        defect.view(B * H, W).numpy(),
                         decal.view(B * H, W).numpy())
     return defect, decal
 

@@ -11,7 +11,11 @@ from enum import IntEnum
 TEXTURES: tuple[str, ...] = ("solid", "checker", "stripes", "noise", "marble", "wood", "brushed")
 PLACEMENTS: tuple[str, ...] = ("ground", "floating", "stacked")
 SURFACES: tuple[str, ...] = ("tabletop", "inspection")
-DEFECT_KINDS: tuple[str, ...] = ("blowhole", "crack", "spot", "fray", "break", "uneven")
+DEFECT_KINDS: tuple[str, ...] = ("blowhole", "crack", "spot", "fray", "break", "uneven", "stain", "dust", "scratch")
+#: Defect kinds that lighten the surface (the others darken it).
+BRIGHT_DEFECT_KINDS: tuple[str, ...] = ("dust", "scratch")
+#: Where a defect type's centre is placed: anywhere on the visible surface, or on the border of the view.
+DEFECT_PLACEMENTS: tuple[str, ...] = ("anywhere", "edge")
 
 
 class SlotKind(IntEnum):

@@ -83,7 +83,9 @@ PARAMS: tuple[Param, ...] = (
     _p("ground.texture_scale", [2.0, 8.0], 0.01, 1000, "periods/m", "ground texture frequency", neutral=4.0),
     _p("ground.texture_contrast", [0.05, 0.35], 0, 1, "", "ground texture contrast", neutral=0.0),
     _p("ground.grain", 0.0, 0, 1, "", "fine multiplicative grain of the ground (sintered look)"),
-    _p("defects.count", 0.0, 0, 16, "defects", "surface defects per image", integer=True),
+    _p("defects.count", 0.0, 0, 16, "defects", "labeled surface defects per image", integer=True),
+    _p("defects.decoys", 0.0, 0, 16, "decoys", "near-miss decoys per image (defect types marked decoy: stains, dust, "
+       "tool marks), drawn but never labeled", integer=True),
     _p("defects.contrast", [0.2, 0.5], 0, 1, "", "how much a defect darkens the surface at its core", neutral=0.0),
     _p("defects.size", 1.0, 0.05, 20, "x", "multiplies every defect type's size"),
     _p("sensor.exposure_ev", 0.0, -6, 6, "EV", "exposure: the image is multiplied by 2**ev"),

@@ -39,7 +39,7 @@ def test_ddp_sim_ranks_agree_on_weights_and_mined_slices_and_sample_ids_are_disj
     assert [s["weights"] for s in s0] == [s["weights"] for s in s1]
     assert [s["names"] for s in s0] == [s["names"] for s in s1]
     assert s0[1]["weights"] != s0[0]["weights"]  # an update happened at step 2
-    assert len(s0[-1]["names"]) == 5, "the loose thresholds should mine one slice"
+    assert len(s0[-1]["names"]) == len(s0[0]["names"]) + 1, "the loose thresholds should mine one slice"
     # disjoint samples: rank r trains on batches r, r + 2, ...
     ids0 = {i for s in s0 for i in s["sample_id"]}
     ids1 = {i for s in s1 for i in s["sample_id"]}
@@ -48,4 +48,4 @@ def test_ddp_sim_ranks_agree_on_weights_and_mined_slices_and_sample_ids_are_disj
     history = json.loads((out / "slice_miner.json").read_text())["history"]
     assert [h["step"] for h in history] == [2, 4]
     # the per-slice stats were all-reduced: counts cover both ranks' halves of every suite
-    assert history[0]["count"] == [4.0, 4.0, 4.0, 4.0]
+    assert history[0]["count"] == [4.0] * len(s0[0]["names"])

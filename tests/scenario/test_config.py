@@ -63,7 +63,8 @@ def test_defects_contents():
     assert sc.surface == "inspection"
     assert sc.categories == () and sc.max_objects == 0
     assert sc.class_names == ("blowhole", "crack", "break", "fray", "uneven")
-    assert sc.max_defects == 3
+    assert (sc.max_labeled_defects, sc.max_decoys, sc.max_defects) == (3, 4, 7)
+    assert [d.name for d in sc.defect_types if d.decoy] == ["stain", "dust", "scratch"]
 
 
 def test_defaults_fill_every_parameter():

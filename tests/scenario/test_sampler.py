@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from synth_torch.scenario.config import load_scenario
+from synth_torch.scenario.distributions import ConfigError
 from synth_torch.scenario.sampler import ScenarioSampler
 from synth_torch.spec import params as registry
 from synth_torch.spec.constants import SlotKind
@@ -207,16 +208,50 @@ def test_round_objects_never_intersect(tabletop):
 
 def test_defects_scenario_slots():
     sc = load_scenario("defects")
-    spec = draw(sc, 0, torch.arange(64), 0)
+    spec = draw(sc, 0, torch.arange(256), 0)
     assert spec.objects.valid.shape[1] == 0
+    DL = sc.max_labeled_defects
     present = spec.defects.type >= 0
-    assert torch.equal(present.sum(1).float(), spec.params["defects.count"])
-    # Defects sit on the tile (|x|, |y| within 0.6 of its half size 0.16 m).
-    assert (spec.defects.center[present].abs() <= 0.6 * 0.16 + 1e-6).all()
+    labeled, decoy = present[:, :DL], present[:, DL:]
+    assert torch.equal(labeled.sum(1).float(), spec.params["defects.count"])
+    assert torch.equal(decoy.sum(1).float(), spec.params["defects.decoys"])
+    types = sc.defect_types
+    # Labeled slots hold labeled types with class ids after the (absent) categories; decoy slots hold decoys.
+    names = [t.name for t in types if not t.decoy]
+    for b, d in labeled.nonzero().tolist():
+        t = types[int(spec.defects.type[b, d])]
+        assert not t.decoy and int(spec.defects.label[b, d]) == 1 + names.index(t.name)
+    for b, d in decoy.nonzero().tolist():
+        assert types[int(spec.defects.type[b, DL + d])].decoy and int(spec.defects.label[b, DL + d]) == 0
+    assert (spec.defects.label[~present] == 0).all()
+    # Centres lie in the visible part of the tile (half side: distance * sensor / (2 focal) for a near
+    # top-down view, at most the tile's 0.16 m); edge types sit on a border, along it.
+    v = spec.params
+    half = (v["camera.distance"] * v["camera.sensor_mm"] / (2 * v["camera.focal_mm"])).clamp(max=0.16)[:, None]
+    c = spec.defects.center
+    assert (c.abs() <= half[..., None] + 1e-6)[present].all()
+    edge = torch.tensor([t.placement == "edge" for t in types])[spec.defects.type.clamp(min=0)] & present
+    assert edge.any() and (present & ~edge).any()
+    on_border = (c.abs().amax(-1) - half).abs() < 1e-5
+    assert on_border[edge].all() and not on_border[present & ~edge].any()
+    horizontal = (c[..., 1].abs() - half).abs() < 1e-5  # top/bottom border: axis along x
+    angle = spec.defects.angle
+    assert torch.allclose(angle[edge & horizontal], torch.tensor(0.0))
+    assert torch.allclose(angle[edge & ~horizontal], torch.tensor(math.pi / 2))
     assert (spec.defects.size[present] > 0).all()
-    kinds = ("blowhole", "crack", "spot", "fray", "break", "uneven")
-    names = [sc.defect_types[int(t)].kind for t in spec.defects.type[present]]
+    kinds = ("blowhole", "crack", "spot", "fray", "break", "uneven", "stain", "dust", "scratch")
+    names = [types[int(t)].kind for t in spec.defects.type[present]]
     assert [kinds[int(k)] for k in spec.defects.kind[present]] == names
+
+
+def test_decoy_only_scenarios_and_bad_defect_types_are_rejected():
+    base = {"objects": {"count": 0}, "defects": {"count": 1}}
+    with pytest.raises(ConfigError, match="decoy"):
+        load_scenario({**base, "defect_types": [{"name": "s", "kind": "stain", "decoy": True}]})
+    with pytest.raises(ConfigError, match=r"defect_types\[0\]\.placement"):
+        load_scenario({**base, "defect_types": [{"name": "c", "kind": "crack", "placement": "corner"}]})
+    with pytest.raises(ConfigError, match=r"defect_types\[0\]\.decoy"):
+        load_scenario({**base, "defect_types": [{"name": "c", "kind": "crack", "decoy": "yes"}]})
 
 
 def test_sampler_on_a_scenario_without_objects_or_defects_slots():

@@ -60,7 +60,7 @@ def test_padded_and_compact_layouts_render_the_same_batch(scenario):
         geom = assemble(spec, compact=compact, fast=False)
         g = build_gbuffer(spec, geom, CTX, RES, shadows=ds.scenario.shadows, fast=False)
         image = render_image(spec, geom, g, "torch")
-        labels = label_passes(spec, g, geom, ds.sampler.num_objects, len(ds.scenario.categories), fast=False)
+        labels = label_passes(spec, g, geom, ds.sampler.num_objects, fast=False)
         out[compact] = (g, image, labels)
     (g0, i0, l0), (g1, i1, l1) = out[False], out[True]
     for name in ("slot", "position", "normal", "local", "light", "shadow_depth", "defect", "decal", "coverage"):

@@ -23,6 +23,7 @@ import synth_torch.render as dr
 from synth_torch.scenario import ScenarioSampler, load_scenario
 from synth_torch.scene import assemble, build_gbuffer
 from synth_torch.shading import render_image
+from synth_torch.shading.materials import LightTable
 
 RES = (64, 64)
 CTX = dr.RasterizeContext(device="cpu")
@@ -49,11 +50,16 @@ def _check(spec, edit, eps: float, rtol: float, shadows: bool = True, geometric:
     with torch.no_grad():
         (plus, g_plus), (minus, g_minus), (_, g) = (_render(edit(spec, torch.tensor(v)), shadows, not geometric)
                                                    for v in (eps, -eps, 0.0))
-    if geometric:  # pixels whose visible triangle stays the same over the step, not at grazing angles
+    if geometric:  # pixels whose visible triangle stays the same over the step, not at grazing angles, and that
+        # stay on one side of the Lambertian terminator (max(0, n.l) has a kink there)
         ids = [x.rast[..., 3] for x in (g_plus, g_minus, g)]
         facing = -(g.normal * g.position).sum(-1) / g.position.norm(dim=-1).clamp_min(1e-9)
-        keep = (ids[0] == ids[2]) & (ids[1] == ids[2]) & ((facing > 0.1) | (g.slot < 0))
+        light = LightTable.from_spec(spec).direction[:, None, None]
+        lit = [(x.normal * light).sum(-1) > 0 for x in (g_plus, g_minus)]
+        keep = (ids[0] == ids[2]) & (ids[1] == ids[2]) & ((facing > 0.1) | (g.slot < 0)) & (lit[0] == lit[1])
         weights = weights * keep[:, None]
+    # The image is clamped to [0, 1]: pixels that touch a bound within the step are not differentiable there.
+    weights = weights * ((plus > 1e-6) & (plus < 1 - 1e-6) & (minus > 1e-6) & (minus < 1 - 1e-6))
     fd = float(((plus.double() - minus.double()) * weights).sum()) / (2 * eps)
     t = torch.zeros((), requires_grad=True)
     image, _ = _render(edit(spec, t), shadows, not geometric)
