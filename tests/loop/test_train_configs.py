@@ -27,7 +27,8 @@ def _train_module():
 
 
 TINY = ["data.resolution=32", "data.batch_size=2", "data.val_samples_per_slice=2", "data.val_batch_size=2",
-        "data.real_val_max_images=2", "callbacks.slice_miner.mine_samples=16", "callbacks.slice_miner.mine_every=1",
+        "data.real_val_max_images=2", "callbacks.slice_miner.mine_samples=16",
+        "callbacks.slice_miner.mining.min_support=8", "callbacks.slice_miner.mine_every=1",
         "callbacks.slice_miner.every_n_train_steps=1", "trainer.fast_dev_run=1", "logger=none",
         "print_config=false", "model.net.depth=2", "model.net.width=4"]
 
