@@ -178,6 +178,40 @@ def test_finite_length_with_workers_yields_length_batches():
     assert sorted(b.batch_index for b in got) == [0, 1, 2]
 
 
+def test_non_finite_values_name_the_parameter_and_the_image():
+    """Values edited after sampling (a hard-example search) are checked when applied; a camera built by hand is
+    checked when its spec is made."""
+    from dataclasses import replace
+
+    ds = SynthDataset(SCENE, batch_size=2, resolution=RES)
+    index = torch.arange(2)
+    for name, bad in (("camera.focal_mm", float("nan")), ("camera.distance", float("inf")),
+                      ("material.value", float("nan"))):
+        params = ds.sampler.sample_params(index, ds.slice_ids(index), ds.weights.overrides(ds.scenario))
+        params.values[name][1] = bad
+        with pytest.raises(ConfigError, match=rf"{name} holds NaN or infinite values \(image\(s\) \[1\]\)"):
+            ds.render_params(params)
+    spec = ds.sampler.build(ds.sampler.sample_params(index, ds.slice_ids(index), ds.weights.overrides(ds.scenario)),
+                            ds.resolution)
+    K = spec.camera.K.clone()
+    K[0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"spec.camera.K contains NaN or infinite values \(image\(s\) \[0\]\)"):
+        replace(spec.camera, K=K)
+
+
+def test_flags_and_counts_must_have_their_type():
+    """"false" would be truthy and 2.5 would be truncated: both are refused, naming the argument."""
+    with pytest.raises(ConfigError, match="sensor: expected true or false, got 'false'"):
+        SynthDataset(SCENE, sensor="false")
+    with pytest.raises(ConfigError, match="batch_size: expected an integer, got 2.5"):
+        SynthDataset(SCENE, batch_size=2.5)
+    with pytest.raises(ConfigError, match="length: expected an integer or null, got '3'"):
+        SynthDataset(SCENE, length="3")
+    with pytest.raises(ConfigError, match="seed: expected an integer, got True"):
+        SynthDataset(SCENE, seed=True)
+    assert SynthDataset(SCENE, batch_size=__import__("numpy").int64(3), resolution=(32, 40)).batch_size == 3
+
+
 def test_bad_arguments():
     with pytest.raises(ConfigError, match="batch_size"):
         SynthDataset(SCENE, batch_size=0)

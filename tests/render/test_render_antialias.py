@@ -114,3 +114,5 @@ def test_topology_hash_and_validation():
         dr.antialias(color, rast, pos, tri[:1], topology_hash=th)
     with pytest.raises(ValueError, match="color must be"):
         dr.antialias(color[..., 0], rast, pos, tri)
+    with pytest.raises(ValueError, match=r"antialias: inputs on different devices \(color on meta, rast on cpu"):
+        dr.antialias(color.to("meta"), rast, pos, tri)

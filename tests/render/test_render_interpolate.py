@@ -89,6 +89,9 @@ def test_constant_attribute_is_reproduced_exactly_inside():
     ("diff_str", "diff_attrs must be 'all'"),
     ("diff_range", "out of range"),
     ("db_shape", "rast_db must have the shape of rast"),
+    ("attr_nan", "interpolate: attr contains NaN or infinite values"),
+    ("attr_inf", "interpolate: attr contains NaN or infinite values"),
+    ("devices", r"interpolate: inputs on different devices \(attr on meta, rast on cpu\)"),
 ])
 def test_interpolate_validation(case, match):
     rast, db = rendered()
@@ -106,5 +109,9 @@ def test_interpolate_validation(case, match):
         kwargs = dict(rast_db=db, diff_attrs=[2])
     elif case == "db_shape":
         kwargs = dict(rast_db=db[..., :2], diff_attrs=[0])
+    elif case in ("attr_nan", "attr_inf"):
+        attr[0, 1, 1] = float("nan") if case == "attr_nan" else -float("inf")
+    elif case == "devices":
+        attr = attr.to("meta")
     with pytest.raises(ValueError, match=match):
         dr.interpolate(attr, rast, TRI, **kwargs)

@@ -128,3 +128,19 @@ def test_batched_textures_and_validation():
         dr.texture(TEX, uv[:1], filter_mode="linear-mipmap-linear")
     with pytest.raises(ValueError, match="matches neither 1 nor uv's batch"):
         dr.texture(torch.cat((tex, tex)), uv)
+
+
+@pytest.mark.parametrize("name", ["tex", "uv", "uv_da", "mip_level_bias"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_inputs_name_the_argument(name, bad):
+    args = {"tex": TEX.clone(), "uv": torch.full((1, 2, 2, 2), 0.3, dtype=F64),
+            "uv_da": torch.full((1, 2, 2, 4), 0.1, dtype=F64), "mip_level_bias": torch.zeros(1, 2, 2, dtype=F64)}
+    args[name].view(-1)[1] = bad
+    with pytest.raises(ValueError, match=f"texture: {name} contains NaN or infinite values"):
+        dr.texture(args["tex"], args["uv"], args["uv_da"], args["mip_level_bias"], filter_mode="linear-mipmap-linear")
+
+
+def test_inputs_on_different_devices_are_named():
+    uv = torch.full((1, 1, 1, 2), 0.3, dtype=F64)
+    with pytest.raises(ValueError, match=r"texture: inputs on different devices \(tex on cpu, uv on meta\)"):
+        dr.texture(TEX, uv.to("meta"))
