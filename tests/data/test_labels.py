@@ -583,7 +583,6 @@ def test_drop_hidden(tabletop_pair):
 
 
 def test_to_torchvision_feeds_a_detection_model(tabletop_pair):
-    torchvision = pytest.importorskip("torchvision")
     from torchvision import tv_tensors
     from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
 

@@ -72,7 +72,7 @@ def test_datasets_show(tabletop_export, capsys):
 
 
 def test_scenario_digest_normalises_and_hashes_assets(tmp_path, source_date):
-    trimesh = pytest.importorskip("trimesh")
+    import trimesh
     mesh_dir = tmp_path / "meshes"
     mesh_dir.mkdir()
     trimesh.creation.box(extents=(1.0, 0.6, 0.4)).export(mesh_dir / "widget.obj")

@@ -135,7 +135,6 @@ def test_checkpoint_resume_continues_same_weights_and_stream(tmp_path):
 
 
 def test_wandb_offline_run_holds_metrics_and_weights(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
     from lightning.pytorch.loggers import WandbLogger
 
     import wandb

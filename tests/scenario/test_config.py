@@ -75,7 +75,7 @@ def test_defaults_fill_every_parameter():
 
 
 def _mesh_scenario(tmp_path):
-    trimesh = pytest.importorskip("trimesh")
+    import trimesh
     from PIL import Image
 
     (tmp_path / "assets").mkdir()
@@ -203,7 +203,7 @@ def test_overrides_merge_recursively():
 
 
 def test_omegaconf_node():
-    omegaconf = pytest.importorskip("omegaconf")
+    import omegaconf
     node = omegaconf.OmegaConf.create(minimal(camera={"distance": [1.0, 1.5]}))
     assert load_scenario(node).parameters["camera.distance"] == Dist("uniform", 1.0, 1.5)
 
