@@ -154,11 +154,14 @@ def test_workers_same_samples_and_shared_weights():
 def test_forked_workers_after_rendering_in_the_parent():
     """numba's OpenMP layer would abort forked workers once the parent has rendered; the kernels use the
     fork-safe work-queue layer."""
-    ds = SynthDataset(SCENE, batch_size=2, resolution=RES)
-    ds.render_batch(torch.arange(2))  # the parent has now used the parallel rasterizer
+    ds = SynthDataset(SCENE, batch_size=2, resolution=RES, seed=5)
+    first = ds.render_batch(torch.arange(2))  # the parent has now used the parallel rasterizer
     got = list(itertools.islice(DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork",
-                                           timeout=120), 2))
-    assert len(got) == 2
+                                           timeout=120), 3))
+    assert [b.batch_index for b in got] == [0, 1, 2]  # worker 0, worker 1, worker 0 again
+    assert_same(got[0], first)
+    for b in got[1:]:
+        assert_same(b, ds.render_batch(torch.arange(2 * b.batch_index, 2 * b.batch_index + 2)))
 
 
 def test_finite_length_ends_in_the_main_process_and_the_next_epoch_continues():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import time
 from pathlib import Path
 
@@ -82,10 +83,14 @@ def test_planted_slice_is_mined_added_and_rendered(tmp_path):
     # the new slice renders inside its region and has a validation suite
     (suite,) = dm.suite(mined["name"])
     assert (suite.params["light.intensity"] < hi).all()
-    # the next round excludes it (no duplicate) and evaluates it
+    # the next round excludes it (no duplicate) and evaluates it: its suite lies in the planted region, so its
+    # loss is the planted one (1.1 +- 0.05), finite and above every scenario slice outside the region
     miner.run_round(dm.trainer, dm.trainer.lightning_module)
     assert [m["name"] for m in miner.mined].count(mined["name"]) == 1
-    assert miner.history[-1]["loss"][-1] is not None
+    losses = miner.history[-1]["loss"]
+    assert len(losses) == len(weights) and losses[-1] is not None and math.isfinite(losses[-1])
+    assert 1.0 < losses[-1] < 1.2
+    assert miner.history[-1]["count"][-1] == 4
 
 
 def test_bad_miner_arguments_raise():
