@@ -25,7 +25,7 @@ from synth_torch.scenario.sampler import ScenarioSampler
 from synth_torch.scene import assemble, build_gbuffer
 from synth_torch.scene.library import template
 from synth_torch.shading import render_image
-from synth_torch.spec.types import CameraSpec
+from synth_torch.spec.types import CameraSpec, tree_map
 
 H, W = 48, 64
 FX = FY = 80.0
@@ -154,9 +154,10 @@ def mask_extent(mask: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 # Hand-built scenes through render + extract_labels.
 
-def render_scene(objects, cameras, K=None, fast=None):
+def render_scene(objects, cameras, K=None, fast=None, device="cpu"):
     """One image per camera, all with the same ``objects`` (dicts: shape, size, center, yaw in degrees), through
-    the G-buffer passes (compiled when ``fast``, torch reference when not) and the label passes."""
+    the G-buffer passes (compiled when ``fast``, torch reference when not) and the label passes; on CUDA the torch
+    passes and the torch rasterizer (bit-identical to the CPU's), results back on the CPU."""
     sc = load_scenario(SCENE)
     sampler = ScenarioSampler(sc, 0)
     B, S = len(cameras), sampler.max_slots
@@ -180,12 +181,13 @@ def render_scene(objects, cameras, K=None, fast=None):
     spec = replace(spec, camera=CameraSpec(K=K.float().expand(B, 3, 3).clone(), world_to_cam=torch.stack(cameras).float()),
                    objects=replace(spec.objects, valid=valid, shape=shape, label=label, scale=scale, rotation=rotation,
                                    translation=translation))
-    ctx = dr.RasterizeContext(device="cpu")
+    ctx = dr.RasterizeContext(device=device, backend="auto" if device == "cpu" else "torch")
+    spec = spec.to(device)
     geom = assemble(spec)
     gbuffer = build_gbuffer(spec, geom, ctx, (H, W), shadows=False, fast=fast)
     image = render_image(spec, geom, gbuffer, "numba" if fast in (None, True) else "torch", antialias=False)
     labels = label_passes(spec, gbuffer, geom, sampler.num_objects, len(sc.categories), fast=fast)
-    return image, labels
+    return image.cpu(), tree_map(labels, lambda t: t.cpu())
 
 
 BOX = {"shape": "box", "size": (0.3, 0.18, 0.1), "center": (0.05, -0.03, 0.05), "yaw": 30.0}
@@ -193,11 +195,12 @@ BALL_OBJ = {"shape": "sphere", "size": (0.16, 0.16, 0.16), "center": (-0.2, 0.12
 TALL = {"shape": "box", "size": (0.08, 0.08, 0.2), "center": (0.2, 0.17, 0.1), "yaw": -15.0}
 
 
-@pytest.fixture(scope="module", params=["compiled", "reference"])
+@pytest.fixture(scope="module", params=["compiled", "reference", pytest.param("cuda", marks=pytest.mark.gpu)])
 def box_scene(request):
-    """The same hand-built scene through the compiled passes and through the torch references."""
+    """The same hand-built scene through the compiled passes, through the torch references, and on CUDA."""
     objects = [BOX, BALL_OBJ, TALL]
-    image, labels = render_scene(objects, [TOP_DOWN, OBLIQUE], fast=request.param == "compiled")
+    device = "cuda" if request.param == "cuda" else "cpu"
+    image, labels = render_scene(objects, [TOP_DOWN, OBLIQUE], fast=request.param == "compiled", device=device)
     return objects, image, labels
 
 
@@ -403,18 +406,24 @@ def test_half_hidden_object():
 # ----------------------------------------------------------------------------------------------------------
 # SynthDataset batches.
 
-@pytest.fixture(scope="module")
-def tabletop_pair():
-    """The same tabletop samples with and without sensor effects (heavy occlusion slice included)."""
-    kw = dict(batch_size=3, resolution=(48, 64), seed=5)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def tabletop_pair(request):
+    """The same tabletop samples with and without sensor effects (heavy occlusion slice included), rendered on
+    each device (CUDA: whatever backend ``auto`` picks, nvdiffrast when it imports) and checked on the CPU."""
+    kw = dict(batch_size=3, resolution=(48, 64), seed=5, device=request.param)
     on, off = SynthDataset("tabletop", sensor=True, **kw), SynthDataset("tabletop", sensor=False, **kw)
     slices = torch.tensor([0, on.slice_names.index("heavy_occlusion"), on.slice_names.index("motion_blur")])
-    return on.render_batch(torch.arange(3), slices), off.render_batch(torch.arange(3), slices), on.scenario
+    return (on.render_batch(torch.arange(3), slices).to("cpu"), off.render_batch(torch.arange(3), slices).to("cpu"),
+            on.scenario)
 
 
-@pytest.fixture(scope="module")
-def defects_batch():
-    return SynthDataset("defects", batch_size=4, resolution=64, seed=1, sensor=False).render_batch(torch.arange(4))
+@pytest.fixture(scope="module", params=DEVICES)
+def defects_batch(request):
+    ds = SynthDataset("defects", batch_size=4, resolution=64, seed=1, sensor=False, device=request.param)
+    return ds.render_batch(torch.arange(4)).to("cpu")
 
 
 def _label_fields():

@@ -43,10 +43,13 @@ def test_compiled_shader_matches_the_reference(scenario, sensor):
         assert torch.equal(getattr(fast, name), getattr(ref, name)), name
 
 
-@pytest.mark.parametrize("shader", ["numba", "torch"])
-def test_each_shader_is_bit_identical_across_batches(shader):
-    """Sample i renders to the same bits alone, in another batch size, and among other samples."""
-    ds = SynthDataset("tabletop", batch_size=6, resolution=48, seed=1, shader=shader)
+SHADER_DEVICES = [("numba", "cpu"), ("torch", "cpu"), pytest.param("torch", "cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("shader,device", SHADER_DEVICES)
+def test_each_shader_is_bit_identical_across_batches(shader, device):
+    """Sample i renders to the same bits alone, in another batch size, and among other samples (on each device)."""
+    ds = SynthDataset("tabletop", batch_size=6, resolution=48, seed=1, shader=shader, device=device)
     full = ds.render_batch(torch.arange(6))
     sub = ds.render_batch(torch.tensor([4, 1]))
     other = ds.render_batch(torch.tensor([9, 4, 30]))
