@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from synth_torch.fileio import writable_folder, write_text_atomic
+
 CASES = {  # name -> (scenario, batch, resolution)
     "tabletop-128": ("tabletop", 64, 128),
     "tabletop-256": ("tabletop", 64, 256),
@@ -223,6 +225,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.batches < 1 or args.workers < 0 or args.memory_batches < 0:
         parser.error("--batches must be >= 1, --workers and --memory-batches >= 0")
+    if args.json:
+        try:  # before minutes of measuring, not after
+            writable_folder(Path(args.json).parent, create=False)
+        except OSError as exc:
+            parser.error(f"--json: {exc}")
     with tqdm(total=4 * len(args.cases) + args.memory_batches, desc="bench", unit="step") as progress:
         results = [run_case(c, args.batches, args.workers, progress) for c in args.cases]
         memory = memory_run(args.memory_batches, progress) if args.memory_batches else None
@@ -230,5 +237,5 @@ def main(argv: list[str] | None = None) -> dict:
     print(report)
     out = {"machine": machine(), "results": results, "memory_mb": memory}
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        write_text_atomic(args.json, json.dumps(out, indent=2))
     return out

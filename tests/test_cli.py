@@ -88,6 +88,21 @@ def test_unwritable_folder(tmp_path, capsys):
         locked.chmod(0o700)
 
 
+@pytest.mark.parametrize("argv", [["demo", "--resolution", "16"], ["preview", "--n", "1", "--resolution", "16"],
+                                  ["bench", "--cases", "train-default", "--batches", "1"]])
+def test_output_under_a_regular_file_fails_first_even_as_root(tmp_path, capsys, argv):
+    """A path below a regular file cannot be written by anyone (root included): refused before any work, naming
+    the file in the way."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    out = ["--json", str(blocker / "bench.json")] if argv[0] == "bench" else ["--out", str(blocker / "sub" / "x.png")]
+    with pytest.raises(SystemExit) as info:
+        main(argv + out)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"{blocker} is a file, not a folder" in err, err
+    assert os.listdir(tmp_path) == ["a_file"] and blocker.read_text() == "x"
+
+
 def test_demo_renders_lit_textured_antialiased_meshes(tmp_path):
     out = tmp_path / "demo.png"
     assert main(["demo", "--resolution", "64", "--out", str(out)]) == 0

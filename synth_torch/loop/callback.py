@@ -34,6 +34,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from synth_torch.fileio import writable_folder, write_text_atomic
 from synth_torch.loop.datamodule import MINE_START, SUITE_STRIDE
 from synth_torch.loop.mining import MinedSlice, Predicate, check_options, find_slices
 from synth_torch.loop.rules import RULES, SliceReweighter, SliceStats
@@ -147,6 +148,8 @@ class SliceMiner(Callback):
             raise ConfigError(f"SliceMiner needs a task with per_sample_loss(batch); {type(pl_module).__name__} has none")
         if dm.train_dataset is None:
             dm.setup(stage)
+        if trainer.is_global_zero:  # fail now, not when the first round writes slice_miner.json
+            _output_folder(trainer.default_root_dir, "SliceMiner (slice_miner.json)")
         if self.reweighter is None:
             weights = dm.train_dataset.weights
             prior = weights.get().double() if self.prior == "scenario" else None
@@ -290,10 +293,10 @@ class SliceMiner(Callback):
             lo = ", ".join(f"{n}={v:.3f}" for n, v in zip(names, record["loss"]) if v is not None)
             mined = f"; mined {[m['name'] for m in record['mined']]}" if record["mined"] else ""
             rank_zero_info(f"SliceMiner step {step}: loss [{lo}] -> weights [{w}]{mined}")
-        out_dir = Path(trainer.default_root_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "slice_miner.json").write_text(json.dumps({"rule": self.rule, "reweight": self.reweight,
-                                                              "history": self.history, "mined": self.mined}, indent=1))
+        out_dir = _output_folder(trainer.default_root_dir, "SliceMiner (slice_miner.json)")
+        write_text_atomic(out_dir / "slice_miner.json", json.dumps({"rule": self.rule, "reweight": self.reweight,
+                                                                    "history": self.history, "mined": self.mined},
+                                                                   indent=1))
 
     def _log_wandb(self, trainer, logger, record: dict, stats: SliceStats) -> None:
         from lightning.pytorch.loggers import WandbLogger
@@ -349,6 +352,13 @@ class SliceMiner(Callback):
         self.rounds = int(state.get("rounds", len(self.history)))
 
 
+def _output_folder(folder, what: str) -> Path:
+    try:
+        return writable_folder(folder)
+    except OSError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
 def finite_any(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).any())
 
@@ -364,6 +374,10 @@ class StreamRecorder(Callback):
         self.steps: list[dict] = []
 
     @override
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        _output_folder(self.out_dir or trainer.default_root_dir, "StreamRecorder.out_dir")
+
+    @override
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         self.steps.append({"batch_index": int(getattr(batch, "batch_index", -1)),
                            "sample_id": [int(x) for x in getattr(batch, "sample_id", torch.zeros(0)).tolist()]})
@@ -375,7 +389,6 @@ class StreamRecorder(Callback):
 
     @override
     def on_train_end(self, trainer, pl_module) -> None:
-        out = Path(self.out_dir or trainer.default_root_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"stream_rank{trainer.global_rank}.json").write_text(json.dumps(
+        out = _output_folder(self.out_dir or trainer.default_root_dir, "StreamRecorder.out_dir")
+        write_text_atomic(out / f"stream_rank{trainer.global_rank}.json", json.dumps(
             {"rank": trainer.global_rank, "world_size": trainer.world_size, "steps": self.steps}))

@@ -92,6 +92,7 @@ def test_every_trainer_option_instantiates(option, strategy, devices, tmp_path):
     assert type(trainer.strategy).__name__ == strategy and trainer.num_devices == devices == cfg.trainer.devices
     assert trainer.max_steps == cfg.trainer.max_steps > 0 and trainer.default_root_dir == str(tmp_path)
     assert trainer.strategy.root_device.type == ("cuda" if on_gpu else "cpu")
+    assert type(trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"  # checkpoints written atomically
     if option == "ddp":
         assert trainer.strategy._process_group_backend in (None, "nccl", "gloo") and cfg.trainer.sync_batchnorm
     if option == "ddp_sim":
