@@ -48,7 +48,7 @@ def test_manifest_matches_schema_checksums_and_counts(tabletop_export):
         sha, path = line.split("  ", 1)
         listed[path] = sha
     on_disk = {p for p in tree(root) if not p.startswith(".export/") and p not in ("manifest.json", "SHA256SUMS")}
-    assert set(listed) == on_disk and len(listed) == m["files"]["count"]
+    assert listed and set(listed) == on_disk and len(listed) == m["files"]["count"]
     assert all(hashlib.sha256((root / p).read_bytes()).hexdigest() == sha for p, sha in listed.items())
     assert m["files"]["content_digest"] == "sha256:" + hashlib.sha256(sums).hexdigest()
     assert sum(f["files"] for f in m["formats"].values()) == len(listed)
