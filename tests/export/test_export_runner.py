@@ -18,7 +18,8 @@ from export_helpers import assert_same_tree, tree
 
 import synth_torch
 from synth_torch.cli import main
-from synth_torch.export import ExportError, describe, export, manifest_digest, read_manifest, shard_from_env
+from synth_torch.export import (ExportError, ExportOptions, describe, export, manifest_digest, read_manifest,
+                                shard_from_env)
 from synth_torch.export.base import Sink
 from synth_torch.scenario.config import load_scenario
 
@@ -264,6 +265,17 @@ def test_bad_scenario_and_count_write_nothing(tmp_path, capsys):
         export({"categories": [{"name": "big box", "shape": "box"}]}, n=1, resolution=16, out=tmp_path / "k",
                formats="kitti", shard=(0, 1))
     assert not (tmp_path / "k").exists()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"options": ExportOptions(include_hidden="no")}, "--include-hidden must be true or false, got 'no'"),
+    ({"options": ExportOptions(yolo_polygons=1)}, "--yolo-polygons must be true or false, got 1"),
+    ({"sensor": "false"}, "sensor must be true or false, got 'false'"),
+])
+def test_flags_that_are_not_booleans_write_nothing(tmp_path, kwargs, message):
+    with pytest.raises(ExportError, match=message):
+        export("tabletop", n=1, resolution=16, out=tmp_path / "d", shard=(0, 1), **kwargs)
+    assert not (tmp_path / "d").exists()
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, source_date, capsys):

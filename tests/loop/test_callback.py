@@ -104,6 +104,28 @@ def test_bad_miner_arguments_raise():
         SliceMiner(every_n_train_steps=None, on_validation=False)
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    ({"every_n_train_steps": 2.5}, "every_n_train_steps: expected an integer or null, got 2.5"),
+    ({"mine_every": 0}, "mine_every: must be >= 1"),
+    ({"mine_samples": 20, "mining": {"min_support": 12}}, r"mine_samples \(20\) must be at least twice"),
+    ({"max_mined": -1}, "max_mined: must be >= 0"),
+    ({"mined_share": 1.5}, "mined_share must be null or lie in"),
+    ({"image_count": 0}, "image_count: must be >= 1"),
+    ({"verbose": "yes"}, "verbose: expected true or false, got 'yes'"),
+    ({"reweight": 0}, "reweight: expected true or false, got 0"),
+    ({"reweighter": {"etaa": 1.0}}, r"reweighter: .*unexpected keyword argument 'etaa'"),
+    ({"reweighter": {"floor": 1.5}}, r"reweighter: floor \(eps\) must be in \[0, 1\)"),
+    ({"mining": {"min_support": 1}}, "mining: min_support must be an int >= 2"),
+    ({"mining": {"alpha": 2.0}}, r"mining: alpha must be in \(0, 1\)"),
+    ({"mining": {"min_effect": float("nan")}}, "mining: min_effect must be a finite number"),
+])
+def test_miner_options_are_checked_at_construction(kwargs, message):
+    """Every option, those handed to the reweighter and to find_slices included, fails when the callback is built
+    (with the config key), not at the first round after hours of training."""
+    with pytest.raises(ConfigError, match=f"callbacks.slice_miner.*{message}"):
+        SliceMiner(**kwargs)
+
+
 def _seg_run(tmp_path, name, max_steps, ckpt_path=None, logger=False):
     pl.seed_everything(0)
     dm = SynthDataModule("defects", batch_size=8, resolution=16, val_samples_per_slice=4, val_batch_size=4)

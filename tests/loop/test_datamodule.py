@@ -84,6 +84,27 @@ def test_bad_arguments_raise_clear_errors():
         SynthDataModule("defects", device="tpu")
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    ({"num_workers": -1}, "data.num_workers: must be >= 0, got -1"),
+    ({"num_workers": "2"}, "data.num_workers: expected an integer, got '2'"),
+    ({"num_workers": 1.5}, "data.num_workers: expected an integer, got 1.5"),
+    ({"worker_timeout": 0}, "data.worker_timeout: must be > 0 seconds"),
+    ({"sensor": "yes"}, "data.sensor: expected true or false, got 'yes'"),
+    ({"real_flips": 1}, "data.real_flips: expected true or false, got 1"),
+    ({"real_required": "false"}, "data.real_required: expected true or false"),
+    ({"val_batch_size": 0}, "data.val_batch_size: must be >= 1"),
+    ({"batch_size": True}, "data.batch_size: expected an integer, got True"),
+    ({"real_val_max_images": 0}, "data.real_val_max_images: must be >= 1 or null"),
+    ({"switch_step": 2.5, "schedule": "pretrain_finetune", "real_root": "x"}, "data.switch_step: expected an integer"),
+    ({"real_fraction": "0.5", "schedule": "mixed", "real_root": "x"}, "data.real_fraction: expected a number"),
+])
+def test_options_of_the_wrong_type_name_their_key(kwargs, message):
+    """Flags are true or false (not "false", which is truthy), counts are integers (not 1.5, which int() would
+    quietly truncate): each is refused when the data module is built, naming its config key."""
+    with pytest.raises(ConfigError, match=message):
+        SynthDataModule("defects", **kwargs)
+
+
 def test_missing_real_root_is_skipped_or_raises(tmp_path):
     with pytest.warns(UserWarning, match="not found"):
         dm = _dm(real_root=str(tmp_path / "absent"))
