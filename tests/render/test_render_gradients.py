@@ -8,7 +8,7 @@ import torch
 from torch.autograd import gradcheck
 
 import synth_torch.render as dr
-from render_helpers import F64, perspective, to_clip
+from render_helpers import F64, context, perspective, to_clip
 
 TRI = torch.tensor([[0, 1, 2], [0, 2, 3]], dtype=torch.int32)
 
@@ -19,16 +19,16 @@ def two_triangles() -> torch.Tensor:
     return to_clip(v, perspective(fov_deg=50.0))[None]
 
 
-@pytest.mark.parametrize("backend", ["cpu", "torch"])
 @pytest.mark.parametrize("grad_db", [True, False])
 def test_rasterize_gradcheck(backend, grad_db):
-    ctx = dr.RasterizeContext("cpu", backend)
-    pos = two_triangles().requires_grad_(True)
-    rast0, _ = dr.rasterize(ctx, pos.detach(), TRI, (8, 10))
+    ctx = context(backend)
+    pos = two_triangles().to(ctx.device).requires_grad_(True)
+    tri = TRI.to(ctx.device)
+    rast0, _ = dr.rasterize(ctx, pos.detach(), tri, (8, 10))
     assert (rast0[..., 3] > 0).sum() > 12
 
     def f(p):
-        rast, db = dr.rasterize(ctx, p, TRI, (8, 10), grad_db=grad_db)
+        rast, db = dr.rasterize(ctx, p, tri, (8, 10), grad_db=grad_db)
         assert torch.equal(rast[..., 3], rast0[..., 3])  # no pixel changes triangle under the perturbation
         return (rast[..., :2], db) if grad_db else rast[..., :2]
 
@@ -108,11 +108,11 @@ def smooth_uv(lo=0.1, hi=0.9, sizes=(8,), seed=0, H=4, W=5):
 
 
 @pytest.mark.parametrize("boundary", ["wrap", "clamp", "zero"])
-def test_texture_linear_gradcheck(boundary):
+def test_texture_linear_gradcheck(boundary, reference_device):
     g = torch.Generator().manual_seed(1)
-    tex = torch.rand(1, 8, 8, 3, generator=g, dtype=F64, requires_grad=True)
+    tex = torch.rand(1, 8, 8, 3, generator=g, dtype=F64).to(reference_device).requires_grad_(True)
     uv = smooth_uv(lo=-0.3 if boundary != "clamp" else 0.1, hi=1.3 if boundary != "clamp" else 0.9)
-    uv.requires_grad_(True)
+    uv = uv.to(reference_device).requires_grad_(True)
     f = lambda t, c: dr.texture(t, c, filter_mode="linear", boundary_mode=boundary)  # noqa: E731
     assert gradcheck(f, (tex, uv), eps=1e-6, atol=1e-6, rtol=1e-4)
 
