@@ -29,14 +29,18 @@ REQUIRE_GPU = REQUIRE_NVDIFFRAST or os.environ.get("SYNTH_TORCH_REQUIRE_GPU") ==
 
 @functools.lru_cache(maxsize=None)
 def nvdiffrast_status() -> str | None:
-    """None when CUDA is present and ``nvdiffrast.torch`` imports (a failed JIT build surfaces at import), else
-    why not."""
+    """None when CUDA is present, ``nvdiffrast.torch`` imports and its CUDA plugin builds (it is JIT-compiled when
+    the first context is made, so a broken build shows here), else why not."""
     if not CUDA:
         return "needs a CUDA device"
     try:
-        import nvdiffrast.torch  # noqa: F401
+        import nvdiffrast.torch as nvdr
     except Exception as exc:
         return f'needs nvdiffrast (pip install "synth-torch[nvdiffrast]"); importing it failed: {exc!r}'
+    try:
+        nvdr.RasterizeCudaContext()
+    except Exception as exc:
+        return f"nvdiffrast imports but its CUDA plugin does not build or load: {exc!r}"
     return None
 
 
