@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import statistics
 from pathlib import Path
+
+from synth_torch.fileio import write_bytes_atomic
 
 SLICES = ("base", "low_contrast_defect", "small_defect", "blurry")
 METRIC = "fg_iou"
@@ -99,7 +102,9 @@ def main() -> None:
         axes[1].legend(fontsize=8)
         fig.tight_layout()
         args.plot.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(args.plot, dpi=110)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, dpi=110, format="png")
+        write_bytes_atomic(args.plot, buffer.getvalue())
         print(f"\nplot: {args.plot}")
 
 

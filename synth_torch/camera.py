@@ -37,6 +37,18 @@ def _batched(t: torch.Tensor, dims: int) -> torch.Tensor:
     return t if t.ndim == dims + 1 else t.unsqueeze(0)
 
 
+def check_finite_camera(K: torch.Tensor, world_to_cam: torch.Tensor, where: str = "camera") -> None:
+    """Raise ``ValueError`` naming the field and the images when ``K`` [B, 3, 3] or ``world_to_cam`` [B, 4, 4]
+    holds NaN or infinite values. CPU tensors only (on CUDA the check would wait for the device)."""
+    for name, t in (("K", K), ("world_to_cam", world_to_cam)):
+        if t.device.type != "cpu":
+            continue
+        bad = ~torch.isfinite(t.detach()).reshape(t.shape[0], -1).all(1)
+        if bad.any():
+            images = bad.nonzero().flatten().tolist()
+            raise ValueError(f"{where}.{name} contains NaN or infinite values (image(s) {images[:10]})")
+
+
 @dataclass
 class Camera:
     """A batch of pinhole cameras sharing one image size.
@@ -63,6 +75,7 @@ class Camera:
                              f"{tuple(self.world_to_cam.shape)}")
         if self.K.shape[0] != self.world_to_cam.shape[0]:
             raise ValueError(f"K batch {self.K.shape[0]} != world_to_cam batch {self.world_to_cam.shape[0]}")
+        check_finite_camera(self.K, self.world_to_cam)
         if not (0 < self.near < self.far):
             raise ValueError(f"need 0 < near < far, got near={self.near}, far={self.far}")
         if int(self.width) <= 0 or int(self.height) <= 0:

@@ -22,11 +22,10 @@ Heavy imports happen inside the commands, so ``synth-torch --help`` is instant.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from synth_torch.fileio import save_png_atomic
+from synth_torch.fileio import save_png_atomic, writable_folder
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
@@ -42,11 +41,10 @@ def _check_writable(out: Path) -> Path:
         raise CLIError(f"--out {str(out)!r} is a directory; give a file name such as {str(out / 'grid.png')!r}")
     if out.suffix.lower() != ".png":
         raise CLIError(f"--out must be a .png file, got {str(out)!r}")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise CLIError(f"cannot write {str(out)!r}: folder {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise CLIError(f"cannot write {str(out)!r}: folder {str(parent)!r} is not writable")
+    try:
+        writable_folder(out.parent if str(out.parent) else Path("."), create=False)
+    except OSError as exc:
+        raise CLIError(f"--out {str(out)!r}: {exc}") from None
     return out
 
 

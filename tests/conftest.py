@@ -1,34 +1,51 @@
-"""Shared pytest fixtures and markers: devices, dtypes, GPU skips.
+"""Shared pytest fixtures and markers: devices, dtypes, GPU skips, and the summary of what was skipped.
 
 * ``device`` runs a test on CPU, and on CUDA when one is present (skipped otherwise, so the test ids
   stay the same on every machine); ``dtype`` runs it in float32 and float64.
 * ``@pytest.mark.gpu`` skips a test without CUDA; ``@pytest.mark.nvdiffrast`` also skips it when
   nvdiffrast does not import (``pip install "synth-torch[nvdiffrast]"``). Both skip cleanly, with the reason.
+* On a machine that must test the GPU, these skips become failures: ``SYNTH_TORCH_REQUIRE_GPU=1`` fails every GPU
+  test when CUDA is absent, and ``SYNTH_TORCH_REQUIRE_NVDIFFRAST=1`` (which implies it) also fails the nvdiffrast
+  tests when nvdiffrast does not import, with the import error (``benchmarks/gpu_check.sh`` sets both).
 * ``shared_real`` is ``../shared/real`` (skipped cleanly when absent); ``fake_tiles`` is a tiny generated
   magnetic-tile folder for the real-data code paths that need no real photograph.
+* Every run ends with the skipped tests grouped by reason, so a skip is never silent.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 CUDA = torch.cuda.is_available()
+REQUIRE_NVDIFFRAST = os.environ.get("SYNTH_TORCH_REQUIRE_NVDIFFRAST") == "1"
+REQUIRE_GPU = REQUIRE_NVDIFFRAST or os.environ.get("SYNTH_TORCH_REQUIRE_GPU") == "1"
 
 
 @functools.lru_cache(maxsize=None)
-def nvdiffrast_ok() -> bool:
-    """CUDA is present and ``nvdiffrast.torch`` imports (a failed JIT build surfaces at import)."""
+def nvdiffrast_status() -> str | None:
+    """None when CUDA is present, ``nvdiffrast.torch`` imports and its CUDA plugin builds (it is JIT-compiled when
+    the first context is made, so a broken build shows here), else why not."""
     if not CUDA:
-        return False
+        return "needs a CUDA device"
     try:
-        import nvdiffrast.torch  # noqa: F401
-    except Exception:
-        return False
-    return True
+        import nvdiffrast.torch as nvdr
+    except Exception as exc:
+        return f'needs nvdiffrast (pip install "synth-torch[nvdiffrast]"); importing it failed: {exc!r}'
+    try:
+        nvdr.RasterizeCudaContext()
+    except Exception as exc:
+        return f"nvdiffrast imports but its CUDA plugin does not build or load: {exc!r}"
+    return None
+
+
+def nvdiffrast_ok() -> bool:
+    return nvdiffrast_status() is None
 
 
 def pytest_configure(config):
@@ -37,9 +54,25 @@ def pytest_configure(config):
 
 def pytest_runtest_setup(item):
     if (item.get_closest_marker("gpu") or item.get_closest_marker("nvdiffrast")) and not CUDA:
+        if REQUIRE_GPU:
+            pytest.fail("SYNTH_TORCH_REQUIRE_GPU/NVDIFFRAST=1 but torch sees no CUDA device", pytrace=False)
         pytest.skip("needs a CUDA device")
     if item.get_closest_marker("nvdiffrast") and not nvdiffrast_ok():
-        pytest.skip('needs nvdiffrast (pip install "synth-torch[nvdiffrast]")')
+        if REQUIRE_NVDIFFRAST:
+            pytest.fail(f"SYNTH_TORCH_REQUIRE_NVDIFFRAST=1: {nvdiffrast_status()}", pytrace=False)
+        pytest.skip(nvdiffrast_status())
+
+
+def pytest_terminal_summary(terminalreporter):
+    """List what was skipped and why (``-q`` shows only a count otherwise)."""
+    reasons = collections.Counter()
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reasons[reason.removeprefix("Skipped: ")] += 1
+    if reasons:
+        terminalreporter.section("skipped tests, by reason")
+        for reason, count in reasons.most_common():
+            terminalreporter.write_line(f"{count:4d}  {reason}")
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])

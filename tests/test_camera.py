@@ -257,6 +257,10 @@ def test_camera_to_moves_every_tensor():
     (dict(near=-0.1), "near"),
     (dict(width=0), "width"),
     (dict(height=-3), "width and height"),
+    (dict(K=hand_K().index_put_((torch.tensor(0), torch.tensor(2)), torch.tensor(float("nan")))),
+     r"camera.K contains NaN or infinite values \(image\(s\) \[0\]\)"),
+    (dict(world_to_cam=hand_pose().index_put_((torch.tensor(1), torch.tensor(3)), torch.tensor(float("inf")))),
+     r"camera.world_to_cam contains NaN or infinite"),
 ])
 def test_camera_rejects_bad_inputs(kwargs, match):
     args = dict(K=hand_K(), world_to_cam=hand_pose(), width=W, height=H) | kwargs

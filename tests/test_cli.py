@@ -88,6 +88,21 @@ def test_unwritable_folder(tmp_path, capsys):
         locked.chmod(0o700)
 
 
+@pytest.mark.parametrize("argv", [["demo", "--resolution", "16"], ["preview", "--n", "1", "--resolution", "16"],
+                                  ["bench", "--cases", "train-default", "--batches", "1"]])
+def test_output_under_a_regular_file_fails_first_even_as_root(tmp_path, capsys, argv):
+    """A path below a regular file cannot be written by anyone (root included): refused before any work, naming
+    the file in the way."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    out = ["--json", str(blocker / "bench.json")] if argv[0] == "bench" else ["--out", str(blocker / "sub" / "x.png")]
+    with pytest.raises(SystemExit) as info:
+        main(argv + out)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"{blocker} is a file, not a folder" in err, err
+    assert os.listdir(tmp_path) == ["a_file"] and blocker.read_text() == "x"
+
+
 def test_demo_renders_lit_textured_antialiased_meshes(tmp_path):
     out = tmp_path / "demo.png"
     assert main(["demo", "--resolution", "64", "--out", str(out)]) == 0
@@ -109,10 +124,30 @@ def test_bench_measures_both_sides(capsys):
     assert "g-buffer passes" in out and "sensor" in out
 
 
-def test_bench_rejects_bad_options(capsys):
+@pytest.mark.parametrize("argv,message", [(["--batches", "0"], "--batches must be >= 1"),
+                                          (["--device", "tpu"], "--device must be cpu or cuda"),
+                                          (["--device", "nonsense:x"], "--device must be cpu or cuda")])
+def test_bench_rejects_bad_options(capsys, argv, message):
     with pytest.raises(SystemExit) as info:
-        main(["bench", "--batches", "0"])
-    assert info.value.code == 2 and "--batches must be >= 1" in capsys.readouterr().err
+        main(["bench", *argv])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_bench_on_cuda_without_a_gpu_says_so(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--device", "cuda"])
+    assert "torch sees no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_bench_on_cuda_reports_raw_nvdiffrast_when_installed(capsys):
+    import synth_torch.render as dr
+
+    out = main(["bench", "--device", "cuda", "--cases", "train-default", "--batches", "2", "--workers", "0"])
+    text = capsys.readouterr().out
+    assert "Rendering device: cuda" in text and out["results"][0]["workers"] is None
+    assert ("nvdiffrast's rasterize + interpolate" in text) == dr.nvdiffrast_available()
 
 
 def test_console_script_is_declared():

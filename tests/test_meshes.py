@@ -157,7 +157,7 @@ def test_scaled_and_transformed_keep_normals_outward():
 
 @pytest.mark.parametrize("ext", ["obj", "ply", "stl", "off"])
 def test_load_mesh_round_trip_through_trimesh(tmp_path, ext):
-    trimesh = pytest.importorskip("trimesh")
+    import trimesh
     src = sphere(0.4, segments=12, rings=6)
     path = tmp_path / f"ball.{ext}"
     trimesh.Trimesh(src.vertices.numpy(), src.faces.numpy(), process=False).export(path)

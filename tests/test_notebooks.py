@@ -35,4 +35,4 @@ def test_notebook_runs(path, monkeypatch):
               if o.get("output_type") == "error"]
     assert not errors, errors
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(c.get("execution_count") for c in code_cells), "every code cell must have run"
+    assert code_cells and all(c.get("execution_count") for c in code_cells), "every code cell must have run"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import statistics
@@ -27,6 +28,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from run import ARMS, TASKS  # noqa: E402
+
+from synth_torch.fileio import write_bytes_atomic, write_text_atomic  # noqa: E402
 
 ARM_LABELS = {"synthetic_only": "synthetic only", "real_only": "real only", "pretrain_finetune": "pretrain -> finetune",
               "mixed": "mixed", "anneal": "anneal"}
@@ -137,7 +140,9 @@ def plot(rows: list[dict], task: str, path: Path) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=110, format="png")
+    write_bytes_atomic(path, buffer.getvalue())
     plt.close(fig)
 
 
@@ -151,12 +156,13 @@ def main(argv=None) -> int:
         print(f"no results under {args.results}", file=sys.stderr)
         return 1
     rows = summarise(runs)
-    with (args.results / "summary.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(args.results / "summary.csv", table.getvalue())
     text = markdown(rows, args.results.name)
-    (args.results / "report.md").write_text(text + "\n")
+    write_text_atomic(args.results / "report.md", text + "\n")
     print(text)
     for task in sorted({r["task"] for r in rows}):
         path = args.plots / f"sim2real_{args.results.name}_{task}.png"

@@ -12,7 +12,7 @@ import synth_torch.render as dr
 from synth_torch.data.batch import Batch, decode_sample_id, encode_sample_id
 from synth_torch.labels.passes import label_passes
 from synth_torch.scenario.config import ConfigError, Scenario, load_scenario
-from synth_torch.scenario.distributions import Dist
+from synth_torch.scenario.distributions import Dist, parse_flag, parse_int
 from synth_torch.scenario.sampler import SceneParams, ScenarioSampler
 from synth_torch.scene.assets import load_images
 from synth_torch.scene.gbuffer import build_gbuffer
@@ -149,18 +149,17 @@ class SynthDataset(IterableDataset):
                  backend: str = "auto", length: int | None = None, sensor: bool = True, shader: str = "auto"):
         super().__init__()
         self.scenario = load_scenario(scenario)
-        if int(batch_size) <= 0:
-            raise ConfigError(f"batch_size must be positive, got {batch_size}")
-        res = (int(resolution), int(resolution)) if isinstance(resolution, int) else tuple(int(r) for r in resolution)
+        self.batch_size = parse_int(batch_size, "batch_size", lo=1)
+        iterable = hasattr(resolution, "__iter__") and not isinstance(resolution, str)
+        pair = tuple(resolution) if iterable else (resolution, resolution)
+        res = tuple(parse_int(r, "resolution") for r in pair)
         if len(res) != 2 or min(res) < 8 or max(res) > 4096:
             raise ConfigError(f"resolution must be (height, width) within 8..4096, got {resolution}")
-        if length is not None and int(length) <= 0:
-            raise ConfigError(f"length must be positive or None, got {length}")
-        self.batch_size, self.resolution, self.seed = int(batch_size), res, int(seed)
+        self.resolution, self.seed = res, parse_int(seed, "seed")
         self.device = torch.device(device)
         self.backend = backend
-        self.length = None if length is None else int(length)
-        self.sensor = bool(sensor)
+        self.length = parse_int(length, "length", lo=1, none_ok=True)
+        self.sensor = parse_flag(sensor, "sensor")
         if shader not in SHADERS:
             raise ConfigError(f"shader must be one of {SHADERS}, got {shader!r}")
         get_shader(shader, self.device)  # fails here, not in a worker, when the shader cannot run on the device

@@ -44,6 +44,7 @@ from synth_torch.data.batch import Batch
 from synth_torch.data.dataset import SynthDataset, _rank_and_world
 from synth_torch.data.real import RealBatch, RealDataset, collate_real
 from synth_torch.scenario.config import ConfigError
+from synth_torch.scenario.distributions import parse_int, parse_number
 from synth_torch.spec.random import stable_hash
 
 __all__ = ["SCHEDULES", "HybridSchedule", "HybridBatch", "HybridStream", "images_in"]
@@ -85,18 +86,17 @@ class HybridSchedule:
     def __post_init__(self):
         if self.kind not in SCHEDULES:
             raise ConfigError(f"data.schedule must be one of {SCHEDULES}, got {self.kind!r}")
-        if not 0.0 <= float(self.real_fraction) <= 1.0:
+        fraction = parse_number(self.real_fraction, "data.real_fraction")
+        if not 0.0 <= fraction <= 1.0:
             raise ConfigError(f"data.real_fraction must lie in [0, 1], got {self.real_fraction}")
         if self.mix_by not in ("batch", "step"):
             raise ConfigError(f"data.mix_by must be 'batch' or 'step', got {self.mix_by!r}")
-        if int(self.switch_step) < 0:
-            raise ConfigError(f"data.switch_step must be >= 0, got {self.switch_step}")
-        if int(self.anneal_steps) < 1:
-            raise ConfigError(f"data.anneal_steps must be >= 1, got {self.anneal_steps}")
         if self.anneal_shape not in ("linear", "cosine"):
             raise ConfigError(f"data.anneal_shape must be 'linear' or 'cosine', got {self.anneal_shape!r}")
-        if int(self.rewarm_steps) < 0:
-            raise ConfigError(f"data.rewarm_steps must be >= 0, got {self.rewarm_steps}")
+        steps = {"switch_step": 0, "anneal_steps": 1, "rewarm_steps": 0}
+        for name, lo in steps.items():
+            object.__setattr__(self, name, parse_int(getattr(self, name), f"data.{name}", lo=lo))
+        object.__setattr__(self, "real_fraction", fraction)
 
     @property
     def uses_real(self) -> bool:

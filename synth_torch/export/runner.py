@@ -206,6 +206,10 @@ def export(scenario, n: int, resolution, out, formats="coco,yolo,kitti,webdatase
             raise ExportError(f"{name} must be an integer >= {lo}, got {value!r}")
     if not options.depth_scale > 0:
         raise ExportError(f"--depth-scale must be > 0, got {options.depth_scale}")
+    for name, value in (("--include-hidden", options.include_hidden), ("--yolo-polygons", options.yolo_polygons),
+                        ("sensor", sensor)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ExportError(f"{name} must be true or false, got {value!r}")
     res = _resolution(resolution)
     shard = shard_from_env() if shard is None else parse_shard(shard)
     root = Path(out)

@@ -34,11 +34,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from synth_torch.fileio import writable_folder, write_text_atomic
 from synth_torch.loop.datamodule import MINE_START, SUITE_STRIDE
-from synth_torch.loop.mining import MinedSlice, Predicate, find_slices
+from synth_torch.loop.mining import MinedSlice, Predicate, check_options, find_slices
 from synth_torch.loop.rules import RULES, SliceReweighter, SliceStats
 from synth_torch.loop.tasks import slice_key
 from synth_torch.scenario.config import ConfigError
+from synth_torch.scenario.distributions import parse_flag, parse_int, parse_number
 from synth_torch.spec.params import PARAM_NAMES
 
 try:
@@ -81,31 +83,50 @@ class SliceMiner(Callback):
                  mine_every: int = 1, mine_samples: int = 128, mine_from: str = "base", max_mined: int = 4,
                  mined_share: float | None = None, params: list[str] | None = None, mining: dict | None = None,
                  log_images: bool = True, image_count: int = 16, verbose: bool = True):
+        key = "callbacks.slice_miner"
         if rule not in RULES:
-            raise ConfigError(f"callbacks.slice_miner.rule must be one of {RULES}, got {rule!r}")
-        if every_n_train_steps is not None and int(every_n_train_steps) < 1:
-            raise ConfigError(f"callbacks.slice_miner.every_n_train_steps must be >= 1 or null, got {every_n_train_steps}")
-        if every_n_train_steps is None and not on_validation:
-            raise ConfigError("callbacks.slice_miner: set every_n_train_steps or on_validation, or nothing ever runs")
+            raise ConfigError(f"{key}.rule must be one of {RULES}, got {rule!r}")
+        self.rule = rule
+        self.every_n_train_steps = parse_int(every_n_train_steps, f"{key}.every_n_train_steps", lo=1, none_ok=True)
+        self.on_validation, self.reweight = parse_flag(on_validation, f"{key}.on_validation"), parse_flag(
+            reweight, f"{key}.reweight")
+        self.mine, self.log_images = parse_flag(mine, f"{key}.mine"), parse_flag(log_images, f"{key}.log_images")
+        self.verbose = parse_flag(verbose, f"{key}.verbose")
+        if self.every_n_train_steps is None and not self.on_validation:
+            raise ConfigError(f"{key}: set every_n_train_steps or on_validation, or nothing ever runs")
         if prior not in ("scenario", "uniform"):
-            raise ConfigError(f"callbacks.slice_miner.prior must be 'scenario' or 'uniform', got {prior!r}")
+            raise ConfigError(f"{key}.prior must be 'scenario' or 'uniform', got {prior!r}")
         if mine_from not in ("base", "mixture"):
-            raise ConfigError(f"callbacks.slice_miner.mine_from must be 'base' or 'mixture', got {mine_from!r}")
+            raise ConfigError(f"{key}.mine_from must be 'base' or 'mixture', got {mine_from!r}")
+        self.mine_every = parse_int(mine_every, f"{key}.mine_every", lo=1)
+        self.mine_samples = parse_int(mine_samples, f"{key}.mine_samples", lo=1)
+        self.max_mined = parse_int(max_mined, f"{key}.max_mined", lo=0)
+        self.image_count = parse_int(image_count, f"{key}.image_count", lo=1)
+        if mined_share is not None and not 0.0 < parse_number(mined_share, f"{key}.mined_share") < 1.0:
+            raise ConfigError(f"{key}.mined_share must be null or lie in (0, 1), got {mined_share}")
+        self.prior, self.mine_from, self.mined_share = prior, mine_from, mined_share
+        self.reweighter_kwargs = dict(reweighter or {})
+        try:  # fail now, not at the first round after hours of training
+            SliceReweighter(2, rule, **self.reweighter_kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{key}.reweighter: {exc}") from None
         mining = dict(mining or {})
         unknown = sorted(set(mining) - _MINING_KEYS)
         if unknown:
-            raise ConfigError(f"callbacks.slice_miner.mining: unknown key(s) {unknown}; allowed: {sorted(_MINING_KEYS)}")
+            raise ConfigError(f"{key}.mining: unknown key(s) {unknown}; allowed: {sorted(_MINING_KEYS)}")
+        self.mining = {"min_support": 16} | mining
+        try:
+            check_options(**self.mining)
+        except ValueError as exc:
+            raise ConfigError(f"{key}.mining: {exc}") from None
+        if self.mine and self.mine_samples < 2 * self.mining["min_support"]:
+            raise ConfigError(f"{key}.mine_samples ({self.mine_samples}) must be at least twice "
+                              f"mining.min_support ({self.mining['min_support']}), or no slice can ever be mined")
         if params is not None:
             bad = sorted(set(params) - set(PARAM_NAMES))
             if bad:
-                raise ConfigError(f"callbacks.slice_miner.params: unknown parameter(s) {bad}")
-        self.rule, self.every_n_train_steps, self.on_validation = rule, every_n_train_steps, bool(on_validation)
-        self.reweight, self.reweighter_kwargs, self.prior = bool(reweight), dict(reweighter or {}), prior
-        self.mine, self.mine_every, self.mine_samples = bool(mine), int(mine_every), int(mine_samples)
-        self.mine_from, self.max_mined, self.mined_share = mine_from, int(max_mined), mined_share
+                raise ConfigError(f"{key}.params: unknown parameter(s) {bad}")
         self.params = None if params is None else list(params)
-        self.mining = mining
-        self.log_images, self.image_count, self.verbose = bool(log_images), int(image_count), bool(verbose)
         self.reweighter: SliceReweighter | None = None
         self.history: list[dict] = []  # one entry per round (and per mining event)
         self.mined: list[dict] = []
@@ -127,6 +148,8 @@ class SliceMiner(Callback):
             raise ConfigError(f"SliceMiner needs a task with per_sample_loss(batch); {type(pl_module).__name__} has none")
         if dm.train_dataset is None:
             dm.setup(stage)
+        if trainer.is_global_zero:  # fail now, not when the first round writes slice_miner.json
+            _output_folder(trainer.default_root_dir, "SliceMiner (slice_miner.json)")
         if self.reweighter is None:
             weights = dm.train_dataset.weights
             prior = weights.get().double() if self.prior == "scenario" else None
@@ -231,8 +254,7 @@ class SliceMiner(Callback):
     def _select(self, dm, losses: torch.Tensor, params: dict, current: list[str]) -> list[dict]:
         """Mined slices that can be rendered (every predicate meets the base distribution's support)."""
         room = self.max_mined - len(self.mined)
-        kwargs = {"min_support": 16} | self.mining
-        found: list[MinedSlice] = find_slices(params, losses, exclude=current, **kwargs)
+        found: list[MinedSlice] = find_slices(params, losses, exclude=current, **self.mining)
         out = []
         for s in found:
             if len(out) >= room:
@@ -271,10 +293,10 @@ class SliceMiner(Callback):
             lo = ", ".join(f"{n}={v:.3f}" for n, v in zip(names, record["loss"]) if v is not None)
             mined = f"; mined {[m['name'] for m in record['mined']]}" if record["mined"] else ""
             rank_zero_info(f"SliceMiner step {step}: loss [{lo}] -> weights [{w}]{mined}")
-        out_dir = Path(trainer.default_root_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "slice_miner.json").write_text(json.dumps({"rule": self.rule, "reweight": self.reweight,
-                                                              "history": self.history, "mined": self.mined}, indent=1))
+        out_dir = _output_folder(trainer.default_root_dir, "SliceMiner (slice_miner.json)")
+        write_text_atomic(out_dir / "slice_miner.json", json.dumps({"rule": self.rule, "reweight": self.reweight,
+                                                                    "history": self.history, "mined": self.mined},
+                                                                   indent=1))
 
     def _log_wandb(self, trainer, logger, record: dict, stats: SliceStats) -> None:
         from lightning.pytorch.loggers import WandbLogger
@@ -330,6 +352,13 @@ class SliceMiner(Callback):
         self.rounds = int(state.get("rounds", len(self.history)))
 
 
+def _output_folder(folder, what: str) -> Path:
+    try:
+        return writable_folder(folder)
+    except OSError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
 def finite_any(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(t).any())
 
@@ -345,6 +374,10 @@ class StreamRecorder(Callback):
         self.steps: list[dict] = []
 
     @override
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        _output_folder(self.out_dir or trainer.default_root_dir, "StreamRecorder.out_dir")
+
+    @override
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         self.steps.append({"batch_index": int(getattr(batch, "batch_index", -1)),
                            "sample_id": [int(x) for x in getattr(batch, "sample_id", torch.zeros(0)).tolist()]})
@@ -356,7 +389,6 @@ class StreamRecorder(Callback):
 
     @override
     def on_train_end(self, trainer, pl_module) -> None:
-        out = Path(self.out_dir or trainer.default_root_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"stream_rank{trainer.global_rank}.json").write_text(json.dumps(
+        out = _output_folder(self.out_dir or trainer.default_root_dir, "StreamRecorder.out_dir")
+        write_text_atomic(out / f"stream_rank{trainer.global_rank}.json", json.dumps(
             {"rank": trainer.global_rank, "world_size": trainer.world_size, "steps": self.steps}))

@@ -35,6 +35,7 @@ from synth_torch.data.dataset import SynthDataset, _rank_and_world
 from synth_torch.data.hybrid import HybridBatch, HybridSchedule, HybridStream, images_in
 from synth_torch.data.real import RealBatch, RealDataset, check_fractions, collate_real, open_real
 from synth_torch.scenario.config import ConfigError, Scenario, load_scenario
+from synth_torch.scenario.distributions import parse_flag, parse_int, parse_number
 from synth_torch.spec.random import stable_hash
 
 __all__ = ["SynthDataModule", "collate_batch", "VAL_START", "SUITE_STRIDE", "MINE_START"]
@@ -117,6 +118,8 @@ class SynthDataModule(pl.LightningDataModule):
             (``load_scenario(scenario, overrides)``).
         batch_size, resolution, seed, backend, sensor: passed to :class:`SynthDataset`.
         num_workers: DataLoader workers for the training stream. Forced to 0 when rendering on a GPU.
+        worker_timeout: seconds the training loader waits for a worker's batch before it raises (a hung worker
+            becomes an error, not a stalled run; a crashed worker is reported at once by the DataLoader).
         device: where rendering happens: ``"cpu"``, ``"cuda"`` or ``"auto"`` (the trainer's root device).
         val_samples_per_slice: suite size per slice (>= world size); val_batch_size: suite batch size.
         real_root: a real dataset folder or None; real_kind: ``"magnetic_tile"`` or ``"coco"``
@@ -150,34 +153,35 @@ class SynthDataModule(pl.LightningDataModule):
                  real_split=(0.7, 0.1, 0.2), real_train_images: int | None = None,
                  real_val_max_images: int | None = 64, real_flips: bool = False, schedule: str = "synthetic_only",
                  real_fraction: float = 0.5, mix_by: str = "batch", switch_step: int = 0, anneal_steps: int = 1000,
-                 anneal_shape: str = "cosine", rewarm_steps: int = 0):
+                 anneal_shape: str = "cosine", rewarm_steps: int = 0, worker_timeout: float = 600.0):
         super().__init__()
         overrides = _plain(overrides) or {}
         self.scenario: Scenario = load_scenario(_plain(scenario), overrides)
-        if int(val_samples_per_slice) < 1:
-            raise ConfigError(f"data.val_samples_per_slice must be >= 1, got {val_samples_per_slice}")
-        if int(num_workers) < 0:
-            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
+        self.val_samples_per_slice = parse_int(val_samples_per_slice, "data.val_samples_per_slice", lo=1)
+        self.num_workers = parse_int(num_workers, "data.num_workers", lo=0)
+        if parse_number(worker_timeout, "data.worker_timeout") <= 0:
+            raise ConfigError(f"data.worker_timeout: must be > 0 seconds, got {worker_timeout}")
         if device not in ("cpu", "cuda", "auto") and not str(device).startswith("cuda:"):
             raise ConfigError(f"data.device must be 'cpu', 'cuda' or 'auto', got {device!r}")
-        self.schedule = HybridSchedule(schedule, float(real_fraction), mix_by, int(switch_step), int(anneal_steps),
-                                       anneal_shape, int(rewarm_steps))
+        self.schedule = HybridSchedule(schedule, real_fraction, mix_by, switch_step, anneal_steps, anneal_shape,
+                                       rewarm_steps)
         if self.schedule.uses_real and real_root is None:
             raise ConfigError(f"data.schedule={schedule} trains on real images: set data.real_root")
-        if real_train_images is not None and int(real_train_images) < 1:
-            raise ConfigError(f"data.real_train_images must be >= 1 or null (the whole train split), "
-                              f"got {real_train_images}")
+        self.real_train_images = parse_int(real_train_images, "data.real_train_images", lo=1, none_ok=True)
         try:
             self.real_split = check_fractions(_plain(real_split))
         except ValueError as exc:
             raise ConfigError(f"data.real_split: {exc}") from None
-        self.batch_size, self.resolution, self.seed = int(batch_size), resolution, int(seed)
-        self.num_workers, self.device, self.backend, self.sensor = int(num_workers), device, backend, sensor
-        self.val_samples_per_slice = int(val_samples_per_slice)
-        self.val_batch_size = int(val_batch_size or batch_size)
-        self.real_root, self.real_kind, self.real_required = real_root, real_kind, bool(real_required)
-        self.real_train_images = None if real_train_images is None else int(real_train_images)
-        self.real_val_max_images, self.real_flips = real_val_max_images, bool(real_flips)
+        self.batch_size = parse_int(batch_size, "data.batch_size", lo=1)
+        self.resolution, self.seed = resolution, parse_int(seed, "data.seed")
+        self.device, self.backend, self.sensor = device, backend, parse_flag(sensor, "data.sensor")
+        self.worker_timeout = float(worker_timeout)
+        self.val_batch_size = parse_int(val_batch_size if val_batch_size is not None else batch_size,
+                                        "data.val_batch_size", lo=1)
+        self.real_root, self.real_kind = real_root, real_kind
+        self.real_required = parse_flag(real_required, "data.real_required")
+        self.real_val_max_images = parse_int(real_val_max_images, "data.real_val_max_images", lo=1, none_ok=True)
+        self.real_flips = parse_flag(real_flips, "data.real_flips")
         self.train_dataset: SynthDataset | None = None
         self.real_train: RealDataset | None = None
         self.real_val: RealDataset | None = None
@@ -259,7 +263,8 @@ class SynthDataModule(pl.LightningDataModule):
         stream = HybridStream(self.train_dataset, self.real_train, self.schedule, self.seed, flips=self.real_flips)
         ds = stream if workers else _TrackedStream(self, stream)
         return DataLoader(ds, batch_size=None, collate_fn=collate_batch, num_workers=workers,
-                          persistent_workers=workers > 0, pin_memory=False)
+                          persistent_workers=workers > 0, pin_memory=False,
+                          timeout=self.worker_timeout if workers else 0)
 
     def val_dataloader(self):
         suites = DataLoader(_SuiteStream(self), batch_size=None, collate_fn=collate_batch, num_workers=0)

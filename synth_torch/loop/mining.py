@@ -33,7 +33,7 @@ import torch
 from scipy import stats as sps
 from torch import Tensor
 
-__all__ = ["MinedSlice", "Predicate", "find_slices"]
+__all__ = ["MinedSlice", "Predicate", "check_options", "find_slices"]
 
 _F64 = torch.float64
 
@@ -160,6 +160,24 @@ def _welch(n1: np.ndarray, s1: np.ndarray, ss1: np.ndarray, n2: np.ndarray, s2: 
     return m1, m2, d, np.nan_to_num(p, nan=1.0)
 
 
+def check_options(n_bins: int = 4, max_order: int = 2, min_support: int = 30, min_effect: float = 0.5,
+                  alpha: float = 0.01, top_k: int = 3) -> None:
+    """Validate :func:`find_slices`' options (so a configuration can be checked before any data exists);
+    raises ``ValueError`` naming the option."""
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 2:
+        raise ValueError(f"n_bins must be an int >= 2, got {n_bins!r}")
+    if max_order not in (1, 2) or isinstance(max_order, bool):
+        raise ValueError(f"max_order must be 1 or 2, got {max_order!r}")
+    if isinstance(min_support, bool) or not isinstance(min_support, int) or min_support < 2:
+        raise ValueError(f"min_support must be an int >= 2, got {min_support!r}")
+    if isinstance(min_effect, bool) or not isinstance(min_effect, (int, float)) or not math.isfinite(min_effect):
+        raise ValueError(f"min_effect must be a finite number, got {min_effect!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an int >= 0, got {top_k!r}")
+
+
 def find_slices(
     params: Mapping[str, Tensor],
     losses: Tensor,
@@ -214,16 +232,8 @@ def find_slices(
     if not isinstance(losses, Tensor) or losses.ndim != 1:
         got = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
         raise ValueError(f"losses must be a tensor of shape (N,), got {got}")
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 2:
-        raise ValueError(f"n_bins must be an int >= 2, got {n_bins!r}")
-    if max_order not in (1, 2):
-        raise ValueError(f"max_order must be 1 or 2, got {max_order!r}")
-    if isinstance(min_support, bool) or not isinstance(min_support, int) or min_support < 2:
-        raise ValueError(f"min_support must be an int >= 2, got {min_support!r}")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k must be an int >= 0, got {top_k!r}")
+    check_options(n_bins=n_bins, max_order=max_order, min_support=min_support, min_effect=min_effect, alpha=alpha,
+                  top_k=top_k)
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be a mapping from name to tensor, got {type(params).__name__}")
     n = losses.shape[0]

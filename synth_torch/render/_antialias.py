@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from synth_torch.render import cpu
-from synth_torch.render._dispatch import use_nvdiffrast
+from synth_torch.render._dispatch import check_same_device, use_nvdiffrast
 
 _EDGES = ((0, 1, 2), (1, 2, 0), (2, 0, 1))  # (vertex i, vertex j, opposite vertex k)
 
@@ -99,11 +99,13 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
                          f"and {tuple(rast.shape)}")
     if topology_hash is not None and topology_hash.num_triangles != tri.shape[0]:
         raise ValueError("topology_hash was built for a different triangle tensor")
+    check_same_device("antialias", color=color, rast=rast, pos=pos)
     if use_nvdiffrast(color, rast, pos):
         import nvdiffrast.torch as nvdr
 
-        native_hash = nvdr.antialias_construct_topology_hash(tri.to(torch.int32))
-        return nvdr.antialias(color, rast, pos, tri.to(torch.int32), topology_hash=native_hash,
+        tri32 = tri.to(device=rast.device, dtype=torch.int32)
+        native_hash = nvdr.antialias_construct_topology_hash(tri32)
+        return nvdr.antialias(color, rast, pos, tri32, topology_hash=native_hash,
                               pos_gradient_boost=pos_gradient_boost)
     if topology_hash is None:
         topology_hash = antialias_construct_topology_hash(tri)

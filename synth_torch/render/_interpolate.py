@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from synth_torch.render import cpu
-from synth_torch.render._dispatch import use_nvdiffrast
+from synth_torch.render._dispatch import check_finite, check_same_device, use_nvdiffrast
 
 
 def _diff_indices(diff_attrs, num_attrs: int) -> list[int]:
@@ -119,10 +119,13 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor, rast_
     idx = _diff_indices(diff_attrs, attr.shape[-1])
     if idx and rast_db is None:
         raise ValueError("diff_attrs needs rast_db (the second output of rasterize)")
+    check_same_device("interpolate", attr=attr, rast=rast, rast_db=rast_db)
+    check_finite("interpolate", attr=attr)
     if use_nvdiffrast(attr, rast):
         import nvdiffrast.torch as nvdr
 
-        return nvdr.interpolate(attr.contiguous(), rast, tri.to(torch.int32), rast_db=rast_db, diff_attrs=diff_attrs)
+        return nvdr.interpolate(attr.contiguous(), rast, tri.to(device=rast.device, dtype=torch.int32),
+                                rast_db=rast_db, diff_attrs=diff_attrs)
     if rast_db is not None and rast_db.shape != rast.shape:
         raise ValueError(f"rast_db must have the shape of rast {tuple(rast.shape)}, got {tuple(rast_db.shape)}")
     if _use_kernel(attr, rast, rast_db):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from synth_torch.render._dispatch import use_nvdiffrast
+from synth_torch.render._dispatch import check_finite, check_same_device, use_nvdiffrast
 
 FILTER_MODES = ("auto", "nearest", "linear", "linear-mipmap-nearest", "linear-mipmap-linear")
 BOUNDARY_MODES = ("wrap", "clamp", "zero")
@@ -140,6 +140,8 @@ def texture(tex: torch.Tensor, uv: torch.Tensor, uv_da: torch.Tensor | None = No
         raise ValueError(f"expected tex [B,Ht,Wt,C] and uv [B,H,W,2], got {tuple(tex.shape)} and {tuple(uv.shape)}")
     if tex.shape[0] not in (1, uv.shape[0]):
         raise ValueError(f"tex batch {tex.shape[0]} matches neither 1 nor uv's batch {uv.shape[0]}")
+    check_same_device("texture", tex=tex, uv=uv, uv_da=uv_da, mip_level_bias=mip_level_bias)
+    check_finite("texture", tex=tex, uv=uv, uv_da=uv_da, mip_level_bias=mip_level_bias)
     if use_nvdiffrast(tex, uv) and mip is None:
         import nvdiffrast.torch as nvdr
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 KINDS = ("constant", "uniform", "loguniform", "normal", "choice")
@@ -111,6 +113,29 @@ def parse_number(value, key: str) -> float:
     if not math.isfinite(value):
         raise ConfigError(f"{key}: expected a finite number, got {value!r}")
     return float(value)
+
+
+def parse_int(value, key: str, lo: int | None = None, none_ok: bool = False) -> int | None:
+    """An integer option (Python or NumPy int; not a bool, float or string), at least ``lo``; ``None`` passes
+    through when ``none_ok``. Raises :class:`ConfigError` naming ``key``."""
+    if value is None and none_ok:
+        return None
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise ConfigError(f"{key}: expected an integer{' or null' if none_ok else ''}, got {value!r}") from None
+    if lo is not None and number < lo:
+        raise ConfigError(f"{key}: must be >= {lo}{' or null' if none_ok else ''}, got {number}")
+    return number
+
+
+def parse_flag(value, key: str) -> bool:
+    """A boolean option: ``True`` or ``False`` only (``"false"`` or ``0`` would silently mean something else)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return bool(value)
 
 
 def _pair(value, key: str) -> tuple[float, float]:

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from synth_torch.camera import intrinsics, mat_mat, mat_vec, orbit_pose
 from synth_torch.scenario.config import Scenario
-from synth_torch.scenario.distributions import Dist, ParamTable
+from synth_torch.scenario.distributions import ConfigError, Dist, ParamTable
 from synth_torch.scene.assets import list_images
 from synth_torch.scene.library import shape_proportions
 from synth_torch.spec import params as registry
@@ -190,6 +190,11 @@ class ScenarioSampler:
         sc, v, d = self.scenario, p.values, p.draws
         H, W = resolution
         B = p.keys.shape[0]
+        for name, value in v.items():  # edited values (e.g. by a hard-example search) fail here, named
+            bad = ~torch.isfinite(value.detach().cpu()).reshape(B, -1).all(1)
+            if bad.any():
+                images = bad.nonzero().flatten().tolist()[:10]
+                raise ConfigError(f"{name} holds NaN or infinite values (image(s) {images})")
         fx = v["camera.focal_mm"] * W / v["camera.sensor_mm"]
         K = intrinsics(fx, fx, W / 2 + v["camera.principal_jitter"] * W, H / 2 + v["camera.principal_jitter_y"] * H)
         target = torch.tensor([0.0, 0.0, TARGET_HEIGHT if sc.surface == "tabletop" else 0.0]).expand(B, 3)

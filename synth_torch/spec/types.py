@@ -19,6 +19,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from synth_torch.camera import check_finite_camera
+
 __all__ = ["CameraSpec", "DefectSpec", "GroundSpec", "LightSpec", "ObjectSpec", "SceneSpec", "tree_map"]
 
 
@@ -41,6 +43,9 @@ class CameraSpec:
 
     K: Tensor
     world_to_cam: Tensor
+
+    def __post_init__(self) -> None:
+        check_finite_camera(self.K, self.world_to_cam, "spec.camera")
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,8 @@ def assert_same(a, b, rows_a=slice(None), rows_b=slice(None)):
         assert torch.equal(a.params[k][rows_a], b.params[k][rows_b]), k
 
 
-def test_sample_does_not_depend_on_batch_size():
-    kw = dict(resolution=RES, seed=3)
+def test_sample_does_not_depend_on_batch_size(device):
+    kw = dict(resolution=RES, seed=3, device=device)
     two = list(itertools.islice(iter(SynthDataset("tabletop", batch_size=2, **kw)), 2))
     four = next(iter(SynthDataset("tabletop", batch_size=4, **kw)))
     for k, batch in enumerate(two):
@@ -47,11 +47,12 @@ def test_sample_does_not_depend_on_batch_size():
     assert [b.batch_index for b in two] == [0, 1] and four.batch_index == 0
 
 
-def test_seed_changes_the_stream():
-    a = SynthDataset(SCENE, batch_size=2, resolution=RES, seed=0).render_batch(torch.arange(2))
-    b = SynthDataset(SCENE, batch_size=2, resolution=RES, seed=1).render_batch(torch.arange(2))
+def test_seed_changes_the_stream(device):
+    a = SynthDataset(SCENE, batch_size=2, resolution=RES, seed=0, device=device).render_batch(torch.arange(2))
+    b = SynthDataset(SCENE, batch_size=2, resolution=RES, seed=1, device=device).render_batch(torch.arange(2))
     assert not torch.equal(a.image, b.image)
-    assert torch.equal(decode_sample_id(a.sample_id)[0], torch.arange(2))
+    assert torch.equal(decode_sample_id(a.sample_id.cpu())[0], torch.arange(2))
+    assert a.image.device.type == a.instance.device.type == device.type
 
 
 def test_sample_id_encoding():
@@ -62,8 +63,8 @@ def test_sample_id_encoding():
     assert torch.equal(back[0], index) and torch.equal(back[1], slice_id)
 
 
-def test_regenerate_reproduces_samples_exactly():
-    ds = SynthDataset(SCENE, batch_size=4, resolution=RES, seed=2)
+def test_regenerate_reproduces_samples_exactly(device):
+    ds = SynthDataset(SCENE, batch_size=4, resolution=RES, seed=2, device=device)
     batch = next(iter(ds))
     again = ds.regenerate(batch.sample_id[[3, 1]])
     assert_same(batch, again, [3, 1], slice(None))
@@ -71,18 +72,18 @@ def test_regenerate_reproduces_samples_exactly():
     ds.weights.set(torch.tensor([0.0, 0.0, 1.0]))
     assert_same(batch, ds.regenerate(batch.sample_id), slice(None), slice(None))
     # And of the dataset object: a fresh one with the same scenario and seed gives the same images.
-    fresh = SynthDataset(SCENE, batch_size=1, resolution=RES, seed=2)
+    fresh = SynthDataset(SCENE, batch_size=1, resolution=RES, seed=2, device=device)
     assert_same(batch, fresh.regenerate(batch.sample_id[:1]), slice(0, 1), slice(None))
 
 
-def test_state_dict_resume_gives_the_same_next_batches():
-    ds = SynthDataset(SCENE, batch_size=2, resolution=RES, seed=4)
+def test_state_dict_resume_gives_the_same_next_batches(device):
+    ds = SynthDataset(SCENE, batch_size=2, resolution=RES, seed=4, device=device)
     it = iter(ds)
     next(it), next(it)
     ds.weights.set(torch.tensor([0.2, 0.0, 0.8]))
     state = ds.state_dict()
     expected = [next(it), next(it)]
-    resumed = SynthDataset(SCENE, batch_size=2, resolution=RES, seed=4)
+    resumed = SynthDataset(SCENE, batch_size=2, resolution=RES, seed=4, device=device)
     resumed.load_state_dict(state)
     torch.testing.assert_close(resumed.weights.get(), torch.tensor([0.2, 0.0, 0.8]))
     got = list(itertools.islice(iter(resumed), 2))
@@ -113,8 +114,8 @@ def test_weights_choose_the_slices():
     assert far.slice_names == ("base", "far", "dark")
 
 
-def test_drop_hidden_keeps_masks():
-    batch = SynthDataset(SCENE, batch_size=4, resolution=RES).render_batch(torch.arange(4))
+def test_drop_hidden_keeps_masks(device):
+    batch = SynthDataset(SCENE, batch_size=4, resolution=RES, device=device).render_batch(torch.arange(4))
     dropped = batch.drop_hidden(min_visible_pixels=5)
     assert torch.equal(dropped.valid, batch.valid & (batch.visible_pixels >= 5))
     assert torch.equal(dropped.instance, batch.instance)
@@ -154,11 +155,14 @@ def test_workers_same_samples_and_shared_weights():
 def test_forked_workers_after_rendering_in_the_parent():
     """numba's OpenMP layer would abort forked workers once the parent has rendered; the kernels use the
     fork-safe work-queue layer."""
-    ds = SynthDataset(SCENE, batch_size=2, resolution=RES)
-    ds.render_batch(torch.arange(2))  # the parent has now used the parallel rasterizer
+    ds = SynthDataset(SCENE, batch_size=2, resolution=RES, seed=5)
+    first = ds.render_batch(torch.arange(2))  # the parent has now used the parallel rasterizer
     got = list(itertools.islice(DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork",
-                                           timeout=120), 2))
-    assert len(got) == 2
+                                           timeout=120), 3))
+    assert [b.batch_index for b in got] == [0, 1, 2]  # worker 0, worker 1, worker 0 again
+    assert_same(got[0], first)
+    for b in got[1:]:
+        assert_same(b, ds.render_batch(torch.arange(2 * b.batch_index, 2 * b.batch_index + 2)))
 
 
 def test_finite_length_ends_in_the_main_process_and_the_next_epoch_continues():
@@ -176,6 +180,40 @@ def test_finite_length_with_workers_yields_length_batches():
     got = list(loader)
     assert len(got) == len(loader) == 3
     assert sorted(b.batch_index for b in got) == [0, 1, 2]
+
+
+def test_non_finite_values_name_the_parameter_and_the_image():
+    """Values edited after sampling (a hard-example search) are checked when applied; a camera built by hand is
+    checked when its spec is made."""
+    from dataclasses import replace
+
+    ds = SynthDataset(SCENE, batch_size=2, resolution=RES)
+    index = torch.arange(2)
+    for name, bad in (("camera.focal_mm", float("nan")), ("camera.distance", float("inf")),
+                      ("material.value", float("nan"))):
+        params = ds.sampler.sample_params(index, ds.slice_ids(index), ds.weights.overrides(ds.scenario))
+        params.values[name][1] = bad
+        with pytest.raises(ConfigError, match=rf"{name} holds NaN or infinite values \(image\(s\) \[1\]\)"):
+            ds.render_params(params)
+    spec = ds.sampler.build(ds.sampler.sample_params(index, ds.slice_ids(index), ds.weights.overrides(ds.scenario)),
+                            ds.resolution)
+    K = spec.camera.K.clone()
+    K[0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"spec.camera.K contains NaN or infinite values \(image\(s\) \[0\]\)"):
+        replace(spec.camera, K=K)
+
+
+def test_flags_and_counts_must_have_their_type():
+    """"false" would be truthy and 2.5 would be truncated: both are refused, naming the argument."""
+    with pytest.raises(ConfigError, match="sensor: expected true or false, got 'false'"):
+        SynthDataset(SCENE, sensor="false")
+    with pytest.raises(ConfigError, match="batch_size: expected an integer, got 2.5"):
+        SynthDataset(SCENE, batch_size=2.5)
+    with pytest.raises(ConfigError, match="length: expected an integer or null, got '3'"):
+        SynthDataset(SCENE, length="3")
+    with pytest.raises(ConfigError, match="seed: expected an integer, got True"):
+        SynthDataset(SCENE, seed=True)
+    assert SynthDataset(SCENE, batch_size=__import__("numpy").int64(3), resolution=(32, 40)).batch_size == 3
 
 
 def test_bad_arguments():

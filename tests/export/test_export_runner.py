@@ -18,7 +18,8 @@ from export_helpers import assert_same_tree, tree
 
 import synth_torch
 from synth_torch.cli import main
-from synth_torch.export import ExportError, describe, export, manifest_digest, read_manifest, shard_from_env
+from synth_torch.export import (ExportError, ExportOptions, describe, export, manifest_digest, read_manifest,
+                                shard_from_env)
 from synth_torch.export.base import Sink
 from synth_torch.scenario.config import load_scenario
 
@@ -48,7 +49,7 @@ def test_manifest_matches_schema_checksums_and_counts(tabletop_export):
         sha, path = line.split("  ", 1)
         listed[path] = sha
     on_disk = {p for p in tree(root) if not p.startswith(".export/") and p not in ("manifest.json", "SHA256SUMS")}
-    assert set(listed) == on_disk and len(listed) == m["files"]["count"]
+    assert listed and set(listed) == on_disk and len(listed) == m["files"]["count"]
     assert all(hashlib.sha256((root / p).read_bytes()).hexdigest() == sha for p, sha in listed.items())
     assert m["files"]["content_digest"] == "sha256:" + hashlib.sha256(sums).hexdigest()
     assert sum(f["files"] for f in m["formats"].values()) == len(listed)
@@ -72,7 +73,7 @@ def test_datasets_show(tabletop_export, capsys):
 
 
 def test_scenario_digest_normalises_and_hashes_assets(tmp_path, source_date):
-    trimesh = pytest.importorskip("trimesh")
+    import trimesh
     mesh_dir = tmp_path / "meshes"
     mesh_dir.mkdir()
     trimesh.creation.box(extents=(1.0, 0.6, 0.4)).export(mesh_dir / "widget.obj")
@@ -264,6 +265,17 @@ def test_bad_scenario_and_count_write_nothing(tmp_path, capsys):
         export({"categories": [{"name": "big box", "shape": "box"}]}, n=1, resolution=16, out=tmp_path / "k",
                formats="kitti", shard=(0, 1))
     assert not (tmp_path / "k").exists()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"options": ExportOptions(include_hidden="no")}, "--include-hidden must be true or false, got 'no'"),
+    ({"options": ExportOptions(yolo_polygons=1)}, "--yolo-polygons must be true or false, got 1"),
+    ({"sensor": "false"}, "sensor must be true or false, got 'false'"),
+])
+def test_flags_that_are_not_booleans_write_nothing(tmp_path, kwargs, message):
+    with pytest.raises(ExportError, match=message):
+        export("tabletop", n=1, resolution=16, out=tmp_path / "d", shard=(0, 1), **kwargs)
+    assert not (tmp_path / "d").exists()
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, source_date, capsys):

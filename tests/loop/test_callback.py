@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import time
 from pathlib import Path
 
@@ -82,10 +83,14 @@ def test_planted_slice_is_mined_added_and_rendered(tmp_path):
     # the new slice renders inside its region and has a validation suite
     (suite,) = dm.suite(mined["name"])
     assert (suite.params["light.intensity"] < hi).all()
-    # the next round excludes it (no duplicate) and evaluates it
+    # the next round excludes it (no duplicate) and evaluates it: its suite lies in the planted region, so its
+    # loss is the planted one (1.1 +- 0.05), finite and above every scenario slice outside the region
     miner.run_round(dm.trainer, dm.trainer.lightning_module)
     assert [m["name"] for m in miner.mined].count(mined["name"]) == 1
-    assert miner.history[-1]["loss"][-1] is not None
+    losses = miner.history[-1]["loss"]
+    assert len(losses) == len(weights) and losses[-1] is not None and math.isfinite(losses[-1])
+    assert 1.0 < losses[-1] < 1.2
+    assert miner.history[-1]["count"][-1] == 4
 
 
 def test_bad_miner_arguments_raise():
@@ -97,6 +102,28 @@ def test_bad_miner_arguments_raise():
         SliceMiner(params=["light.nope"])
     with pytest.raises(ConfigError, match="every_n_train_steps"):
         SliceMiner(every_n_train_steps=None, on_validation=False)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"every_n_train_steps": 2.5}, "every_n_train_steps: expected an integer or null, got 2.5"),
+    ({"mine_every": 0}, "mine_every: must be >= 1"),
+    ({"mine_samples": 20, "mining": {"min_support": 12}}, r"mine_samples \(20\) must be at least twice"),
+    ({"max_mined": -1}, "max_mined: must be >= 0"),
+    ({"mined_share": 1.5}, "mined_share must be null or lie in"),
+    ({"image_count": 0}, "image_count: must be >= 1"),
+    ({"verbose": "yes"}, "verbose: expected true or false, got 'yes'"),
+    ({"reweight": 0}, "reweight: expected true or false, got 0"),
+    ({"reweighter": {"etaa": 1.0}}, r"reweighter: .*unexpected keyword argument 'etaa'"),
+    ({"reweighter": {"floor": 1.5}}, r"reweighter: floor \(eps\) must be in \[0, 1\)"),
+    ({"mining": {"min_support": 1}}, "mining: min_support must be an int >= 2"),
+    ({"mining": {"alpha": 2.0}}, r"mining: alpha must be in \(0, 1\)"),
+    ({"mining": {"min_effect": float("nan")}}, "mining: min_effect must be a finite number"),
+])
+def test_miner_options_are_checked_at_construction(kwargs, message):
+    """Every option, those handed to the reweighter and to find_slices included, fails when the callback is built
+    (with the config key), not at the first round after hours of training."""
+    with pytest.raises(ConfigError, match=f"callbacks.slice_miner.*{message}"):
+        SliceMiner(**kwargs)
 
 
 def _seg_run(tmp_path, name, max_steps, ckpt_path=None, logger=False):
@@ -135,7 +162,6 @@ def test_checkpoint_resume_continues_same_weights_and_stream(tmp_path):
 
 
 def test_wandb_offline_run_holds_metrics_and_weights(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
     from lightning.pytorch.loggers import WandbLogger
 
     import wandb

@@ -84,6 +84,27 @@ def test_bad_arguments_raise_clear_errors():
         SynthDataModule("defects", device="tpu")
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    ({"num_workers": -1}, "data.num_workers: must be >= 0, got -1"),
+    ({"num_workers": "2"}, "data.num_workers: expected an integer, got '2'"),
+    ({"num_workers": 1.5}, "data.num_workers: expected an integer, got 1.5"),
+    ({"worker_timeout": 0}, "data.worker_timeout: must be > 0 seconds"),
+    ({"sensor": "yes"}, "data.sensor: expected true or false, got 'yes'"),
+    ({"real_flips": 1}, "data.real_flips: expected true or false, got 1"),
+    ({"real_required": "false"}, "data.real_required: expected true or false"),
+    ({"val_batch_size": 0}, "data.val_batch_size: must be >= 1"),
+    ({"batch_size": True}, "data.batch_size: expected an integer, got True"),
+    ({"real_val_max_images": 0}, "data.real_val_max_images: must be >= 1 or null"),
+    ({"switch_step": 2.5, "schedule": "pretrain_finetune", "real_root": "x"}, "data.switch_step: expected an integer"),
+    ({"real_fraction": "0.5", "schedule": "mixed", "real_root": "x"}, "data.real_fraction: expected a number"),
+])
+def test_options_of_the_wrong_type_name_their_key(kwargs, message):
+    """Flags are true or false (not "false", which is truthy), counts are integers (not 1.5, which int() would
+    quietly truncate): each is refused when the data module is built, naming its config key."""
+    with pytest.raises(ConfigError, match=message):
+        SynthDataModule("defects", **kwargs)
+
+
 def test_missing_real_root_is_skipped_or_raises(tmp_path):
     with pytest.warns(UserWarning, match="not found"):
         dm = _dm(real_root=str(tmp_path / "absent"))
@@ -103,7 +124,8 @@ def test_segmentation_per_sample_loss_is_per_image_and_side_effect_free():
     loss = task.per_sample_loss(batch)
     assert loss.shape == (4,) and not loss.requires_grad and task.training
     assert ((loss >= 0) & (loss <= 1)).all()
-    assert all(torch.equal(a, b) for a, b in zip(before, task.buffers()))
+    after = list(task.buffers())
+    assert len(after) == len(before) > 0 and all(torch.equal(a, b) for a, b in zip(before, after))
     ce = SegmentationTask(functools.partial(TinyUNet, width=4, depth=2), dm.num_classes, miner_loss="ce")
     assert ce.per_sample_loss(batch).shape == (4,)
 
@@ -126,7 +148,8 @@ def test_detection_per_sample_loss_is_deterministic_and_side_effect_free():
     a, b = task.per_sample_loss(batch), task.per_sample_loss(batch)
     assert a.shape == (2,) and torch.equal(a, b) and torch.isfinite(a).all()
     assert torch.equal(rng, torch.get_rng_state()) and task.training
-    assert all(torch.equal(x, y) for x, y in zip(bn, task.buffers()))
+    after = list(task.buffers())
+    assert len(after) == len(bn) > 0 and all(torch.equal(x, y) for x, y in zip(bn, after))
     task.miner_loss = "f1"
     f1 = task.per_sample_loss(batch)
     assert f1.shape == (2,) and ((f1 >= 0) & (f1 <= 1)).all()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import doctest
 import math
 import re
-import time
 
 import numpy as np
 import pytest
@@ -136,6 +135,7 @@ def test_min_support_is_respected():
     loss = noise(n, g) + region.float()
     support = int(find_slices(params, loss)[0].support)
     found = find_slices(params, loss, min_support=support + 1)
+    assert found, "the single-predicate parents are large enough to be found"
     assert all(s.support > support for s in found)
     assert all(n - s.support >= support + 1 for s in found)
     assert all(len(s.predicates) == 1 for s in found)  # the planted pair is too small now
@@ -176,8 +176,12 @@ def test_max_order_one_gives_single_predicates_and_top_k_limits():
     n = 4000
     params, g = uniform_params(n, "xyz", seed=0)
     loss = noise(n, g) + ((params["x"] < 0.25) & (params["y"] >= 0.75)).float()
-    assert all(len(s.predicates) == 1 for s in find_slices(params, loss, max_order=1))
-    assert len(find_slices(params, loss, top_k=1)) <= 1
+    singles = find_slices(params, loss, max_order=1)
+    assert singles and all(len(s.predicates) == 1 for s in singles)
+    assert {s.predicates[0].param for s in singles} <= {"x", "y"}  # the halves of the planted pair
+    two = loss + (params["z"] >= 0.75).float()  # two planted regions: top_k=1 keeps the best one only
+    both = find_slices(params, two)
+    assert len(both) >= 2 and find_slices(params, two, top_k=1) == both[:1]
     assert find_slices(params, loss, top_k=0) == []
 
 
@@ -224,17 +228,15 @@ def test_bad_shapes_raise():
         find_slices({"x": torch.rand(100)}, torch.full((100,), float("nan")))
 
 
-def test_runs_fast_on_20k_samples_and_20_params():
+def test_finds_the_planted_pair_among_20_params_on_20k_samples():
+    """The scale of a real mining round (its time is a benchmark figure: ``benchmarks/bench_mining.py``)."""
     n = 20_000
     params, g = uniform_params(n, [f"p{i}" for i in range(20)], seed=8)
     loss = torch.randn(n, generator=g) + ((params["p3"] < 0.25) & (params["p7"] >= 0.75)).float()
-    find_slices(params, loss)  # warm-up (lazy imports, allocator)
-    start = time.perf_counter()
     found = find_slices(params, loss)
-    elapsed = time.perf_counter() - start
-    assert found[0].name.startswith("p3<0.2") and " & p7>=0.7" in found[0].name
-    assert elapsed < 1.0, f"find_slices took {elapsed:.2f}s"
+    assert re.fullmatch(r"p3<0\.2[4-6]\d* & p7>=0\.7[4-6]\d*", found[0].name), found[0].name
 
 
 def test_docstring_examples_run():
-    assert doctest.testmod(mining, raise_on_error=False).failed == 0
+    result = doctest.testmod(mining, raise_on_error=False)
+    assert result.attempted >= 8 and result.failed == 0, result  # the examples exist and pass

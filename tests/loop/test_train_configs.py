@@ -27,7 +27,8 @@ def _train_module():
 
 
 TINY = ["data.resolution=32", "data.batch_size=2", "data.val_samples_per_slice=2", "data.val_batch_size=2",
-        "data.real_val_max_images=2", "callbacks.slice_miner.mine_samples=16", "callbacks.slice_miner.mine_every=1",
+        "data.real_val_max_images=2", "callbacks.slice_miner.mine_samples=16",
+        "callbacks.slice_miner.mining.min_support=8", "callbacks.slice_miner.mine_every=1",
         "callbacks.slice_miner.every_n_train_steps=1", "trainer.fast_dev_run=1", "logger=none",
         "print_config=false", "model.net.depth=2", "model.net.width=4"]
 
@@ -46,25 +47,56 @@ def test_every_experiment_is_listed():
 
 @pytest.mark.parametrize("group,options", [
     ("model", ["seg_unet", "seg_lraspp", "seg_deeplab", "det_fasterrcnn", "det_retinanet", "det_fcos"]),
-    ("trainer", ["cpu", "gpu", "ddp", "ddp_sim"]),
     ("logger", ["wandb", "csv", "many", "none"]),
     ("callbacks", ["default", "slice_miner", "model_checkpoint", "stream_recorder", "none"]),
     ("scenario", ["defects", "tabletop"]),
     ("data", ["synth", "synth_real", "synth_fruits"]),
 ])
 def test_every_group_option_composes_and_instantiates(group, options, tmp_path):
+    """Each option builds the object its ``_target_`` names, with the configured values."""
     for option in options:
         cfg = _compose([f"{group}={option}"], tmp_path)
         dm = instantiate(cfg.data)
+        assert type(dm).__name__ == cfg.data._target_.rsplit(".", 1)[1]
+        assert dm.batch_size == cfg.data.batch_size and dm.scenario.name == cfg.scenario.name
         if group == "model":
             model = instantiate(cfg.model, num_classes=dm.num_classes)
-            assert model.num_classes >= 2
-        elif group in ("callbacks", "logger") and cfg.get(group):
-            for node in cfg[group].values():
-                if node and "_target_" in node:
-                    assert instantiate(node) is not None
-        elif group == "trainer":
-            assert cfg.trainer._target_.endswith("Trainer") and cfg.trainer.max_steps > 0
+            assert type(model).__name__ == cfg.model._target_.rsplit(".", 1)[1]
+            foreground = cfg.model.get("target") == "foreground"
+            assert model.num_classes == (2 if foreground else dm.num_classes) and dm.num_classes >= 2
+        elif group in ("callbacks", "logger"):
+            nodes = {k: v for k, v in (cfg.get(group) or {}).items() if v and "_target_" in v}
+            assert bool(nodes) == (option != "none"), nodes
+            for name, node in nodes.items():
+                obj = instantiate(node)
+                assert type(obj).__name__ == node._target_.rsplit(".", 1)[1], name
+                if name == "model_checkpoint":
+                    assert obj.dirpath == str(tmp_path / "checkpoints") and obj._every_n_train_steps == node.every_n_train_steps
+                elif name == "slice_miner":
+                    assert obj.rule == node.rule and obj.every_n_train_steps == node.every_n_train_steps
+                elif name in ("csv", "wandb"):
+                    assert str(tmp_path) in str(obj.save_dir)
+
+
+@pytest.mark.parametrize("option,strategy,devices", [("cpu", "SingleDeviceStrategy", 1), ("gpu", "SingleDeviceStrategy", 1),
+                                                     ("ddp", "DDPStrategy", 2), ("ddp_sim", "DDPStrategy", 2)])
+def test_every_trainer_option_instantiates(option, strategy, devices, tmp_path):
+    """Every trainer config builds a Trainer with its strategy and device count. The GPU options run on their GPUs
+    where there are enough, and otherwise on as many CPU processes (same strategy, same count): a typo in
+    gpu.yaml or ddp.yaml fails here, not on the cluster."""
+    import torch
+
+    cfg = _compose([f"trainer={option}", "logger=none"], tmp_path)
+    on_gpu = cfg.trainer.accelerator == "gpu" and torch.cuda.device_count() >= cfg.trainer.devices
+    trainer = instantiate(cfg.trainer, **({} if on_gpu or cfg.trainer.accelerator != "gpu" else {"accelerator": "cpu"}))
+    assert type(trainer.strategy).__name__ == strategy and trainer.num_devices == devices == cfg.trainer.devices
+    assert trainer.max_steps == cfg.trainer.max_steps > 0 and trainer.default_root_dir == str(tmp_path)
+    assert trainer.strategy.root_device.type == ("cuda" if on_gpu else "cpu")
+    assert type(trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"  # checkpoints written atomically
+    if option == "ddp":
+        assert trainer.strategy._process_group_backend in (None, "nccl", "gloo") and cfg.trainer.sync_batchnorm
+    if option == "ddp_sim":
+        assert trainer.strategy._process_group_backend == "gloo"
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -104,7 +136,7 @@ def test_default_config_is_cpu_wandb_offline_with_miner(tmp_path):
     cfg = _compose([], tmp_path)
     assert cfg.trainer.accelerator == "cpu" and cfg.logger.wandb.offline is True
     assert cfg.callbacks.slice_miner._target_.endswith("SliceMiner")
-    assert cfg.data.scenario == "defects" and cfg.trainer.max_steps <= 500  # the first run stays a few minutes
+    assert cfg.data.scenario == "defects" and cfg.trainer.max_steps == 400  # the README's first run
 
 
 @pytest.mark.parametrize("override,message", [

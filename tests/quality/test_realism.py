@@ -1,14 +1,10 @@
 """Realism features checked on constructed images, and the built-in scenarios against the real sets."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from synth_torch import SynthDataset
 from synth_torch.quality import FEATURES, frechet_distance, image_features, load_real_images
-
-REAL = Path(__file__).resolve().parents[2].parent / "shared" / "real"
 
 
 def test_features_of_constructed_images():
@@ -36,21 +32,20 @@ def test_frechet_distance_zero_for_same_set_and_grows_with_shift():
 
 
 def test_load_real_images_errors(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="real image folder not found: .*missing"):
         load_real_images(tmp_path / "missing", (16, 16))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"no images under {tmp_path}"):
         load_real_images(tmp_path, (16, 16))
 
 
-@pytest.mark.skipif(not (REAL / "magnetic_tile").is_dir(), reason="../shared/real/magnetic_tile is absent")
-def test_defects_scenario_looks_like_magnetic_tiles():
+def test_defects_scenario_looks_like_magnetic_tiles(shared_real):
     """The defects scenario sits near the real tiles (a few times the split-half floor), far closer than the
     tabletop scenario does. (The tabletop-vs-fruits_nuts gap is reported in docs/benchmarks.md; with 18 real
     photos that estimate is too noisy to assert.)"""
     size = (128, 128)
     synth = {name: image_features(SynthDataset(name, batch_size=48, resolution=128).render_batch(torch.arange(48)).image)
              for name in ("defects", "tabletop")}
-    tiles = image_features(load_real_images(REAL / "magnetic_tile", size, limit=96))
+    tiles = image_features(load_real_images(shared_real / "magnetic_tile", size, limit=96))
     floor = frechet_distance(tiles[:48], tiles[48:])
     defects, tabletop = frechet_distance(synth["defects"], tiles), frechet_distance(synth["tabletop"], tiles)
     assert defects < 10 * floor + 0.05

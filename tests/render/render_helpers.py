@@ -114,8 +114,13 @@ def quad(x0: float, y0: float, x1: float, y1: float, z: float = 0.0, dtype=torch
     return pos, tri
 
 
+def context(backend: str = "cpu") -> dr.RasterizeContext:
+    """``"cpu"`` (numba) and ``"torch"`` on the CPU; ``"cuda"``: the torch reference on the GPU."""
+    return dr.RasterizeContext("cuda", "torch") if backend == "cuda" else dr.RasterizeContext("cpu", backend)
+
+
 def render(pos, tri, resolution, backend: str = "cpu", ranges=None, grad_db: bool = True):
-    return dr.rasterize(dr.RasterizeContext("cpu", backend), pos, tri, resolution, ranges=ranges, grad_db=grad_db)
-
-
-BACKENDS = ("cpu", "torch")
+    """Rasterize on ``backend``'s device (inputs moved there) and return ``(rast, rast_db)`` on the CPU."""
+    ctx = context(backend)
+    rast, db = dr.rasterize(ctx, pos.to(ctx.device), tri.to(ctx.device), resolution, ranges=ranges, grad_db=grad_db)
+    return rast.cpu(), db.cpu()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import synth_torch.render as dr
-from render_helpers import quad, render
+from render_helpers import context, quad, render
 
 F64 = torch.float64
 H, W = 40, 48
@@ -38,6 +38,12 @@ def distance_to_edges(v) -> torch.Tensor:
 
 
 TRI = torch.tensor([[0, 1, 2]], dtype=torch.int32)
+
+
+def aa(color, rast, pos, tri, backend):
+    """``antialias`` on ``backend``'s device, result on the CPU."""
+    device = context(backend).device
+    return dr.antialias(color.to(device), rast.to(device), pos.to(device), tri.to(device)).cpu()
 V = [[-0.71, -0.62], [0.77, -0.33], [-0.12, 0.81]]
 
 
@@ -47,7 +53,7 @@ def test_silhouette_pixels_blend_strictly_between_foreground_and_background(back
     inside = rast[..., 3:] > 0
     fg, bg = torch.tensor([0.9, 0.2, 0.4], dtype=F64), torch.tensor([0.1, 0.6, 0.0], dtype=F64)
     color = torch.where(inside, fg, bg)
-    out = dr.antialias(color, rast, pos, TRI)
+    out = aa(color, rast, pos, TRI, backend)
     changed = (out != color).any(-1)[0]
     assert changed.sum() > 30
     t = (out[0] - bg) / (fg - bg)  # per channel blend factor: the same for every channel
@@ -64,7 +70,7 @@ def test_internal_edge_of_a_mesh_is_not_blended(backend):
     rast, _ = render(pos, tri, (H, W), backend)
     ids = rast[0, ..., 3]
     color = torch.stack(((ids == 1).to(F64), (ids == 2).to(F64)), -1)[None]  # one colour per triangle
-    out = dr.antialias(color, rast, pos, tri)
+    out = aa(color, rast, pos, tri, backend)
     changed = (out != color).any(-1)[0]
     # pixels next to the diagonal: a neighbour belongs to the other triangle of the quad
     internal = torch.zeros(H, W, dtype=torch.bool)
@@ -93,8 +99,8 @@ def test_antialiased_coverage_approximates_the_exact_area(backend):
         pos = flat(v)
         rast, _ = render(pos, TRI, (H, W), backend)
         mask = (rast[..., 3:] > 0).to(F64)
-        aa = dr.antialias(mask, rast, pos, TRI)
-        err_aa.append(abs(float(aa.sum()) - area) / area)
+        blended = aa(mask, rast, pos, TRI, backend)
+        err_aa.append(abs(float(blended.sum()) - area) / area)
         err_aliased.append(abs(float(mask.sum()) - area) / area)
     assert max(err_aa) < 0.015
     assert sum(err_aa) < 0.6 * sum(err_aliased)
@@ -114,3 +120,5 @@ def test_topology_hash_and_validation():
         dr.antialias(color, rast, pos, tri[:1], topology_hash=th)
     with pytest.raises(ValueError, match="color must be"):
         dr.antialias(color[..., 0], rast, pos, tri)
+    with pytest.raises(ValueError, match=r"antialias: inputs on different devices \(color on meta, rast on cpu"):
+        dr.antialias(color.to("meta"), rast, pos, tri)

@@ -61,11 +61,27 @@ def test_range_mode_agrees():
 
 
 def test_float64_agrees_and_differs_from_float32_only_by_rounding():
+    """float32 changes a triangle id only where float32 rounding can move the decision (a centre within a
+    hair of an edge, or a near depth tie), and elsewhere agrees with float64 to float32 precision."""
     pos, tri = random_soup(2, 40, seed=7, dtype=torch.float64)
     r64 = assert_backends_agree(pos, tri, (33, 31))
-    r32, _ = render(pos.float(), tri, (33, 31), "cpu")
+    r32, db32 = render(pos.float(), tri, (33, 31), "cpu")
+    assert r32.dtype == torch.float32 and (r64[..., 3] > 0).float().mean() > 0.2
     same = r32[..., 3] == r64[..., 3]
     assert same.float().mean() > 0.99
+    both = same & (r64[..., 3] > 0)
+    torch.testing.assert_close(r32[both][:, :3].double(), r64[both][:, :3], atol=2e-5, rtol=1e-4)
+    # where the ids differ, the float64 answer is ambiguous at float32 precision: a barycentric within 1e-4 of
+    # an edge, or the float32 winner's depth within 1e-4 of the float64 winner's
+    def edge_margin(r):  # smallest barycentric of the triangle a pixel shows (inf for an empty pixel)
+        return float(torch.stack((r[0], r[1], 1 - r[0] - r[1])).min()) if r[3] > 0 else float("inf")
+
+    differ = (~same).nonzero().tolist()
+    for b, j, i in differ:
+        a, c = r32[b, j, i].double(), r64[b, j, i]
+        near_edge = min(edge_margin(a), edge_margin(c)) < 1e-4
+        tie = a[3] > 0 and c[3] > 0 and abs(float(a[2] - c[2])) < 1e-4
+        assert near_edge or tie, (b, j, i, a.tolist(), c.tolist())
 
 
 def test_setups_are_bitwise_equal():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import synth_torch.render as dr
-from render_helpers import F64, ndc_from_pixel, pixel_centres, quad, render, sphere_scene
+from render_helpers import F64, context, ndc_from_pixel, pixel_centres, quad, render, sphere_scene
 
 
 def covered(rast: torch.Tensor) -> torch.Tensor:
@@ -145,8 +145,9 @@ def test_dtype_preserved_inputs_untouched_and_empty_inputs(backend, dtype):
     pos, tri = sphere_scene(2, seed=1, rings=6, segments=8, dtype=dtype)
     versions = pos._version, tri._version
     before = pos.clone(), tri.clone()
-    rast, db = render(pos, tri, (12, 10), backend)
-    assert rast.dtype == dtype and db.dtype == dtype and rast.device.type == "cpu"
+    ctx = context(backend)
+    rast, db = dr.rasterize(ctx, pos.to(ctx.device), tri.to(ctx.device), (12, 10))
+    assert rast.dtype == dtype and db.dtype == dtype and rast.device == db.device == ctx.device
     assert (pos._version, tri._version) == versions and torch.equal(pos, before[0]) and torch.equal(tri, before[1])
     empty_batch, _ = render(pos[:0], tri, (12, 10), backend)
     assert empty_batch.shape == (0, 12, 10, 4)

@@ -8,7 +8,7 @@ import torch
 from torch.autograd import gradcheck
 
 import synth_torch.render as dr
-from render_helpers import F64, perspective, to_clip
+from render_helpers import F64, context, perspective, to_clip
 
 TRI = torch.tensor([[0, 1, 2], [0, 2, 3]], dtype=torch.int32)
 
@@ -19,16 +19,16 @@ def two_triangles() -> torch.Tensor:
     return to_clip(v, perspective(fov_deg=50.0))[None]
 
 
-@pytest.mark.parametrize("backend", ["cpu", "torch"])
 @pytest.mark.parametrize("grad_db", [True, False])
 def test_rasterize_gradcheck(backend, grad_db):
-    ctx = dr.RasterizeContext("cpu", backend)
-    pos = two_triangles().requires_grad_(True)
-    rast0, _ = dr.rasterize(ctx, pos.detach(), TRI, (8, 10))
+    ctx = context(backend)
+    pos = two_triangles().to(ctx.device).requires_grad_(True)
+    tri = TRI.to(ctx.device)
+    rast0, _ = dr.rasterize(ctx, pos.detach(), tri, (8, 10))
     assert (rast0[..., 3] > 0).sum() > 12
 
     def f(p):
-        rast, db = dr.rasterize(ctx, p, TRI, (8, 10), grad_db=grad_db)
+        rast, db = dr.rasterize(ctx, p, tri, (8, 10), grad_db=grad_db)
         assert torch.equal(rast[..., 3], rast0[..., 3])  # no pixel changes triangle under the perturbation
         return (rast[..., :2], db) if grad_db else rast[..., :2]
 
@@ -108,11 +108,11 @@ def smooth_uv(lo=0.1, hi=0.9, sizes=(8,), seed=0, H=4, W=5):
 
 
 @pytest.mark.parametrize("boundary", ["wrap", "clamp", "zero"])
-def test_texture_linear_gradcheck(boundary):
+def test_texture_linear_gradcheck(boundary, reference_device):
     g = torch.Generator().manual_seed(1)
-    tex = torch.rand(1, 8, 8, 3, generator=g, dtype=F64, requires_grad=True)
+    tex = torch.rand(1, 8, 8, 3, generator=g, dtype=F64).to(reference_device).requires_grad_(True)
     uv = smooth_uv(lo=-0.3 if boundary != "clamp" else 0.1, hi=1.3 if boundary != "clamp" else 0.9)
-    uv.requires_grad_(True)
+    uv = uv.to(reference_device).requires_grad_(True)
     f = lambda t, c: dr.texture(t, c, filter_mode="linear", boundary_mode=boundary)  # noqa: E731
     assert gradcheck(f, (tex, uv), eps=1e-6, atol=1e-6, rtol=1e-4)
 
@@ -132,37 +132,68 @@ def test_texture_mipmap_gradcheck():
     assert gradcheck(f, (tex, uv, uv_da, bias), eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
 
 
-def antialias_loss(p, target, attr, ctx, res):
-    rast, _ = dr.rasterize(ctx, p, TRI, res)
-    color, _ = dr.interpolate(attr, rast, TRI)
-    out = dr.antialias(color, rast, p, TRI)
-    return ((out - target) ** 2).sum(), rast
+def antialias_loss(p, tri, target, attr, ctx, res):
+    rast, _ = dr.rasterize(ctx, p, tri, res)
+    color, _ = dr.interpolate(attr, rast, tri)
+    out = dr.antialias(color, rast, p, tri)
+    return ((out - target) ** 2).sum(), rast, out, color
 
 
-def test_antialias_position_gradient_matches_finite_differences():
-    """Move each silhouette vertex coordinate by +-eps; the loss change matches the analytic gradient."""
-    ctx = dr.RasterizeContext("cpu", "cpu")
-    res = (24, 24)
+def flat_quad():
     v = torch.tensor([[-0.63, -0.57, 0.0, 1.0], [0.61, -0.42, 0.0, 1.0], [0.47, 0.59, 0.0, 1.0],
                       [-0.52, 0.51, 0.0, 1.0]], dtype=F64)[None]
-    attr = torch.tensor([[[1.0, 0.2], [0.8, 0.4], [0.6, 0.9], [0.9, 0.1]]], dtype=F64)
+    return v, TRI, [0, 1, 2, 3]
+
+
+def perspective_quad():
+    """The quad seen in perspective: w differs per vertex, so x, y and w all move the silhouette."""
+    v = torch.tensor([[-0.71, -0.63, -2.1], [0.67, -0.52, -2.9], [0.58, 0.66, -3.6], [-0.62, 0.49, -2.4]], dtype=F64)
+    return to_clip(v, perspective(fov_deg=50.0))[None], TRI, [0, 1, 2, 3]
+
+
+def occluded_quad():
+    """A triangle in front of a larger quad: its edges over the quad are occluding (not outer) silhouettes."""
+    back = torch.tensor([[-1.4, -1.2, -4.0], [1.3, -1.25, -4.2], [1.35, 1.2, -4.4], [-1.3, 1.3, -4.1]], dtype=F64)
+    front = torch.tensor([[-0.52, -0.41, -2.3], [0.47, -0.23, -2.6], [-0.08, 0.53, -2.2]], dtype=F64)
+    tri = torch.tensor([[0, 1, 2], [0, 2, 3], [4, 5, 6]], dtype=torch.int32)
+    return to_clip(torch.cat((back, front)), perspective(fov_deg=60.0))[None], tri, [4, 5, 6]
+
+
+@pytest.mark.parametrize("scene", ["flat", "perspective", "occluding"])
+def test_antialias_position_gradient_matches_finite_differences(scene):
+    """Move each silhouette vertex's x, y and w by +-eps (the rasterized ids stay the same); the loss change
+    matches the analytic gradient, z gets none, and the silhouette really moves the loss."""
+    ctx = dr.RasterizeContext("cpu", "cpu")
+    res = (24, 24)
+    v, tri, moving = {"flat": flat_quad, "perspective": perspective_quad, "occluding": occluded_quad}[scene]()
+    g = torch.Generator().manual_seed(0)
+    attr = torch.rand(1, v.shape[1], 2, generator=g, dtype=F64)
+    attr[0, 4:] += 1.0  # the front triangle's colour differs from the quad behind it
     target = torch.zeros(1, *res, 2, dtype=F64)
     p = v.clone().requires_grad_(True)
-    loss, rast0 = antialias_loss(p, target, attr, ctx, res)
+    loss, rast0, out, color = antialias_loss(p, tri, target, attr, ctx, res)
     (grad,) = torch.autograd.grad(loss, p)
-    eps = 1e-5
+    if scene == "occluding":  # pixels blended across the front triangle's edges, where both sides are covered
+        ids = rast0[0, ..., 3]
+        over = torch.zeros_like(ids, dtype=torch.bool)
+        over[:, :-1] |= (ids[:, :-1] == 3) & (ids[:, 1:] > 0) & (ids[:, 1:] != 3)
+        over[:, 1:] |= (ids[:, 1:] == 3) & (ids[:, :-1] > 0) & (ids[:, :-1] != 3)
+        assert ((out != color).any(-1)[0] & over).sum() > 5
+    coords = (0, 1) if scene == "flat" else (0, 1, 3)  # w = 1 stays fixed for the flat quad
+    eps = 1e-6 if scene == "flat" else 1e-7
     checked = 0
-    for k in range(4):
-        for c in range(2):
+    for k in moving:
+        assert grad[0, k, 2] == 0  # z/w carries no gradient
+        for c in coords:
             dp = torch.zeros_like(v)
             dp[0, k, c] = eps
-            lp, rp = antialias_loss(v + dp, target, attr, ctx, res)
-            lm, rm = antialias_loss(v - dp, target, attr, ctx, res)
+            lp, rp, _, _ = antialias_loss(v + dp, tri, target, attr, ctx, res)
+            lm, rm, _, _ = antialias_loss(v - dp, tri, target, attr, ctx, res)
             assert torch.equal(rp[..., 3], rast0[..., 3]) and torch.equal(rm[..., 3], rast0[..., 3])
             fd = (lp - lm) / (2 * eps)
             torch.testing.assert_close(grad[0, k, c], fd, atol=1e-6, rtol=1e-4)
             checked += grad[0, k, c].abs() > 1e-3
-    assert checked >= 6  # the silhouette actually moves the loss
+    assert checked >= len(moving) * len(coords) - 1, checked
 
 
 def test_pos_gradient_boost_scales_the_antialias_gradient():

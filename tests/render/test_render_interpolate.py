@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import synth_torch.render as dr
-from render_helpers import F64, perspective, pixel_rays, ray_triangle, render, to_clip
+from render_helpers import F64, context, perspective, pixel_rays, ray_triangle, render, to_clip
 
 H, W = 24, 32
 PROJ = perspective(fov_deg=60.0, near=0.5, far=20.0, aspect=W / H)
@@ -24,7 +24,9 @@ def test_interpolated_positions_are_the_ray_hits(backend, grad):
     """Interpolating the camera-space vertex positions gives the point each pixel ray hits (perspective-correct)."""
     rast, _ = rendered(backend)
     attr = V[None].clone().requires_grad_(grad)
-    out, _ = dr.interpolate(attr, rast, TRI)
+    device = context(backend).device  # interpolate on the backend's device
+    out, _ = dr.interpolate(attr.to(device), rast.to(device), TRI.to(device))
+    out = out.cpu()
     rays = pixel_rays(H, W, PROJ)
     t, b1, b2 = ray_triangle(rays, V[0], V[1], V[2])
     hit = rays * t[..., None]
@@ -62,16 +64,19 @@ def test_diff_attrs_layout_matches_pixel_finite_differences():
 
 
 def test_attribute_layouts(backend):
+    device = context(backend).device
     rast, _ = rendered(backend)
-    attr = torch.rand(1, 3, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
-    shared, da = dr.interpolate(attr, rast, TRI)
+    rast = rast.to(device)
+    attr = torch.rand(1, 3, 2, generator=torch.Generator().manual_seed(0), dtype=F64).to(device)
+    tri = TRI.to(device)
+    shared, da = dr.interpolate(attr, rast, tri)
     assert da.shape == (1, H, W, 0)
-    flat, _ = dr.interpolate(attr[0], rast, TRI)  # [V, C] (range-mode layout)
+    flat, _ = dr.interpolate(attr[0], rast, tri)  # [V, C] (range-mode layout)
     torch.testing.assert_close(flat, shared)
     two = torch.cat((rast, rast))
-    per_image, _ = dr.interpolate(torch.cat((attr, 2 * attr)), two, TRI)
+    per_image, _ = dr.interpolate(torch.cat((attr, 2 * attr)), two, tri)
     torch.testing.assert_close(per_image[1], 2 * shared[0])
-    broadcast, _ = dr.interpolate(attr, two, TRI)
+    broadcast, _ = dr.interpolate(attr, two, tri)
     torch.testing.assert_close(broadcast[1], shared[0])
 
 
@@ -89,6 +94,9 @@ def test_constant_attribute_is_reproduced_exactly_inside():
     ("diff_str", "diff_attrs must be 'all'"),
     ("diff_range", "out of range"),
     ("db_shape", "rast_db must have the shape of rast"),
+    ("attr_nan", "interpolate: attr contains NaN or infinite values"),
+    ("attr_inf", "interpolate: attr contains NaN or infinite values"),
+    ("devices", r"interpolate: inputs on different devices \(attr on meta, rast on cpu\)"),
 ])
 def test_interpolate_validation(case, match):
     rast, db = rendered()
@@ -106,5 +114,9 @@ def test_interpolate_validation(case, match):
         kwargs = dict(rast_db=db, diff_attrs=[2])
     elif case == "db_shape":
         kwargs = dict(rast_db=db[..., :2], diff_attrs=[0])
+    elif case in ("attr_nan", "attr_inf"):
+        attr[0, 1, 1] = float("nan") if case == "attr_nan" else -float("inf")
+    elif case == "devices":
+        attr = attr.to("meta")
     with pytest.raises(ValueError, match=match):
         dr.interpolate(attr, rast, TRI, **kwargs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 import synth_torch.render as dr
+from render_helpers import context
 
 RES = 32
 BASE = torch.tensor([[-0.5, -0.4], [0.5, -0.4], [0.5, 0.4], [-0.5, 0.4], [0.0, 0.0]])
@@ -14,10 +15,11 @@ COLORS = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 
 
 
 def shade(xy: torch.Tensor, ctx: dr.RasterizeContext) -> torch.Tensor:
-    pos = torch.cat((xy, torch.zeros(len(xy), 1), torch.ones(len(xy), 1)), 1)[None]
-    rast, _ = dr.rasterize(ctx, pos, TRI, (RES, RES))
-    color, _ = dr.interpolate(COLORS, rast, TRI)
-    return dr.antialias(color, rast, pos, TRI)
+    pos = torch.cat((xy, torch.zeros(len(xy), 1), torch.ones(len(xy), 1)), 1)[None].to(ctx.device)
+    tri = TRI.to(ctx.device)
+    rast, _ = dr.rasterize(ctx, pos, tri, (RES, RES))
+    color, _ = dr.interpolate(COLORS.to(ctx.device), rast, tri)
+    return dr.antialias(color, rast, pos, tri).cpu()
 
 
 def posed(params: torch.Tensor) -> torch.Tensor:
@@ -41,7 +43,7 @@ def fit(render, start: torch.Tensor, target: torch.Tensor, steps: int, lr: float
 
 
 def test_fit_translation_and_rotation(backend):
-    ctx = dr.RasterizeContext("cpu", backend)
+    ctx = context(backend)
     truth = torch.tensor([0.1, -0.05, 0.3])
     target = shade(posed(truth), ctx)
     params, first, last = fit(lambda p: shade(posed(p), ctx), torch.tensor([-0.15, 0.12, -0.1]), target,

@@ -76,7 +76,7 @@ def test_defaults_fill_every_parameter():
 
 
 def _mesh_scenario(tmp_path):
-    trimesh = pytest.importorskip("trimesh")
+    import trimesh
     from PIL import Image
 
     (tmp_path / "assets").mkdir()
@@ -125,11 +125,51 @@ def test_fingerprint_hashes_the_normalised_scenario_and_asset_contents(tmp_path)
     assert load_scenario(moved / "scene.yaml").fingerprint() != before
 
 
-def test_empty_or_bad_image_folders_fail_at_load(tmp_path):
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "notes.txt").write_text("no images here")
-    with pytest.raises(ConfigError, match="background_images: image folder .* contains no images"):
-        load_scenario(minimal(background_images=str(tmp_path / "empty")))
+def _png(color=(200, 10, 10)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("key", ["background_images", "texture_images"])
+@pytest.mark.parametrize("case,files,match", [
+    ("empty", {}, r"contains no images"),
+    ("only text", {"notes.txt": b"no images here"}, r"1 entry that is not a .*image: notes.txt"),
+    ("stray file", {"a.png": "png", "README.md": b"# backgrounds"}, r"not a .*image: README.md"),
+    ("subfolder", {"a.png": "png", "more/b.png": "png"}, r"not a .*image: more"),
+    ("unsupported format", {"a.png": "png", "b.bmp": b"BM" + bytes(60)}, r"not a .*image: b.bmp"),
+    ("random bytes", {"a.png": "png", "b.png": b"\x00\x01 not a png at all"}, r"cannot read image .*b.png"),
+    ("truncated", {"a.png": "png", "b.png": "truncated"}, r"cannot read image .*b.png"),
+    ("wrong suffix", {"a.jpg": "png"}, r"image .*a.jpg holds PNG data"),
+])
+def test_empty_corrupt_or_mixed_image_folders_fail_at_load(tmp_path, key, case, files, match):
+    """Every file of an image folder is checked when the scenario loads, and the error names the key and file."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, data in files.items():
+        (folder / name).parent.mkdir(exist_ok=True)
+        data = {"png": _png(), "truncated": _png()[:-20]}.get(data, data)
+        (folder / name).write_bytes(data)
+    with pytest.raises(ConfigError, match=f"{key}: .*{match}"):
+        load_scenario(minimal(**{key: str(folder)}))
+
+
+def test_image_folders_ignore_hidden_files_and_provenance(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "b.png").write_bytes(_png())
+    (folder / "a.jpeg").write_bytes(_png())  # PNG data under a JPEG name is refused ...
+    with pytest.raises(ConfigError, match="a.jpeg holds PNG data"):
+        load_scenario(minimal(texture_images=str(folder)))
+    (folder / "a.jpeg").unlink()
+    (folder / ".DS_Store").write_bytes(b"\x00\x00")
+    (folder / "PROVENANCE").write_text("source: made by the test\nlicense: CC0-1.0\n")
+    sc = load_scenario(minimal(texture_images=str(folder)))  # ... hidden files and PROVENANCE are not images
+    assert [a.path for a in sc.asset_files()] == [str(folder / "b.png")]
 
 
 def test_integer_parameters_need_integer_values():
@@ -164,7 +204,7 @@ def test_overrides_merge_recursively():
 
 
 def test_omegaconf_node():
-    omegaconf = pytest.importorskip("omegaconf")
+    import omegaconf
     node = omegaconf.OmegaConf.create(minimal(camera={"distance": [1.0, 1.5]}))
     assert load_scenario(node).parameters["camera.distance"] == Dist("uniform", 1.0, 1.5)
 

@@ -43,10 +43,13 @@ def test_compiled_shader_matches_the_reference(scenario, sensor):
         assert torch.equal(getattr(fast, name), getattr(ref, name)), name
 
 
-@pytest.mark.parametrize("shader", ["numba", "torch"])
-def test_each_shader_is_bit_identical_across_batches(shader):
-    """Sample i renders to the same bits alone, in another batch size, and among other samples."""
-    ds = SynthDataset("tabletop", batch_size=6, resolution=48, seed=1, shader=shader)
+SHADER_DEVICES = [("numba", "cpu"), ("torch", "cpu"), pytest.param("torch", "cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.mark.parametrize("shader,device", SHADER_DEVICES)
+def test_each_shader_is_bit_identical_across_batches(shader, device):
+    """Sample i renders to the same bits alone, in another batch size, and among other samples (on each device)."""
+    ds = SynthDataset("tabletop", batch_size=6, resolution=48, seed=1, shader=shader, device=device)
     full = ds.render_batch(torch.arange(6))
     sub = ds.render_batch(torch.tensor([4, 1]))
     other = ds.render_batch(torch.tensor([9, 4, 30]))
@@ -87,3 +90,41 @@ def test_reference_patterns_are_bounded_and_distinct():
         for j in range(k):
             assert not torch.allclose(m, mods[j]), (TEXTURES[k], TEXTURES[j])
     assert torch.equal(grain(x, y, z, torch.zeros_like(x), phase), torch.ones_like(x))
+
+
+@pytest.fixture(scope="module")
+def image_folders(tmp_path_factory):
+    """A background folder (solid red, solid blue) and a ground-texture folder (solid green), written as PNG."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("image_folders")
+    for folder, name, color in (("bg", "red", (255, 0, 0)), ("bg", "blue", (0, 0, 255)), ("tex", "green", (0, 200, 0))):
+        (root / folder).mkdir(exist_ok=True)
+        Image.new("RGB", (16, 16), color).save(root / folder / f"{name}.png")
+    return root
+
+
+@pytest.mark.parametrize("shader", ["numba", "torch"])
+def test_image_folders_texture_the_ground_and_fill_the_background(image_folders, shader, device):
+    """A low camera sees the horizon: every empty pixel shows one whole background image (both images occur),
+    and the ground, textured by a pure green image under white light without highlights, has no red or blue."""
+    if shader == "numba" and device.type != "cpu":
+        pytest.skip("the compiled shader runs on the CPU only")
+    scenario = {"name": "folders", "categories": [{"name": "cube", "shape": "box"}], "shadows": False,
+                "antialias": False, "camera": {"elevation_deg": 3.0, "distance": 1.0},
+                "light": {"specular": 0.0, "temperature_k": 6500.0},
+                "background_images": str(image_folders / "bg"), "texture_images": str(image_folders / "tex")}
+    batch = SynthDataset(scenario, batch_size=6, resolution=32, sensor=False, shader=shader,
+                         device=device).render_batch(torch.arange(6)).to("cpu")
+    image = batch.image.permute(0, 2, 3, 1)
+    empty = batch.depth[:, 0] == 0
+    assert (empty.flatten(1).float().mean(1) > 0.2).all()
+    seen = set()
+    for b in range(len(batch)):
+        colors = image[b][empty[b]].unique(dim=0)
+        assert colors.shape[0] == 1, colors  # one whole image, exactly its colour
+        seen.add(tuple(colors[0].tolist()))
+    assert seen == {(1.0, 0.0, 0.0), (0.0, 0.0, 1.0)}
+    ground = ~empty & (batch.instance == 0)
+    assert ground.sum() > 100
+    assert image[ground][:, [0, 2]].abs().max() < 1e-6 and image[ground][:, 1].min() > 0.05
