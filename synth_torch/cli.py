@@ -15,6 +15,9 @@
     torchrun variables, resumable by running the same command again.
 ``synth-torch datasets show DIR``
     Print an export's manifest readably (or the progress of one still being written).
+``synth-torch train [OVERRIDES...]``, ``synth-torch eval [OVERRIDES...]``
+    The Hydra applications (:mod:`synth_torch.app`) with the configs shipped in the package: every further
+    argument is a Hydra override (``experiment=tabletop_det``, ``scenario=my.yaml``, ``-m seed=0,1,2``).
 
 Heavy imports happen inside the commands, so ``synth-torch --help`` is instant.
 """
@@ -236,6 +239,15 @@ def datasets(args) -> None:
         raise CLIError(str(exc)) from exc
 
 
+def hydra_app(args) -> None:
+    """Run ``synth_torch.app.<module>`` as ``python -m`` would, so that Lightning's DDP launcher re-runs it."""
+    import runpy
+
+    module = {"train": "synth_torch.app.train", "eval": "synth_torch.app.evaluate"}[args.command]
+    sys.argv = [f"synth-torch {args.command}", *args.args]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synth-torch", description="Online synthetic data for computer vision.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -292,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(offline unless WANDB_MODE says otherwise)")
     e.set_defaults(func=export)
 
+    for name, text in (("train", "train on the live stream (Hydra; `synth-torch train --help` lists the config groups)"),
+                       ("eval", "score a checkpoint on the slice suites and real splits (Hydra: ckpt_path=...)")):
+        t = sub.add_parser(name, help=text, add_help=False,
+                           description="Every further argument is a Hydra override (docs/training.md).")
+        t.set_defaults(func=hydra_app)
+
     ds = sub.add_parser("datasets", help="inspect exported datasets")
     ds_sub = ds.add_subparsers(dest="datasets_command", required=True)
     show = ds_sub.add_parser("show", help="print an export's manifest readably")
@@ -303,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "bench":
+    if args.command in ("bench", "train", "eval"):
         args.args = extra[1:] if extra[:1] == ["--"] else extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -97,6 +97,8 @@ def arm_settings(arm: str, synthetic_steps: int, real_steps: int) -> tuple[int, 
 
 def _compose(overrides: list[str], output_dir: Path):
     from hydra import compose, initialize_config_dir
+
+    import synth_torch.app.configs  # noqa: F401  (registers the scenario config group)
     from omegaconf import open_dict
 
     os.environ.setdefault("PROJECT_ROOT", str(ROOT))

@@ -211,9 +211,11 @@ class Scenario:
                     out.append(AssetFile(role, path, file_sha256(path), os.path.getsize(path)))
         return tuple(out)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, absolute: bool = False) -> dict:
         """The normalised scenario: every field and parameter, distributions in canonical form, paths as
-        written. ``Scenario.from_dict(s.to_dict(), s.root) == s``."""
+        written (``absolute=True``: resolved against :attr:`root`). ``Scenario.from_dict(s.to_dict(), s.root) == s``
+        and ``Scenario.from_dict(s.to_dict(absolute=True))`` has the same fingerprint."""
+        path = self.resolve if absolute else (lambda p: p)
         sections: dict[str, dict] = {}
         for name, dist in self.parameters.items():
             sec, key = name.split(".", 1)
@@ -229,12 +231,14 @@ class Scenario:
         return {
             "name": self.name, "surface": self.surface, "placement": self.placement,
             "shadows": self.shadows, "antialias": self.antialias,
-            "categories": [{"name": c.name, "shape": c.shape, "size": c.size.to_yaml(), "aspect": c.aspect.to_yaml(),
+            "categories": [{"name": c.name, "shape": path(c.shape), "size": c.size.to_yaml(), "aspect": c.aspect.to_yaml(),
                             "textures": list(c.textures)} for c in self.categories],
             "defect_types": [{"name": d.name, "kind": d.kind, "size": d.size.to_yaml(), "weight": d.weight}
                              for d in self.defect_types],
-            "distractor_shapes": list(self.distractor_shapes), "ground_textures": list(self.ground_textures),
-            "background_images": self.background_images, "texture_images": self.texture_images,
+            "distractor_shapes": [path(d) for d in self.distractor_shapes],
+            "ground_textures": list(self.ground_textures),
+            "background_images": self.background_images and path(self.background_images),
+            "texture_images": self.texture_images and path(self.texture_images),
             **sections,
             "slices": {k: {"weight": s.weight, **overrides(s.overrides)} for k, s in self.slices.items()},
         }
