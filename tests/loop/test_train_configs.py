@@ -156,7 +156,7 @@ def test_default_config_is_cpu_wandb_offline_with_miner(tmp_path):
 @pytest.mark.parametrize("override,message", [
     ("trainer.max_steps=0", "max_steps"),
     ("callbacks.slice_miner.rule=nope", "rule"),
-    ("data.scenario.objects.count=[3,1]", "count"),
+    ("scenario.objects.count=[3,1]", "count"),
     ("trainer.val_check_interval=0.5", "val_check_interval"),
     ("model.target=boxes", "target"),
 ])
