@@ -157,8 +157,10 @@ class Category:
 
     def to_dict(self, path=lambda p: p) -> dict:
         """The normalised form; optional keys appear only when set (so older scenarios keep their fingerprint)."""
-        out = {"name": self.name, "shape": path(self.shape), "size": self.size.to_yaml(),
-               "aspect": self.aspect.to_yaml(), "textures": list(self.textures)}
+        out = {"name": self.name, "shape": path(self.shape), "aspect": self.aspect.to_yaml(),
+               "textures": list(self.textures)}
+        if self.scale is None:
+            out["size"] = self.size.to_yaml()
         for key in ("scale", "hue", "saturation", "value", "specular"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key).to_yaml()

@@ -69,7 +69,8 @@ class Mesh:
         """Apply a 4x4 affine transform; normals use the inverse transpose and are renormalised."""
         A, t = matrix[:3, :3].to(self.vertices), matrix[:3, 3].to(self.vertices)
         normals = self.normals @ torch.linalg.inv(A)
-        return replace(self, vertices=self.vertices @ A.T + t, normals=normals / normals.norm(dim=-1, keepdim=True))
+        return replace(self, vertices=self.vertices @ A.T + t,
+                       normals=normals / normals.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
     def scaled(self, scale) -> Mesh:
         """Scale by a float or per-axis [3] factor about the origin."""
@@ -286,14 +287,15 @@ def _surface_colors(visual, num_vertices: int) -> tuple[np.ndarray | None, np.nd
     kind = getattr(visual, "kind", None)
     if kind == "texture":
         material = visual.material
-        factor = getattr(material, "baseColorFactor", None)
-        if factor is None:
-            factor = getattr(material, "main_color", None)
-        factor = np.ones(3) if factor is None else np.asarray(factor, dtype=np.float64)[:3] / 255.0
+        factor = getattr(material, "baseColorFactor", None)  # glTF: multiplies its texture
+        factor = None if factor is None else np.asarray(factor, dtype=np.float64)[:3] / 255.0
         image = getattr(material, "baseColorTexture", None) or getattr(material, "image", None)
         if image is not None and getattr(visual, "uv", None) is not None:
             texture = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
-            return None, texture[::-1] * factor  # image rows run down from v = 1; our row 0 is v = 0
+            texture = texture[::-1]  # image rows run down from v = 1; our row 0 is v = 0
+            return None, texture if factor is None else texture * factor
+        if factor is None:  # an OBJ material's diffuse colour
+            factor = np.asarray(material.main_color, dtype=np.float64)[:3] / 255.0
         return np.broadcast_to(factor, (num_vertices, 3)).copy(), None
     if kind in ("vertex", "face"):
         return np.asarray(visual.vertex_colors, dtype=np.float64)[:, :3] / 255.0, None
@@ -321,6 +323,9 @@ def load_mesh(path: str | Path) -> Mesh:
         raise ValueError(f"cannot read mesh file {path}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
         raise ValueError(f"mesh file {path} contains no triangles")
+    loaded.update_faces(loaded.nondegenerate_faces())  # zero-area faces have no normal
+    if len(loaded.faces) == 0:
+        raise ValueError(f"mesh file {path} is degenerate (zero total area)")
     loaded.remove_unreferenced_vertices()
     faces = torch.tensor(np.array(loaded.faces), dtype=torch.long)
     uv = getattr(loaded.visual, "uv", None)
