@@ -60,6 +60,8 @@ def _instantiate_group(node) -> list:
 def _single_log_lines() -> None:
     """Under Hydra (which gives the root logger a console handler), Lightning's own console handlers print
     every INFO line a second time: drop them and let Lightning's records reach Hydra's handlers."""
+    import lightning.pytorch  # noqa: F401  (adds Lightning's handlers, which are removed here)
+
     if not logging.getLogger().handlers:
         return
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):

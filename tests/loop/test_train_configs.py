@@ -173,3 +173,62 @@ def test_unknown_experiment_lists_the_choices():
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         with pytest.raises(MissingConfigException, match="rare_slice_miner"):
             compose("train.yaml", overrides=["experiment=nope"])
+
+
+def test_monitored_checkpoints_keep_top_k_and_last_and_eval_scores_them(tmp_path):
+    """callbacks=model_checkpoint keeps the best save_top_k by the model's monitor (val/fg_iou) plus last.ckpt;
+    train/eval.py scores a checkpoint per slice, per class and overall, and writes metrics.json."""
+    import json
+
+    import torch
+
+    from synth_torch.app.evaluate import evaluate
+
+    tiny = [o for o in TINY if not o.startswith(("trainer.fast_dev_run", "callbacks.slice_miner"))]
+    cfg = _compose([*tiny, "callbacks=model_checkpoint", "callbacks.model_checkpoint.save_top_k=1",
+                    "trainer.max_steps=3", "trainer.val_check_interval=1", "trainer.enable_progress_bar=false",
+                    "model.scheduler=null"], tmp_path)
+    out = app_train.train(cfg)
+    files = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in files and len(files) == 2, files
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    (ckpt_state,) = [v for k, v in state["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert ckpt_state["monitor"] == "val/fg_iou" and len(ckpt_state["best_k_models"]) == 1
+    assert "best_ckpt" in out["paths"] and "val/fg_iou" in out["paths"]["best_ckpt"]
+    eval_dir = tmp_path / "eval"
+    ecfg = _compose([o for o in tiny if not o.startswith("callbacks")] +
+                    [f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"], eval_dir, config="eval.yaml")
+    result = evaluate(ecfg)
+    saved = json.loads((eval_dir / "metrics.json").read_text())
+    assert saved["metrics"] == result["metrics"]
+    metrics = result["metrics"]
+    assert "val/fg_iou" in metrics and "val/fg_iou/base" in metrics and "val/class_iou/foreground" in metrics
+    assert metrics["val/fg_iou"] == pytest.approx(out["metrics"]["val/fg_iou"], abs=1e-6)
+
+
+def test_summary_line_names_the_headline_worst_slice_and_real_metrics():
+    line = app_train.summary_line({"val/map": 0.5, "val/map_worst": 0.2, "val/map/real": 0.3, "test/map/real": 0.25,
+                                   "val/fg_iou": 0.9}, 10, 12.0, "p.png", monitor="val/map")
+    assert line.startswith("Summary: val/map = 0.500 (worst slice 0.200, real val 0.300, real test 0.250) after 10")
+    assert line.endswith("; predictions vs labels: p.png")
+
+
+def test_debug_fdr_prints_each_line_once_and_writes_no_checkpoint(tmp_path):
+    """python train/train.py debug=fdr: Lightning's fast_dev_run suppresses checkpoints (Lightning itself still
+    wrote last.ckpt at the end), and under Hydra every log line appears once (not once from Lightning's own
+    handler and once from Hydra's)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(ROOT / "train" / "train.py"), "debug=fdr", "data.resolution=32",
+           "data.val_samples_per_slice=2", "data.val_batch_size=2", "callbacks.slice_miner.mine_samples=8",
+           "model.net.depth=2", "model.net.width=4", "logger=csv", "print_config=false",
+           f"hydra.run.dir={tmp_path}"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert not list(tmp_path.rglob("*.ckpt")), sorted(map(str, tmp_path.rglob("*.ckpt")))
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if "SliceMiner step" in line or
+             "fast_dev_run" in line]
+    messages = [line.split("] - ")[-1].removeprefix("INFO: ") for line in lines]
+    assert messages and len(messages) == len(set(messages)), lines
+    assert "Summary: val/fg_iou" in run.stdout
