@@ -117,7 +117,7 @@ def real_pool_size(task: str, extra: list[str]) -> int:
     from synth_torch.scenario.config import load_scenario
 
     cfg = _compose([f"experiment={TASKS[task]['experiment']}", *extra], LOGS)
-    names = load_scenario(cfg.data.scenario, OmegaConf.to_container(cfg.data.overrides, resolve=True)).class_names
+    names = load_scenario(OmegaConf.to_container(cfg.data.scenario, resolve=True)).class_names
     return len(open_real(cfg.data.real_kind, cfg.data.real_root, names, 32, "train", tuple(cfg.data.real_split)))
 
 

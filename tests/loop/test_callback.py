@@ -240,3 +240,26 @@ def _wandb_history(path: Path) -> list[dict]:
             if record.WhichOneof("record_type") == "history":
                 rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item})
     return rows
+
+
+def test_per_slice_metrics_live_in_a_module_dict_that_to_and_reset_see():
+    """Per-slice metrics are MetricCollections in the task's nn.ModuleDict (slice names with dots included), so
+    moving the task moves their states, and a reset after logging empties them."""
+    from torchmetrics import MetricCollection
+
+    task = SegmentationTask(functools.partial(TinyUNet, width=4, depth=2), 3, target="foreground")
+    collection = task._metrics_for("val", "slice:light.intensity<0.3")
+    assert isinstance(collection, MetricCollection) and collection is task._metrics_for("val", "slice:light.intensity<0.3")
+    assert any(m is collection for m in task.metrics["val"].values())
+    assert "class_iou" in task._metrics_for("val", "all") and "class_iou" not in collection
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[:, 2:5, 2:5] = 1
+    collection["fg_iou"].update(labels, labels)
+    task.to(torch.float64)
+    state = collection["fg_iou"].confmat
+    assert state.dtype == torch.long and int(state.sum()) > 0  # integer counts keep their dtype, values kept
+    collection.reset()
+    assert int(collection["fg_iou"].confmat.sum()) == 0 and collection["fg_iou"].update_count == 0
+    collection["fg_iou"].update(labels, labels)
+    task.to("meta")
+    assert collection["fg_iou"].confmat.device.type == "meta"  # .to() on the task reaches the metrics
