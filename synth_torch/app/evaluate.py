@@ -12,17 +12,15 @@ the metrics and writes ``<output_dir>/metrics.json``. See ``docs/training.md``.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from synth_torch.app.configs import CONFIG_DIR
-from synth_torch.app.train import TrainConfigError, _single_log_lines, build, logger_paths
+from synth_torch.app.train import TrainConfigError, build, logger_paths, run_job
 from synth_torch.fileio import write_text_atomic
-from synth_torch.scenario.config import ConfigError
 
 __all__ = ["evaluate", "main"]
 
@@ -88,14 +86,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval.yaml")
 def _main(cfg: DictConfig) -> None:
-    _single_log_lines()
-    if cfg.get("print_config"):
-        print(OmegaConf.to_yaml(cfg, resolve=False))
-    try:
-        evaluate(cfg)
-    except (TrainConfigError, ConfigError) as exc:
-        print(f"\nconfiguration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_job(evaluate, cfg)
 
 
 def main() -> None:

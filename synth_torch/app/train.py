@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from synth_torch.app.configs import CONFIG_DIR
 from synth_torch.scenario.config import ConfigError
 
-__all__ = ["TrainConfigError", "build", "main", "summary_line", "train"]
+__all__ = ["TrainConfigError", "build", "logger_paths", "main", "run_job", "summary_line", "train"]
 
 
 class TrainConfigError(ValueError):
@@ -215,16 +215,22 @@ def summary_line(metrics: dict[str, float], steps: int, seconds: float, predicti
     return f"Summary: {head} after {steps} steps in {seconds:.0f} s{tail}"
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train.yaml")
-def _main(cfg: DictConfig) -> None:
+def run_job(job, cfg: DictConfig):
+    """Run ``job(cfg)`` as a Hydra job: one console line per log record, the config printed on request, and a
+    configuration error as one line naming the key (exit status 2)."""
     _single_log_lines()
     if cfg.get("print_config"):
         print(OmegaConf.to_yaml(cfg, resolve=False))
     try:
-        train(cfg)
+        return job(cfg)
     except (TrainConfigError, ConfigError) as exc:
         print(f"\nconfiguration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train.yaml")
+def _main(cfg: DictConfig) -> None:
+    run_job(train, cfg)
 
 
 def main() -> None:
