@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from synth_torch.scenario.config import ConfigError, builtin_scenarios, load_scenario
 
-__all__ = ["CONFIG_DIR", "ScenarioSource", "compose", "scenario_node"]
+__all__ = ["CONFIG_DIR", "ScenarioSource", "scenario_node"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 GROUP = "scenario"
@@ -91,12 +91,3 @@ class ScenarioSource(ConfigSource):
 
 Plugins.instance().register(ScenarioSource)
 
-
-def compose(config_name: str = "train", overrides: list[str] | tuple[str, ...] = ()):
-    """The composed config ``config_name`` (``train``, ``eval``, ``export``) with command-line ``overrides``, as
-    ``python train/train.py <overrides>`` would see it (without running anything)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=False)
