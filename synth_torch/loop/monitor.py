@@ -108,6 +108,8 @@ class TrainingMonitor(Callback):
     @torch.no_grad()
     def log_pictures(self, trainer, pl_module, batch) -> None:
         """Log ``samples/train`` (``batch``, when synthetic) and ``samples/predictions`` to every logger."""
+        if not trainer.loggers:
+            return
         step = trainer.global_step
         synthetic = batch.synthetic if isinstance(batch, HybridBatch) else batch
         if isinstance(synthetic, Batch):
