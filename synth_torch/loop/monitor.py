@@ -8,6 +8,8 @@ MLflow, CSV).
     transfer), validation excluded. Near 0: the model is the bottleneck; near 1: the data is.
   - ``perf/images_per_s``: training images (synthetic and real) per second of that wall time.
 
+  Under DDP both are rank 0's (one process's share of the stream); the pictures too come from rank 0.
+
 * Every ``images_every_n_steps`` steps (rank 0):
 
   - ``samples/train``: the current training batch with its labels drawn, one tile per image titled with its slice
