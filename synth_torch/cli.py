@@ -1,8 +1,9 @@
 """The ``synth-torch`` command line.
 
-``synth-torch preview``
-    Render samples of a scenario into one PNG grid with instance masks, tight boxes, class names and
-    keypoints drawn over the images (see ``docs/labels.md`` for what each label means).
+``synth-torch preview [SECTION.PARAM=VALUE ...]``
+    Render samples of a scenario into one PNG grid (no empty cells), each tile titled with its slice and showing
+    instance masks, tight boxes, class names and keypoints, optionally beside depth, instance and normals panels
+    (``--panels``); scenario overrides on the command line (see ``docs/labels.md`` for what each label means).
 ``synth-torch demo``
     Render a lit, textured, antialiased grid of the mesh primitives with the public rendering API
     (:mod:`synth_torch.render`, :mod:`synth_torch.camera`, :mod:`synth_torch.scene.meshes`): a first run
@@ -15,6 +16,9 @@
     torchrun variables, resumable by running the same command again.
 ``synth-torch datasets show DIR``
     Print an export's manifest readably (or the progress of one still being written).
+``synth-torch train [OVERRIDES...]``, ``synth-torch eval [OVERRIDES...]``
+    The Hydra applications (:mod:`synth_torch.app`) with the configs shipped in the package: every further
+    argument is a Hydra override (``experiment=tabletop_det``, ``scenario=my.yaml``, ``-m seed=0,1,2``).
 
 Heavy imports happen inside the commands, so ``synth-torch --help`` is instant.
 """
@@ -26,9 +30,6 @@ import sys
 from pathlib import Path
 
 from synth_torch.fileio import save_png_atomic, writable_folder
-
-PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
 
 
 class CLIError(Exception):
@@ -48,39 +49,44 @@ def _check_writable(out: Path) -> Path:
     return out
 
 
-def annotate(batch, index: int):
-    """uint8 [3, H, W] image ``index`` of a :class:`~synth_torch.data.Batch` with masks, boxes, names, keypoints."""
-    import torch
-    from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmentation_masks
+def scenario_overrides(items: list[str]) -> dict:
+    """``section.param=value`` command-line items (values in YAML: ``camera.distance=[0.8,1.2]``) as a nested dict."""
+    import yaml
 
-    image = (batch.image[index].clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-    keep = (batch.valid[index] & (batch.visible_pixels[index] > 0)).nonzero().squeeze(1).cpu()
-    if keep.numel() == 0:
-        return image
-    colors = [PALETTE[int(k) % len(PALETTE)] for k in keep]
-    masks = batch.instance[index].cpu()[None] == (keep + 1)[:, None, None]
-    image = draw_segmentation_masks(image, masks, alpha=0.45, colors=colors)
-    names = [batch.class_names[int(c) - 1] if 0 < int(c) <= len(batch.class_names) else str(int(c))
-             for c in batch.labels[index, keep]]
-    image = draw_bounding_boxes(image, batch.boxes[index, keep].cpu(), labels=names, colors=colors, width=1)
-    kp = batch.keypoints[index, keep].cpu()
-    for k, color in zip(range(len(keep)), colors):  # one call per instance: each has its own colour
-        image = draw_keypoints(image, kp[k:k + 1, :, :2], colors=color, radius=1, visibility=kp[k:k + 1, :, 2] == 2)
-    return image
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or key.startswith("-"):
+            raise CLIError(f"unrecognized argument {item!r}: scenario overrides look like camera.distance=[0.8,1.2]")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise CLIError(f"{key}: cannot read value {value!r}: {exc}") from None
+    return out
 
 
 def preview(args) -> Path:
     import torch
-    from torchvision.utils import make_grid
 
     from synth_torch import SynthDataset
+    from synth_torch.loop.visuals import PANELS, label_tile, tile_grid
+    from synth_torch.scenario.config import load_scenario
     from synth_torch.scenario.distributions import ConfigError
 
     out = _check_writable(Path(args.out))
     if args.n <= 0:
         raise CLIError(f"--n must be positive, got {args.n}")
+    panels = tuple(p.strip() for p in args.panels.split(",") if p.strip())
+    bad = [p for p in panels if p not in PANELS]
+    if bad or not panels:
+        raise CLIError(f"--panels: unknown {bad}; choose from {list(PANELS)}")
     try:
-        ds = SynthDataset(args.scenario, batch_size=args.n, resolution=args.resolution, seed=args.seed)
+        scenario = load_scenario(args.scenario, scenario_overrides(args.overrides))
+        ds = SynthDataset(scenario, batch_size=args.n, resolution=args.resolution, seed=args.seed)
     except ConfigError as exc:
         raise CLIError(str(exc)) from exc
     slice_id = None
@@ -89,13 +95,12 @@ def preview(args) -> Path:
             raise CLIError(f"unknown slice {args.slice!r} for scenario {ds.scenario.name!r}; "
                            f"choose one of {list(ds.slice_names)}")
         slice_id = torch.full((args.n,), ds.slice_names.index(args.slice))
-    images = []
+    tiles = []
     for start in range(0, args.n, 16):  # bounded memory for large --n
         index = torch.arange(start, min(start + 16, args.n))
         batch = ds.render_batch(index, None if slice_id is None else slice_id[: len(index)])
-        images += [annotate(batch, i) for i in range(len(batch))]
-    grid = make_grid(torch.stack(images), nrow=max(1, round(args.n ** 0.5)), padding=2, pad_value=255)
-    save_png_atomic(grid, out)
+        tiles += [label_tile(batch, i, panels) for i in range(len(batch))]
+    save_png_atomic(tile_grid(tiles), out)
     return out
 
 
@@ -234,6 +239,15 @@ def datasets(args) -> None:
         raise CLIError(str(exc)) from exc
 
 
+def hydra_app(args) -> None:
+    """Run ``synth_torch.app.<module>`` as ``python -m`` would, so that Lightning's DDP launcher re-runs it."""
+    import runpy
+
+    module = {"train": "synth_torch.app.train", "eval": "synth_torch.app.evaluate"}[args.command]
+    sys.argv = [f"synth-torch {args.command}", *args.args]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synth-torch", description="Online synthetic data for computer vision.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -245,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slice", default=None, help="render every sample from this named slice")
     p.add_argument("--resolution", type=int, default=128, help="image size in pixels (default 128)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--panels", default="labels", help="comma-separated panels per sample: labels, image, depth, "
+                   "instance, normals (default: labels)")
+    p.add_argument("overrides", nargs="*", metavar="SECTION.PARAM=VALUE",
+                   help="scenario overrides, e.g. camera.distance=[0.8,1.2] objects.count=3")
     p.set_defaults(func=preview)
 
     d = sub.add_parser("demo", help="render lit, textured, antialiased primitives with the public render API")
@@ -290,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "(offline unless WANDB_MODE says otherwise)")
     e.set_defaults(func=export)
 
+    for name, text in (("train", "train on the live stream (Hydra; `synth-torch train --help` lists the config groups)"),
+                       ("eval", "score a checkpoint on the slice suites and real splits (Hydra: ckpt_path=...)")):
+        t = sub.add_parser(name, help=text, add_help=False,
+                           description="Every further argument is a Hydra override (docs/training.md).")
+        t.set_defaults(func=hydra_app)
+
     ds = sub.add_parser("datasets", help="inspect exported datasets")
     ds_sub = ds.add_subparsers(dest="datasets_command", required=True)
     show = ds_sub.add_parser("show", help="print an export's manifest readably")
@@ -301,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "bench":
+    if args.command in ("bench", "train", "eval"):
         args.args = extra[1:] if extra[:1] == ["--"] else extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

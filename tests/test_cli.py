@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 
 from synth_torch import SynthDataset
-from synth_torch.cli import annotate, main
+from synth_torch.cli import main
+from synth_torch.loop.visuals import TITLE_HEIGHT, label_tile
+from synth_torch.scenario.config import load_scenario
 
 
 def read_png(path) -> np.ndarray:
@@ -26,31 +28,85 @@ def test_preview_writes_an_annotated_grid(tmp_path, capsys):
     out = tmp_path / "grid.png"
     assert main(["preview", "--scenario", "tabletop", "--n", "4", "--resolution", "48", "--out", str(out)]) == 0
     grid = read_png(out)
-    # make_grid: 2 x 2 tiles of 48 px with 2 px padding around and between.
-    assert grid.shape == (2 * 48 + 3 * 2, 2 * 48 + 3 * 2, 3)
+    # 2 x 2 tiles (no empty cell), each 48 px enlarged 6x for readable labels under a 16 px title bar, 4 px padding
+    tile_h, tile_w = TITLE_HEIGHT + 6 * 48, 6 * 48
+    assert grid.shape == (2 * tile_h + 3 * 4, 2 * tile_w + 3 * 4, 3)
     assert "wrote" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temporary file left behind
     assert stat.S_IMODE(out.stat().st_mode) & 0o044  # readable like any file open() creates (umask permitting)
-    # The first tile is sample 0 with its labels drawn: it differs from the bare image exactly where labels are.
+    # The first tile is sample 0 with its labels drawn: it differs from the bare (enlarged) image where labels are.
     batch = SynthDataset("tabletop", batch_size=1, resolution=48, seed=0).render_batch(torch.arange(1))
+    tile = grid[4:4 + tile_h, 4:4 + tile_w]
+    assert np.array_equal(tile, label_tile(batch, 0).permute(1, 2, 0).numpy())
     bare = (batch.image[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    tile = grid[2:50, 2:50]
-    changed = (tile != bare).any(-1)
-    drawn = annotate(batch, 0).permute(1, 2, 0).numpy()
-    assert np.array_equal(tile, drawn)
-    masks = (batch.instance[0] > 0).numpy()
+    bare = bare.repeat(6, 0).repeat(6, 1)
+    changed = (tile[TITLE_HEIGHT:] != bare).any(-1)
+    masks = (batch.instance[0] > 0).numpy().repeat(6, 0).repeat(6, 1)
     assert changed[masks].mean() > 0.9  # instance pixels are tinted
     assert changed.any() and not changed.all()
+    title = tile[:TITLE_HEIGHT]
+    assert (title != title[0, 0]).any(-1).sum() > 20  # the slice name is written in the title bar
+
+
+@pytest.mark.parametrize("n,shape", [(8, (2, 4)), (6, (2, 3)), (7, (1, 7)), (9, (3, 3))])
+def test_preview_grid_has_no_empty_cells(n, shape):
+    from synth_torch.loop.visuals import grid_columns
+
+    columns = grid_columns(n)
+    assert (n // columns, columns) == shape and columns * (n // columns) == n
+
+
+def test_labels_never_overlap():
+    from synth_torch.loop.visuals import layout_labels
+
+    boxes = [(10, 10, 40, 40), (12, 12, 42, 42), (11, 9, 30, 30), (0, 0, 5, 5), (100, 100, 120, 120)]
+    spots = layout_labels(boxes, [(30, 12)] * len(boxes), 128, 128)
+    placed = [s for s in spots if s is not None]
+    assert len(placed) >= 4
+    for i, a in enumerate(placed):
+        assert 0 <= a[0] and a[2] <= 128 and 0 <= a[1] and a[3] <= 128
+        for b in placed[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+
+
+def test_preview_panels_titles_and_overrides(tmp_path, capsys):
+    out = tmp_path / "panels.png"
+    assert main(["preview", "--scenario", "tabletop", "--n", "2", "--resolution", "32", "--slice", "low_light",
+                 "--panels", "labels,depth,instance,normals", "--out", str(out), "objects.count=1",
+                 "camera.distance=[0.6,0.6]"]) == 0
+    grid = read_png(out)
+    s = 8  # 32 px enlarged to 256
+    # wide four-panel tiles stack in one column (the grid closest to square)
+    assert grid.shape == (2 * (TITLE_HEIGHT + 32 * s) + 3 * 4, 4 * 32 * s + 3 * 2 + 2 * 4, 3)
+    ds = SynthDataset(load_scenario("tabletop", {"objects": {"count": 1}, "camera": {"distance": [0.6, 0.6]}}),
+                      batch_size=2, resolution=32)
+    batch = ds.render_batch(torch.arange(2), torch.full((2,), ds.slice_names.index("low_light")))
+    assert (batch.valid.sum(1) == 1).all()
+    tile = grid[4:4 + TITLE_HEIGHT + 32 * s, 4:4 + 4 * 32 * s + 3 * 2]
+    assert np.array_equal(tile, label_tile(batch, 0, ("labels", "depth", "instance", "normals")).permute(1, 2, 0).numpy())
+    instance = tile[TITLE_HEIGHT:, 2 * (32 * s + 2):3 * 32 * s + 4]
+    background = (batch.instance[0] == 0).numpy().repeat(s, 0).repeat(s, 1)
+    assert (instance[background] == 0).all() and (instance[~background] != 0).any(-1).all()
+    low = label_tile(batch, 0, ("image",))[:, :TITLE_HEIGHT]
+    base = label_tile(batch, 0, ("image",), title="base")[:, :TITLE_HEIGHT]
+    assert not torch.equal(low, base)  # the slice name is in the title
+    with pytest.raises(SystemExit):
+        main(["preview", "--n", "1", "--resolution", "32", "--out", str(tmp_path / "x.png"), "camera.nope=1"])
+    err = capsys.readouterr().err
+    assert "camera" in err and "'nope'" in err
+    with pytest.raises(SystemExit):
+        main(["preview", "--n", "1", "--resolution", "32", "--out", str(tmp_path / "x.png"), "--panels", "rgb"])
+    assert "--panels" in capsys.readouterr().err
 
 
 def test_preview_of_a_slice(tmp_path):
     out = tmp_path / "dark.png"
-    main(["preview", "--scenario", "tabletop", "--n", "1", "--resolution", "32", "--slice", "low_light", "--out",
-          str(out)])
+    main(["preview", "--scenario", "tabletop", "--n", "1", "--resolution", "32", "--slice", "low_light", "--panels",
+          "image", "--out", str(out)])
     bright = tmp_path / "base.png"
-    main(["preview", "--scenario", "tabletop", "--n", "1", "--resolution", "32", "--slice", "base", "--out",
-          str(bright)])
-    assert read_png(out).mean() < read_png(bright).mean()
+    main(["preview", "--scenario", "tabletop", "--n", "1", "--resolution", "32", "--slice", "base", "--panels",
+          "image", "--out", str(bright)])
+    assert read_png(out)[TITLE_HEIGHT + 4:].mean() < read_png(bright)[TITLE_HEIGHT + 4:].mean()
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -2,6 +2,7 @@
 
     python train/export.py out=data/tabletop n=1000 resolution=256
     python train/export.py scenario=defects out=data/defects n=500 formats=[coco,webdataset]
+    python train/export.py scenario=my_scenario.yaml scenario.camera.distance=[0.6,0.7] out=data/mine n=100
     python train/export.py out=data/tt n=100000 shard=3/8           # one process of eight (or a SLURM array)
 
 The same job as ``synth-torch export`` (docs/export.md); run it again to resume.
@@ -22,14 +23,15 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from synth_torch.app.configs import CONFIG_DIR  # noqa: E402  (also registers the scenario config group)
+
 
 def run(cfg: DictConfig, command: str | None = None):
     """Run the export that ``cfg`` describes; returns the :class:`~synth_torch.export.ExportResult`."""
     from synth_torch.export import ExportOptions, export, manifest_digest
     from synth_torch.scenario.config import load_scenario
 
-    overrides = OmegaConf.to_container(cfg.scenario, resolve=True).get("overrides") or {}
-    scenario = load_scenario(cfg.scenario.name, overrides)
+    scenario = load_scenario(OmegaConf.to_container(cfg.scenario, resolve=True))
     options = ExportOptions(min_visible_pixels=int(cfg.min_visible_pixels), include_hidden=bool(cfg.include_hidden),
                             yolo_polygons=bool(cfg.yolo_polygons), depth_scale=float(cfg.depth_scale))
     resolution = cfg.resolution if isinstance(cfg.resolution, int) else tuple(cfg.resolution)
@@ -48,7 +50,7 @@ def run(cfg: DictConfig, command: str | None = None):
     return result
 
 
-@hydra.main(version_base="1.3", config_path=str(ROOT / "configs"), config_name="export.yaml")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="export.yaml")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 

@@ -97,6 +97,8 @@ def arm_settings(arm: str, synthetic_steps: int, real_steps: int) -> tuple[int, 
 
 def _compose(overrides: list[str], output_dir: Path):
     from hydra import compose, initialize_config_dir
+
+    import synth_torch.app.configs  # noqa: F401  (registers the scenario config group)
     from omegaconf import open_dict
 
     os.environ.setdefault("PROJECT_ROOT", str(ROOT))
@@ -115,7 +117,7 @@ def real_pool_size(task: str, extra: list[str]) -> int:
     from synth_torch.scenario.config import load_scenario
 
     cfg = _compose([f"experiment={TASKS[task]['experiment']}", *extra], LOGS)
-    names = load_scenario(cfg.data.scenario, OmegaConf.to_container(cfg.data.overrides, resolve=True)).class_names
+    names = load_scenario(OmegaConf.to_container(cfg.data.scenario, resolve=True)).class_names
     return len(open_real(cfg.data.real_kind, cfg.data.real_root, names, 32, "train", tuple(cfg.data.real_split)))
 
 

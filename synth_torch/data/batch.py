@@ -122,8 +122,14 @@ class Batch(Labels):
         """Images and targets as torchvision detection models take them.
 
         Each target has ``boxes`` (``tv_tensors.BoundingBoxes``, XYXY, canvas (H, W)), ``labels`` [n],
-        ``masks`` (``tv_tensors.Mask`` [n, H, W] bool), ``keypoints`` [n, K, 3], ``sample_id`` and
-        ``slice_id``; instances with fewer than ``min_visible_pixels`` visible pixels are dropped.
+        ``masks`` (``tv_tensors.Mask`` [n, H, W] bool), ``keypoints`` (``tv_tensors.KeyPoints`` [n, K, 2]),
+        ``keypoints_visibility`` [n, K] (0 outside the image, 1 hidden, 2 visible), ``sample_id`` and
+        ``slice_id``; instances with fewer than ``min_visible_pixels`` visible pixels are dropped. torchvision v2
+        transforms move boxes, masks and keypoints together.
+
+        torchvision places keypoint ``(0, 0)`` at the centre of the top-left pixel (a horizontal flip maps x to
+        ``W - 1 - x``), while ``Batch.keypoints`` puts pixel corners at integers (``docs/labels.md``), so the
+        ``KeyPoints`` are ``Batch.keypoints[..., :2] - 0.5``.
         """
         H, W = self.image.shape[-2:]
         batch = self.drop_hidden(min_visible_pixels)
@@ -136,7 +142,8 @@ class Batch(Labels):
                 "boxes": tv_tensors.BoundingBoxes(batch.boxes[i, idx], format="XYXY", canvas_size=(H, W)),
                 "labels": batch.labels[i, idx].to(torch.int64),
                 "masks": tv_tensors.Mask(masks),
-                "keypoints": batch.keypoints[i, idx],
+                "keypoints": tv_tensors.KeyPoints(batch.keypoints[i, idx, :, :2] - 0.5, canvas_size=(H, W)),
+                "keypoints_visibility": batch.keypoints[i, idx, :, 2].to(torch.int64),
                 "sample_id": self.sample_id[i],
                 "slice_id": self.slice_id[i],
             })

@@ -17,6 +17,7 @@ from synth_torch.scenario.sampler import SceneParams, ScenarioSampler
 from synth_torch.scene.assets import load_images
 from synth_torch.scene.gbuffer import build_gbuffer
 from synth_torch.scene.geometry import assemble
+from synth_torch.scene.library import template_bank
 from synth_torch.sensor import SENSOR_DEFAULTS, apply_sensor
 from synth_torch.shading.shaders import SHADERS, get_shader, render_image
 from synth_torch.spec.params import PARAM_NAMES
@@ -166,6 +167,7 @@ class SynthDataset(IterableDataset):
         self.shader = shader
         self.sampler = ScenarioSampler(self.scenario, self.seed)
         self.sensor_supports = {n: self.scenario.support(n) for n in SENSOR_DEFAULTS}
+        self._textured_meshes = bool((template_bank(self.sampler.shapes).texture_index >= 0).any())
         self.weights = SliceWeights(self.scenario)
         self.next_batch = 0
         self._ctx = None
@@ -235,7 +237,7 @@ class SynthDataset(IterableDataset):
         spec = self.sampler.build(params, self.resolution).to(self.device)
         geom = assemble(spec)
         gbuffer = build_gbuffer(spec, geom, self.context, self.resolution, shadows=sc.shadows,
-                                uv=sc.texture_images is not None)
+                                uv=sc.texture_images is not None or self._textured_meshes)
         ground_images = background = None
         if sc.texture_images:
             ground_images = load_images(sc.resolve(sc.texture_images), spec.ground.image,

@@ -15,9 +15,10 @@ Every round (each ``every_n_train_steps`` training steps, and/or at the end of e
    losses and parameters, run :func:`~synth_torch.loop.mining.find_slices` on rank 0 (excluding the current
    slice names) and broadcast the result, so all ranks add the same slices: ``weights.add`` +
    ``reweighter.add_slices``; their validation suites are created on first use.
-4. **Log** per-slice losses and weights as scalars (any logger), the mined slices, a weights chart and an
-   image grid of the currently worst slice (wandb only), and the whole history as ``slice_miner.json`` in
-   ``trainer.default_root_dir`` (the run's output folder).
+4. **Log** per-slice losses and weights as scalars and an image grid of the currently worst slice's suite
+   (``slices/worst_slice``, every logger: :func:`~synth_torch.loop.visuals.log_image`), the mined slices and a
+   weights chart (wandb), and the whole history as ``slice_miner.json`` in ``trainer.default_root_dir`` (the run's
+   output folder).
 
 The callback's ``state_dict`` holds the reweighter state and the round history; the data module's holds the
 dataset position and weights (with the mined slices), so a resumed run continues the same weights and stream.
@@ -39,6 +40,7 @@ from synth_torch.loop.datamodule import MINE_START, SUITE_STRIDE
 from synth_torch.loop.mining import MinedSlice, Predicate, check_options, find_slices
 from synth_torch.loop.rules import RULES, SliceReweighter, SliceStats
 from synth_torch.loop.tasks import slice_key
+from synth_torch.loop.visuals import log_image
 from synth_torch.scenario.config import ConfigError
 from synth_torch.scenario.distributions import parse_flag, parse_int, parse_number
 from synth_torch.spec.params import PARAM_NAMES
@@ -70,7 +72,7 @@ class SliceMiner(Callback):
             distribution) or ``"mixture"`` (the scenario's own mixture); max_mined: stop mining after N slices;
             mined_share: initial share of a mined slice (default ``1 / K``); params: parameter names to mine
             on (default: every scenario parameter); mining: keyword arguments of ``find_slices``.
-        log_images: log an image grid of the worst slice (wandb); verbose: print one line per round.
+        log_images: log an image grid of the worst slice (every logger); verbose: print one line per round.
 
     Example (see ``configs/callbacks/slice_miner.yaml``)::
 
@@ -285,9 +287,12 @@ class SliceMiner(Callback):
         if finite:
             metrics["slices/worst_loss"] = max(finite)
             metrics["slices/mean_loss"] = sum(finite) / len(finite)
+        worst = self._worst_slice_grid(trainer, names, stats) if self.log_images else None
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
             self._log_wandb(trainer, logger, record, stats)
+            if worst is not None:
+                log_image(logger, "slices/worst_slice", worst[0], step, worst[1])
         if self.verbose:
             w = ", ".join(f"{n}={v:.3f}" for n, v in zip(names, record["weights"]))
             lo = ", ".join(f"{n}={v:.3f}" for n, v in zip(names, record["loss"]) if v is not None)
@@ -321,15 +326,17 @@ class SliceMiner(Callback):
             cols = ["step", "name", "support", "mean_loss", "rest_loss", "effect_size", "p_value"]
             payload["slices/mined"] = wandb.Table(columns=cols, data=[[m[c] for c in cols] for m in self.mined])
         run.log(payload)
-        if self.log_images and finite_any(stats.loss):
-            import torchvision
 
-            worst = int(torch.nan_to_num(stats.loss, nan=-math.inf).argmax())
-            suite = trainer.datamodule.suite(names[worst])
-            images = torch.cat([b.image for b in suite])[: self.image_count]
-            grid = torchvision.utils.make_grid(images, nrow=8)
-            logger.log_image("slices/worst_slice", images=[grid],
-                             caption=[f"{names[worst]} loss={float(stats.loss[worst]):.3f}"], step=record["step"])
+    def _worst_slice_grid(self, trainer, names: list[str], stats: SliceStats) -> tuple[torch.Tensor, str] | None:
+        """(uint8 [3, H, W] grid of the worst slice's suite images, caption), or None without a finite loss."""
+        import torchvision
+
+        if not finite_any(stats.loss):
+            return None
+        worst = int(torch.nan_to_num(stats.loss, nan=-math.inf).argmax())
+        images = torch.cat([b.image for b in trainer.datamodule.suite(names[worst])])[: self.image_count]
+        grid = torchvision.utils.make_grid((images.clamp(0, 1) * 255).round().to(torch.uint8), nrow=8)
+        return grid, f"{names[worst]} loss={float(stats.loss[worst]):.3f}"
 
     # ------------------------------------------------------------------ checkpointing
     @override

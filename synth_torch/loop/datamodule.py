@@ -29,6 +29,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
+from tqdm import tqdm
 
 from synth_torch.data.batch import Batch
 from synth_torch.data.dataset import SynthDataset, _rank_and_world
@@ -134,6 +135,7 @@ class SynthDataModule(pl.LightningDataModule):
         real_flips: random horizontal/vertical flips of real training images (a function of seed and draw).
         schedule, real_fraction, mix_by, switch_step, anneal_steps, anneal_shape, rewarm_steps: the
             :class:`~synth_torch.data.hybrid.HybridSchedule`.
+        progress: show a progress bar while the validation suites render (rank 0).
 
     Stream position: the module counts the training batches the trainer actually consumed (not the one
     Lightning prefetched), and its ``state_dict`` stores the dataset state with ``next_batch`` set to the
@@ -153,7 +155,8 @@ class SynthDataModule(pl.LightningDataModule):
                  real_split=(0.7, 0.1, 0.2), real_train_images: int | None = None,
                  real_val_max_images: int | None = 64, real_flips: bool = False, schedule: str = "synthetic_only",
                  real_fraction: float = 0.5, mix_by: str = "batch", switch_step: int = 0, anneal_steps: int = 1000,
-                 anneal_shape: str = "cosine", rewarm_steps: int = 0, worker_timeout: float = 600.0):
+                 anneal_shape: str = "cosine", rewarm_steps: int = 0, worker_timeout: float = 600.0,
+                 progress: bool = True):
         super().__init__()
         overrides = _plain(overrides) or {}
         self.scenario: Scenario = load_scenario(_plain(scenario), overrides)
@@ -182,6 +185,7 @@ class SynthDataModule(pl.LightningDataModule):
         self.real_required = parse_flag(real_required, "data.real_required")
         self.real_val_max_images = parse_int(real_val_max_images, "data.real_val_max_images", lo=1, none_ok=True)
         self.real_flips = parse_flag(real_flips, "data.real_flips")
+        self.progress = parse_flag(progress, "data.progress")
         self.train_dataset: SynthDataset | None = None
         self.real_train: RealDataset | None = None
         self.real_val: RealDataset | None = None
@@ -304,18 +308,31 @@ class SynthDataModule(pl.LightningDataModule):
         return torch.arange(start, start + self.val_samples_per_slice)[rank::world]
 
     def suite(self, name: str) -> list[Batch]:
-        """This rank's share of the validation suite of slice ``name`` (rendered once, cached on the CPU)."""
+        """This rank's share of the validation suite of slice ``name`` (rendered once, cached on the CPU; the first
+        request renders every missing suite, see :meth:`render_suites`)."""
         if name not in self._suites:
-            if self.train_dataset is None:
-                self.setup("validate")
-            sid = list(self.train_dataset.weights.names).index(name)
-            idx = self.suite_indices(sid)
-            batches = []
-            for chunk in idx.split(self.val_batch_size):
-                b = self.train_dataset.render_batch(chunk, torch.full_like(chunk, sid)).to("cpu")
-                batches.append(replace(b, slice_names=self.slice_names))
-            self._suites[name] = batches
+            self.render_suites()
         return self._suites[name]
+
+    def render_suites(self) -> None:
+        """Render the validation suites of every slice that has none yet, with a progress bar on rank 0 (unless
+        ``progress=False``): at the first validation this takes a while, and the bar says what is happening."""
+        if self.train_dataset is None:
+            self.setup("validate")
+        names = [n for n in self.slice_names if n not in self._suites]
+        if not names:
+            return
+        rank, _ = _rank_and_world()
+        work = [(name, self.slice_names.index(name), self.suite_indices(self.slice_names.index(name))) for name in names]
+        with tqdm(total=sum(len(idx) for _, _, idx in work), desc=f"rendering validation suites ({len(names)} slices)",
+                  unit="img", disable=rank != 0 or not self.progress, leave=False, dynamic_ncols=True) as bar:
+            for name, sid, idx in work:
+                batches = []
+                for chunk in idx.split(self.val_batch_size):
+                    b = self.train_dataset.render_batch(chunk, torch.full_like(chunk, sid)).to("cpu")
+                    batches.append(replace(b, slice_names=self.slice_names))
+                    bar.update(len(chunk))
+                self._suites[name] = batches
 
     def render_pool(self, indices: torch.Tensor, slice_ids: torch.Tensor) -> list[Batch]:
         """Render samples ``indices`` with ``slice_ids`` in chunks of ``val_batch_size`` (for mining)."""

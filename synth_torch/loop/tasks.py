@@ -1,8 +1,11 @@
 """LightningModules for training on the live stream: semantic segmentation and object detection.
 
 Both report metrics overall (``val/<metric>``), per slice (``val/<metric>/<slice>``), their worst and mean
-over slices (``val/<metric>_worst``, ``val/<metric>_slice_mean``) and, with a real validation set,
-``val/<metric>/real``; ``trainer.test`` scores the real test split as ``test/<metric>/real``. Both expose
+over slices (``val/<metric>_worst``, ``val/<metric>_slice_mean``), per class overall (``val/class_<metric>/<class>``)
+and, with a real validation set, ``val/<metric>/real`` (and ``val/class_<metric>/<class>/real``); ``trainer.test``
+scores the real test split as ``test/<metric>/real``. The metric objects are torchmetrics ``MetricCollection``s,
+one per stage and key (overall, each slice, real) in an ``nn.ModuleDict`` (:attr:`SliceTask.metrics`), so
+``.to()``, DDP and ``reset`` see every one of them. Both expose
 :meth:`SliceTask.per_sample_loss`, the per-image loss the :class:`~synth_torch.loop.callback.SliceMiner`
 aggregates per slice and mines on. The networks are built by :mod:`synth_torch.loop.models`.
 
@@ -24,6 +27,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import MetricCollection
 from torchmetrics.classification import (BinaryAveragePrecision, BinaryF1Score, BinaryJaccardIndex,
                                          MulticlassJaccardIndex)
 
@@ -46,6 +50,11 @@ def slice_key(name: str) -> str:
     return name.replace(" & ", "&").replace(" ", "").replace("/", "_")
 
 
+def _module_key(key: str) -> str:
+    """A metric key (``all``, ``real``, ``slice:<name>``) as an ``nn.ModuleDict`` key (which may not hold dots)."""
+    return key.replace(".", "\u00b7")
+
+
 # ---------------------------------------------------------------------------------------------- base task
 def _default_optimizer(params):
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
@@ -59,6 +68,8 @@ class SliceTask(pl.LightningModule, ABC):
         num_classes: including background.
         optimizer: callable ``optimizer(params)`` (Hydra ``_partial_: true``); default AdamW(lr=1e-3).
         scheduler: optional callable ``scheduler(optimizer)``, stepped every training step.
+        monitor: the headline validation metric (higher is better), for the run's summary and monitored
+            checkpoints; default: the task's ``MONITOR``.
 
     Learning-rate re-warm: when the data module has ``lr_scale(step)`` (a hybrid schedule's re-warm after its
     switch to real data, see :class:`~synth_torch.data.hybrid.HybridSchedule`), every optimizer step runs at
@@ -66,7 +77,10 @@ class SliceTask(pl.LightningModule, ABC):
     with any scheduler and survives resume.
     """
 
-    def __init__(self, net, num_classes: int, optimizer: Callable | None = None, scheduler: Callable | None = None):
+    MONITOR = "val/loss"
+
+    def __init__(self, net, num_classes: int, optimizer: Callable | None = None, scheduler: Callable | None = None,
+                 monitor: str | None = None):
         super().__init__()
         if int(num_classes) < 2:
             raise ConfigError(f"model.num_classes must be >= 2 (background + classes), got {num_classes}")
@@ -74,20 +88,29 @@ class SliceTask(pl.LightningModule, ABC):
         self.net = net if isinstance(net, nn.Module) else net(num_classes=self.num_classes)
         self.optimizer_factory = optimizer or _default_optimizer
         self.scheduler_factory = scheduler
-        self._metrics: dict[str, dict[str, dict]] = {"val": {}, "test": {}}  # stage -> key -> name -> Metric
+        self.monitor = monitor or self.MONITOR
+        # stage -> metric key -> MetricCollection; created lazily (mined slices appear during training)
+        self.metrics = nn.ModuleDict({"val": nn.ModuleDict(), "test": nn.ModuleDict()})
 
     # --- implemented by each task (SegmentationTask, DetectionTask)
     @abstractmethod
-    def _make_metrics(self) -> dict:
-        """Fresh torchmetrics objects, name -> Metric."""
+    def _make_metrics(self, per_class: bool) -> dict:
+        """Fresh torchmetrics objects, name -> Metric (with per-class variants when ``per_class``)."""
 
     @abstractmethod
-    def _update_metrics(self, metrics: dict, batch) -> None:
+    def _update_metrics(self, metrics: MetricCollection, batch) -> None:
         """Update ``metrics`` with the model's predictions on ``batch``."""
 
-    def _compute_metrics(self, metrics: dict) -> dict[str, float]:
-        """Synchronised (under DDP) values; every rank must call this for the same keys in the same order."""
-        return {name: float(m.compute()) for name, m in metrics.items()}
+    def _compute_metrics(self, metrics: MetricCollection) -> dict[str, float | Tensor]:
+        """Synchronised (under DDP) values, scalars or per-class vectors [C]; every rank must call this for the same
+        keys in the same order."""
+        return {name: m.compute() for name, m in metrics.items()}
+
+    def class_names(self) -> list[str]:
+        """Names of the task's classes 0..num_classes-1 (from the data module; indices without one)."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        names = ["background", *getattr(dm, "class_names", ())]
+        return names[: self.num_classes] + [str(i) for i in range(len(names), self.num_classes)]
 
     @abstractmethod
     def per_sample_loss(self, batch) -> Tensor:
@@ -117,13 +140,15 @@ class SliceTask(pl.LightningModule, ABC):
                 group["lr"] = lr
 
     @staticmethod
-    def _updated(metrics: dict) -> bool:
+    def _updated(metrics: MetricCollection) -> bool:
         return any(m.update_count > 0 for m in metrics.values())
 
-    def _metrics_for(self, stage: str, key: str) -> dict:
-        if key not in self._metrics[stage]:
-            self._metrics[stage][key] = {k: m.to(self.device) for k, m in self._make_metrics().items()}
-        return self._metrics[stage][key]
+    def _metrics_for(self, stage: str, key: str) -> MetricCollection:
+        name = _module_key(key)
+        if name not in self.metrics[stage]:
+            metrics = self._make_metrics(per_class=not key.startswith("slice:"))
+            self.metrics[stage][name] = MetricCollection(metrics, compute_groups=False).to(self.device)
+        return self.metrics[stage][name]
 
     def _expected_keys(self, stage: str) -> list[str]:
         """Metric keys every rank computes, in one order (collectives inside ``compute`` must match)."""
@@ -131,7 +156,7 @@ class SliceTask(pl.LightningModule, ABC):
         if stage == "test":
             return ["real"]
         if dm is None or not hasattr(dm, "slice_names"):
-            return sorted(self._metrics[stage])
+            return sorted(k.replace("\u00b7", ".") for k in self.metrics[stage])
         keys = ["all", *(f"slice:{n}" for n in dm.slice_names)]
         if getattr(dm, "real_val", None) is not None:
             keys.append("real")
@@ -150,10 +175,11 @@ class SliceTask(pl.LightningModule, ABC):
         values: dict[str, float] = {}
         per_slice: dict[str, dict[str, float]] = {}
         keys = self._expected_keys(stage)
-        computed = self._metrics[stage]
+        computed = self.metrics[stage]
         # A key no rank has seen (e.g. limit_val_batches cut the suites) is skipped; the flags are summed over
         # ranks first so every rank computes (and synchronises) the same keys.
-        seen = torch.tensor([float(k in computed and self._updated(computed[k])) for k in keys], device=self.device)
+        seen = torch.tensor([float(_module_key(k) in computed and self._updated(computed[_module_key(k)]))
+                             for k in keys], device=self.device)
         if self._trainer is not None:
             seen = self.trainer.strategy.reduce(seen, reduce_op="sum")
         for key, flag in zip(keys, seen.tolist()):
@@ -163,9 +189,16 @@ class SliceTask(pl.LightningModule, ABC):
             with warnings.catch_warnings():  # a rank may hold no sample of a slice; compute still syncs
                 warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
                 out = self._compute_metrics(metrics)
-            for m in metrics.values():
-                m.reset()
+            metrics.reset()
             for name, v in out.items():
+                if torch.is_tensor(v) and v.numel() > 1:  # per class
+                    suffix = "" if key == "all" else "/real" if key == "real" else None
+                    if suffix is not None:
+                        for cname, cv in zip(self.class_names(), v.tolist()):
+                            if math.isfinite(cv) and cv >= 0:  # -1: a class with no ground truth or prediction
+                                values[f"{stage}/{name}/{cname}{suffix}"] = cv
+                    continue
+                v = float(v)
                 if key == "all":
                     values[f"{stage}/{name}"] = v
                 elif key == "real":
@@ -213,18 +246,22 @@ class SegmentationTask(SliceTask):
     the classes present), ``dice`` (Dice of the foreground mask, i.e. ``BinaryF1Score`` of defect/object vs
     background pixels), ``fg_iou`` (``BinaryJaccardIndex`` of the foreground mask) and ``fg_ap`` (pixel average
     precision of the foreground probability ``1 - P(background)``, ``BinaryAveragePrecision`` over 200
-    thresholds: threshold-free, unlike the other three, which score the argmax).
+    thresholds: threshold-free, unlike the other three, which score the argmax). Per class (overall and real only):
+    ``class_iou`` (``MulticlassJaccardIndex(average="none")``; with ``target="foreground"`` the classes are
+    background and foreground).
     """
+
+    MONITOR = "val/fg_iou"
 
     def __init__(self, net, num_classes: int, target: str = "semantic", ce_weight: float = 1.0,
                  dice_weight: float = 1.0, class_weights=None, miner_loss: str = "dice",
-                 optimizer: Callable | None = None, scheduler: Callable | None = None):
+                 optimizer: Callable | None = None, scheduler: Callable | None = None, monitor: str | None = None):
         if target not in ("semantic", "foreground"):
             raise ConfigError(f"model.target must be 'semantic' or 'foreground', got {target!r}")
         if miner_loss not in ("dice", "ce"):
             raise ConfigError(f"model.miner_loss must be 'dice' or 'ce', got {miner_loss!r}")
         num_classes = 2 if target == "foreground" else num_classes
-        super().__init__(net, num_classes, optimizer, scheduler)
+        super().__init__(net, num_classes, optimizer, scheduler, monitor)
         self.target, self.ce_weight, self.dice_weight, self.miner_loss = target, ce_weight, dice_weight, miner_loss
         cw = None if class_weights is None else torch.as_tensor(list(class_weights), dtype=torch.float32)
         if cw is not None and cw.shape != (self.num_classes,):
@@ -259,19 +296,27 @@ class SegmentationTask(SliceTask):
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(batch))
         return loss
 
-    def _make_metrics(self) -> dict:
-        return {
+    def class_names(self) -> list[str]:
+        return ["background", "foreground"] if self.target == "foreground" else super().class_names()
+
+    def _make_metrics(self, per_class: bool) -> dict:
+        metrics = {
             "iou": MulticlassJaccardIndex(self.num_classes, average="macro", validate_args=False),
             "dice": BinaryF1Score(validate_args=False),
             "fg_iou": BinaryJaccardIndex(validate_args=False),
             "fg_ap": BinaryAveragePrecision(thresholds=200, validate_args=False),
         }
+        if per_class:
+            metrics["class_iou"] = MulticlassJaccardIndex(self.num_classes, average="none", validate_args=False)
+        return metrics
 
-    def _update_metrics(self, metrics: dict, batch) -> None:
+    def _update_metrics(self, metrics: MetricCollection, batch) -> None:
         labels = self._labels(batch)
         logits = self(batch.image)
         pred = logits.argmax(1)
         metrics["iou"].update(pred, labels)
+        if "class_iou" in metrics:
+            metrics["class_iou"].update(pred, labels)
         metrics["dice"].update((pred > 0).long(), (labels > 0).long())
         metrics["fg_iou"].update((pred > 0).long(), (labels > 0).long())
         metrics["fg_ap"].update(1.0 - logits.softmax(1)[:, 0], (labels > 0).long())
@@ -319,14 +364,18 @@ class DetectionTask(SliceTask):
             BatchNorm frozen and a fixed private RNG seed, so it is deterministic and has no side effects), or
             ``"f1"``: 1 - F1 at IoU 0.5 of the detections scoring at least ``score_threshold``.
 
-    Metrics: torchmetrics ``MeanAveragePrecision(backend="pycocotools")`` ``map`` and ``map_50`` (boxes).
+    Metrics: torchmetrics ``MeanAveragePrecision(backend="pycocotools")`` ``map`` and ``map_50`` (boxes); per class
+    (overall and real only) ``class_map``.
     """
 
+    MONITOR = "val/map"
+
     def __init__(self, net, num_classes: int, min_visible_pixels: int = 4, miner_loss: str = "loss",
-                 score_threshold: float = 0.3, optimizer: Callable | None = None, scheduler: Callable | None = None):
+                 score_threshold: float = 0.3, optimizer: Callable | None = None, scheduler: Callable | None = None,
+                 monitor: str | None = None):
         if miner_loss not in ("loss", "f1"):
             raise ConfigError(f"model.miner_loss must be 'loss' or 'f1', got {miner_loss!r}")
-        super().__init__(net, num_classes, optimizer, scheduler)
+        super().__init__(net, num_classes, optimizer, scheduler, monitor)
         self.min_visible_pixels, self.miner_loss, self.score_threshold = min_visible_pixels, miner_loss, score_threshold
 
     def _inputs(self, batch) -> tuple[list[Tensor], list[dict]]:
@@ -350,19 +399,26 @@ class DetectionTask(SliceTask):
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=len(images))
         return loss
 
-    def _make_metrics(self) -> dict:
+    def _make_metrics(self, per_class: bool) -> dict:
         from torchmetrics.detection import MeanAveragePrecision
 
-        return {"map": MeanAveragePrecision(backend="pycocotools", iou_type="bbox")}
+        return {"map": MeanAveragePrecision(backend="pycocotools", iou_type="bbox", class_metrics=per_class)}
 
-    def _update_metrics(self, metrics: dict, batch) -> None:
+    def _update_metrics(self, metrics: MetricCollection, batch) -> None:
         images, targets = self._inputs(batch)
         preds = self.net(images)
         metrics["map"].update([{k: p[k] for k in ("boxes", "scores", "labels")} for p in preds], targets)
 
-    def _compute_metrics(self, metrics: dict) -> dict[str, float]:
-        out = metrics["map"].compute()
-        return {"map": float(out["map"]), "map_50": float(out["map_50"])}
+    def _compute_metrics(self, metrics: MetricCollection) -> dict[str, float | Tensor]:
+        m = metrics["map"]
+        out = m.compute()
+        values: dict[str, float | Tensor] = {"map": float(out["map"]), "map_50": float(out["map_50"])}
+        if m.class_metrics:  # AP of every class id 0..C-1 (-1: no ground truth or prediction of that class)
+            per_class = torch.full((self.num_classes,), -1.0)
+            classes = out["classes"].flatten().long().cpu()
+            per_class[classes.clamp(0, self.num_classes - 1)] = out["map_per_class"].flatten().float().cpu()
+            values["class_map"] = per_class
+        return values
 
     @torch.no_grad()
     def per_sample_loss(self, batch) -> Tensor:

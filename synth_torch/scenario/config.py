@@ -27,14 +27,19 @@ from pathlib import Path
 import yaml
 
 from synth_torch.scenario.distributions import ConfigError, Dist, parse_dist, parse_number
-from synth_torch.scene.assets import list_images
+from synth_torch.scene.assets import environment_irradiance, list_images
+from synth_torch.scene.library import UP_AXES, shape_key, template
 from synth_torch.scene.meshes import MESH_SUFFIXES, PRIMITIVES
 from synth_torch.spec import params as registry
 from synth_torch.spec.constants import DEFECT_KINDS, DEFECT_PLACEMENTS, PLACEMENTS, SURFACES, TEXTURES
 
 BUILTIN_DIR = Path(__file__).with_name("builtin")
 STRUCTURE_KEYS = ("name", "categories", "defect_types", "distractor_shapes", "placement", "surface",
-                  "ground_textures", "background_images", "texture_images", "shadows", "antialias", "slices")
+                  "ground_textures", "background_images", "texture_images", "environment_images", "shadows",
+                  "antialias", "slices")
+CATEGORY_KEYS = ("name", "shape", "size", "scale", "aspect", "up", "textures", "hue", "saturation", "value",
+                 "specular", "mesh_colors")
+IMAGE_FOLDERS = ("background_images", "texture_images", "environment_images")
 
 
 def _check_keys(data, allowed, where: str) -> None:
@@ -80,6 +85,31 @@ def _shape_source(value, key: str, root: Path | None) -> str:
     return value
 
 
+def _category_meshes(value, key: str, root: Path | None) -> tuple[str, ...]:
+    """A category's shapes as written: a primitive, a mesh file, or every mesh file of a folder (sorted)."""
+    if isinstance(value, str) and value not in PRIMITIVES and _resolve(value, root).is_dir():
+        folder = _resolve(value, root)
+        files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MESH_SUFFIXES)
+        if not files:
+            raise ConfigError(f"{key}: folder {folder} holds no mesh file {MESH_SUFFIXES}")
+        return tuple(f"{value.rstrip('/')}/{f}" for f in files)
+    return (_shape_source(value, key, root),)
+
+
+def default_up(path: str) -> str:
+    """The up axis a mesh file is read with unless its category says: ``y`` for glTF (Y-up by specification),
+    else ``z``."""
+    return "y" if path.lower().endswith((".glb", ".gltf")) else "z"
+
+
+def _check_mesh(path: Path, key: str) -> None:
+    """Load a mesh once at scenario load, so that a bad file fails here, named (the template is cached)."""
+    try:
+        template(str(path))
+    except (ValueError, FileNotFoundError) as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
 @functools.lru_cache(maxsize=4096)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
@@ -97,15 +127,48 @@ def file_sha256(path) -> str:
 
 @dataclass(frozen=True)
 class Category:
-    """A labeled object class: ``shape`` is a primitive name or a mesh file (as written, relative to the
-    scenario's folder); ``size`` the largest extent in metres; ``aspect`` stretches one random axis;
-    ``textures`` restricts the material textures."""
+    """A labeled object class (``docs/scenarios.md``, "Categories and assets").
+
+    ``shape`` is a primitive name, a mesh file or a folder of mesh files (as written, relative to the scenario's
+    folder); ``meshes`` the shapes it stands for (the folder's files, sorted), one drawn per instance. ``up`` is the
+    files' up axis (None: :func:`default_up`). Size: ``size``, the largest extent in metres, or ``scale``, metres per
+    file unit (the mesh's own size times it). ``aspect`` stretches the vertical axis. Colour and material:
+    ``hue`` (degrees), ``saturation``, ``value`` replace the scenario's ``material`` draws for this class when set;
+    ``specular`` scales the light's highlight on it; ``mesh_colors``: use the file's texture or vertex colours
+    when it has them (then no procedural texture); ``textures`` restricts the procedural textures.
+    """
 
     name: str
     shape: str
     size: Dist
     aspect: Dist
     textures: tuple[str, ...]
+    meshes: tuple[str, ...] = ()
+    up: str | None = None
+    scale: Dist | None = None
+    hue: Dist | None = None
+    saturation: Dist | None = None
+    value: Dist | None = None
+    specular: Dist | None = None
+    mesh_colors: bool = True
+
+    def up_axis(self, mesh: str) -> str:
+        return self.up or default_up(mesh)
+
+    def to_dict(self, path=lambda p: p) -> dict:
+        """The normalised form; optional keys appear only when set (so older scenarios keep their fingerprint)."""
+        out = {"name": self.name, "shape": path(self.shape), "aspect": self.aspect.to_yaml(),
+               "textures": list(self.textures)}
+        if self.scale is None:
+            out["size"] = self.size.to_yaml()
+        for key in ("scale", "hue", "saturation", "value", "specular"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key).to_yaml()
+        if self.up is not None:
+            out["up"] = self.up
+        if not self.mesh_colors:
+            out["mesh_colors"] = False
+        return out
 
 
 @dataclass(frozen=True)
@@ -133,7 +196,8 @@ class Slice:
 
 @dataclass(frozen=True)
 class AssetFile:
-    """A file a scenario reads: ``role`` (``mesh``, ``texture_images``, ``background_images``), ``path``
+    """A file a scenario reads: ``role`` (``mesh``, ``texture_images``, ``background_images``,
+    ``environment_images``), ``path``
     (resolved), ``sha256`` and ``size`` in bytes."""
 
     role: str
@@ -165,6 +229,7 @@ class Scenario:
     slices: dict[str, Slice]
     root: Path | None = None
     source: dict = field(repr=False, compare=False, default_factory=dict)
+    environment_images: str | None = None
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -212,24 +277,33 @@ class Scenario:
         """A mesh or folder path as written in the scenario, resolved against :attr:`root`."""
         return path if path in PRIMITIVES else str(_resolve(path, self.root))
 
+    def shape_keys(self, category: Category) -> tuple[str, ...]:
+        """Template keys (:func:`~synth_torch.scene.library.shape_key`) of a category's meshes."""
+        return tuple(shape_key(self.resolve(m), category.up_axis(m)) for m in category.meshes)
+
+    def distractor_keys(self) -> tuple[str, ...]:
+        return tuple(shape_key(self.resolve(d), default_up(d)) for d in self.distractor_shapes)
+
     def asset_files(self) -> tuple[AssetFile, ...]:
         """Every file the scenario reads (meshes, then image folders), with content hashes."""
         out = []
-        meshes = dict.fromkeys([c.shape for c in self.categories] + list(self.distractor_shapes))
+        meshes = dict.fromkeys([m for c in self.categories for m in c.meshes] + list(self.distractor_shapes))
         for shape in meshes:
             if shape not in PRIMITIVES:
                 path = self.resolve(shape)
                 out.append(AssetFile("mesh", path, file_sha256(path), os.path.getsize(path)))
-        for role in ("texture_images", "background_images"):
+        for role in IMAGE_FOLDERS:
             folder = getattr(self, role)
             if folder is not None:
                 for path in list_images(self.resolve(folder)):
                     out.append(AssetFile(role, path, file_sha256(path), os.path.getsize(path)))
         return tuple(out)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, absolute: bool = False) -> dict:
         """The normalised scenario: every field and parameter, distributions in canonical form, paths as
-        written. ``Scenario.from_dict(s.to_dict(), s.root) == s``."""
+        written (``absolute=True``: resolved against :attr:`root`). ``Scenario.from_dict(s.to_dict(), s.root) == s``
+        and ``Scenario.from_dict(s.to_dict(absolute=True))`` has the same fingerprint."""
+        path = self.resolve if absolute else (lambda p: p)
         sections: dict[str, dict] = {}
         for name, dist in self.parameters.items():
             sec, key = name.split(".", 1)
@@ -245,12 +319,14 @@ class Scenario:
         return {
             "name": self.name, "surface": self.surface, "placement": self.placement,
             "shadows": self.shadows, "antialias": self.antialias,
-            "categories": [{"name": c.name, "shape": c.shape, "size": c.size.to_yaml(), "aspect": c.aspect.to_yaml(),
-                            "textures": list(c.textures)} for c in self.categories],
+            "categories": [c.to_dict(path) for c in self.categories],
             "defect_types": [{"name": d.name, "kind": d.kind, "size": d.size.to_yaml(), "weight": d.weight,
                               "placement": d.placement, "decoy": d.decoy} for d in self.defect_types],
-            "distractor_shapes": list(self.distractor_shapes), "ground_textures": list(self.ground_textures),
-            "background_images": self.background_images, "texture_images": self.texture_images,
+            "distractor_shapes": [path(d) for d in self.distractor_shapes],
+            "ground_textures": list(self.ground_textures),
+            "background_images": self.background_images and path(self.background_images),
+            "texture_images": self.texture_images and path(self.texture_images),
+            **({"environment_images": path(self.environment_images)} if self.environment_images else {}),
             **sections,
             "slices": {k: {"weight": s.weight, **overrides(s.overrides)} for k, s in self.slices.items()},
         }
@@ -263,11 +339,14 @@ class Scenario:
         def content(shape: str) -> str:
             return shape if shape in PRIMITIVES else "sha256:" + hashes[self.resolve(shape)]
 
-        for c in data["categories"]:
-            c["shape"] = content(c["shape"])
+        for c, category in zip(data["categories"], self.categories):
+            if len(category.meshes) == 1 and category.meshes[0] == category.shape:
+                c["shape"] = content(c["shape"])
+            else:  # a folder: the contents of its files, in order
+                c["shape"] = [content(m) for m in category.meshes]
         data["distractor_shapes"] = [content(s) for s in data["distractor_shapes"]]
-        for role in ("texture_images", "background_images"):
-            if data[role] is not None:
+        for role in IMAGE_FOLDERS:
+            if data.get(role) is not None:
                 data[role] = [hashes[p] for p in list_images(self.resolve(data[role]))]
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
@@ -288,16 +367,7 @@ class Scenario:
         categories = []
         for i, c in enumerate(data.get("categories") or []):
             where = f"categories[{i}]"
-            _check_keys(c, {"name", "shape", "size", "aspect", "textures"}, where)
-            if "name" not in c or "shape" not in c:
-                raise ConfigError(f"{where}: needs 'name' and 'shape'")
-            textures = tuple(c.get("textures", TEXTURES))
-            bad = sorted(set(textures) - set(TEXTURES))
-            if bad or not textures:
-                raise ConfigError(f"{where}.textures: unknown or empty {bad}; allowed: {TEXTURES}")
-            categories.append(Category(str(c["name"]), _shape_source(c["shape"], f"{where}.shape", root),
-                                       parse_dist(c.get("size", [0.08, 0.16]), f"{where}.size", (1e-3, 100.0)),
-                                       parse_dist(c.get("aspect", 1.0), f"{where}.aspect", (0.1, 10.0)), textures))
+            categories.append(_category(c, where, root))
         defect_types = []
         for i, d in enumerate(data.get("defect_types") or []):
             where = f"defect_types[{i}]"
@@ -324,6 +394,9 @@ class Scenario:
         if len(set(names)) != len(names):
             raise ConfigError(f"categories/defect_types: class names must be unique, got {names}")
         distractors = tuple(_shape_source(s, "distractor_shapes", root) for s in data.get("distractor_shapes", ()))
+        for d in distractors:
+            if d not in PRIMITIVES:
+                _check_mesh(_resolve(d, root), "distractor_shapes")
         placement = data.get("placement", "ground")
         if placement not in PLACEMENTS:
             raise ConfigError(f"placement: expected one of {PLACEMENTS}, got {placement!r}")
@@ -335,7 +408,7 @@ class Scenario:
         if bad or not ground_textures:
             raise ConfigError(f"ground_textures: unknown or empty {bad}; allowed: {TEXTURES}")
         folders = {}
-        for key in ("background_images", "texture_images"):
+        for key in IMAGE_FOLDERS:
             value = data.get(key)
             if value is not None:
                 if not isinstance(value, str):
@@ -348,6 +421,12 @@ class Scenario:
                 except (FileNotFoundError, ValueError) as exc:
                     raise ConfigError(f"{key}: {exc}") from None
                 folders[key] = value
+        if "environment_images" in folders:
+            for file in list_images(str(_resolve(folders["environment_images"], root))):
+                try:
+                    environment_irradiance(file)
+                except ValueError as exc:
+                    raise ConfigError(f"environment_images: {exc}") from None
         flags = {}
         for key in ("shadows", "antialias"):
             flags[key] = data.get(key, True)
@@ -370,8 +449,41 @@ class Scenario:
         return cls(name=str(name), categories=tuple(categories), defect_types=tuple(defect_types),
                    distractor_shapes=distractors, placement=placement, surface=surface,
                    ground_textures=ground_textures, background_images=folders.get("background_images"),
-                   texture_images=folders.get("texture_images"), shadows=flags["shadows"],
+                   texture_images=folders.get("texture_images"), environment_images=folders.get("environment_images"),
+                   shadows=flags["shadows"],
                    antialias=flags["antialias"], parameters=parameters, slices=slices, root=root, source=data)
+
+
+def _category(c, where: str, root: Path | None) -> Category:
+    _check_keys(c, CATEGORY_KEYS, where)
+    if "name" not in c or "shape" not in c:
+        raise ConfigError(f"{where}: needs 'name' and 'shape'")
+    meshes = _category_meshes(c["shape"], f"{where}.shape", root)
+    up = c.get("up")
+    if up is not None and up not in UP_AXES:
+        raise ConfigError(f"{where}.up: expected one of {UP_AXES}, got {up!r}")
+    for m in meshes:
+        if m not in PRIMITIVES:
+            _check_mesh(_resolve(m, root), f"{where}.shape")
+    if "size" in c and "scale" in c:
+        raise ConfigError(f"{where}: give either 'size' (largest extent in metres) or 'scale' (metres per mesh "
+                          f"unit), not both")
+    if "scale" in c and all(m in PRIMITIVES for m in meshes):
+        raise ConfigError(f"{where}.scale: primitives have no units of their own; use 'size'")
+    mesh_colors = c.get("mesh_colors", True)
+    if not isinstance(mesh_colors, bool):
+        raise ConfigError(f"{where}.mesh_colors: expected true or false, got {mesh_colors!r}")
+    textures = tuple(c.get("textures", TEXTURES))
+    bad = sorted(set(textures) - set(TEXTURES))
+    if bad or not textures:
+        raise ConfigError(f"{where}.textures: unknown or empty {bad}; allowed: {TEXTURES}")
+    optional = {key: parse_dist(c[key], f"{where}.{key}", bounds) if key in c else None
+                for key, bounds in (("scale", (1e-6, 1e6)), ("hue", (-360.0, 720.0)), ("saturation", (0.0, 1.0)),
+                                    ("value", (0.0, 1.0)), ("specular", (0.0, 10.0)))}
+    return Category(str(c["name"]), c["shape"],
+                    parse_dist(c.get("size", [0.08, 0.16]), f"{where}.size", (1e-3, 100.0)),
+                    parse_dist(c.get("aspect", 1.0), f"{where}.aspect", (0.1, 10.0)), textures, meshes=meshes, up=up,
+                    mesh_colors=mesh_colors, **optional)
 
 
 def _merge(base: dict, overrides: dict) -> dict:

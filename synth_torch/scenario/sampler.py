@@ -17,8 +17,8 @@ from torch import Tensor
 from synth_torch.camera import intrinsics, mat_mat, mat_vec, orbit_pose
 from synth_torch.scenario.config import Scenario
 from synth_torch.scenario.distributions import ConfigError, Dist, ParamTable
-from synth_torch.scene.assets import list_images
-from synth_torch.scene.library import shape_proportions
+from synth_torch.scene.assets import environment_irradiance, list_images, uniform_environment
+from synth_torch.scene.library import shape_extents, shape_has_colors, shape_proportions
 from synth_torch.spec import params as registry
 from synth_torch.spec.constants import DEFECT_KINDS, GROUND_HALF_SIZE, TARGET_HEIGHT, TEXTURES, SlotKind
 from synth_torch.spec.random import Streams, sample_keys, stable_hash
@@ -105,8 +105,7 @@ class ScenarioSampler:
         self.seed = int(seed)
         self.base = (scenario.digest() ^ (self.seed * 0x9E3779B1)) & 0x7FFFFFFF
         sc = scenario
-        self.shapes = tuple(sorted({sc.resolve(c.shape) for c in sc.categories}
-                                   | {sc.resolve(s) for s in sc.distractor_shapes}
+        self.shapes = tuple(sorted({k for c in sc.categories for k in sc.shape_keys(c)} | set(sc.distractor_keys())
                                    | ({"box"} if sc.max_occluders else set())))
         self.num_objects, self.num_distractors, self.num_occluders = sc.max_objects, sc.max_distractors, sc.max_occluders
         self.max_slots = self.num_objects + self.num_distractors + self.num_occluders
@@ -114,6 +113,15 @@ class ScenarioSampler:
         S, D = self.max_slots, self.max_defects
         self.grid = max(1, math.ceil(math.sqrt(max(self.num_objects + self.num_distractors, 1))))
         self._proportions = shape_proportions(self.shapes)
+        self._extents = shape_extents(self.shapes)
+        self._has_colors = shape_has_colors(self.shapes)
+        # each category's shapes (indices into self.shapes, padded with the first) and their number
+        keys = [[self.shapes.index(k) for k in sc.shape_keys(c)] for c in sc.categories] or [[0]]
+        width = max(len(k) for k in keys)
+        self._category_shapes = torch.tensor([k + k[:1] * (width - len(k)) for k in keys])
+        self._category_counts = torch.tensor([len(k) for k in keys])
+        self._environments = (torch.stack([environment_irradiance(f) for f in list_images(sc.resolve(
+            sc.environment_images))]).float() if sc.environment_images else None)
         self._num_texture_images = len(list_images(sc.resolve(sc.texture_images))) if sc.texture_images else 0
         self._num_backgrounds = len(list_images(sc.resolve(sc.background_images))) if sc.background_images else 0
         streams: list[tuple[str | int, tuple[int, ...]]] = [(n, ()) for n in SCALAR_PARAMS]
@@ -127,6 +135,16 @@ class ScenarioSampler:
         if sc.placement == "floating":
             draws["objects.height"] = (S,)
             draws["objects.rotation"] = (S, 4)
+        if any(len(c.meshes) > 1 for c in sc.categories):
+            draws["objects.mesh"] = (S,)
+        if any(c.saturation is not None or c.value is not None for c in sc.categories):
+            draws["material.category_saturation"] = (S,)
+            draws["material.category_value"] = (S,)
+        if any(c.specular is not None for c in sc.categories):
+            draws["material.specular"] = (S,)
+        if self._environments is not None:
+            draws["environment.image"] = ()
+            draws["environment.azimuth"] = ()
         if self.num_occluders:
             draws.update({f"occluders.{k}": (S,) for k in ("depth", "x", "y", "length", "width", "thickness", "spin")})
         streams += [(n, s) for n, s in draws.items()]
@@ -205,7 +223,7 @@ class ScenarioSampler:
             direction=torch.stack((torch.cos(el) * torch.cos(az), torch.cos(el) * torch.sin(az), torch.sin(el)), -1),
             color=color_temperature_rgb(v["light.temperature_k"]), intensity=v["light.intensity"],
             ambient=v["light.ambient"], specular=v["light.specular"], shininess=v["light.shininess"],
-            shadow_softness=v["light.shadow_softness"])
+            shadow_softness=v["light.shadow_softness"], environment=self._environment(p))
         objects = self._objects(p, world_to_cam, target)
         ground = GroundSpec(
             albedo=_hsv_to_rgb(d["ground.hue"], v["ground.saturation"], v["ground.value"]),
@@ -223,6 +241,19 @@ class ScenarioSampler:
                          camera=CameraSpec(K=K, world_to_cam=world_to_cam), light=light, objects=objects,
                          ground=ground, defects=self._defects(p), params=recorded, shapes=self.shapes,
                          surface=sc.surface)
+
+    def _environment(self, p: SceneParams) -> Tensor:
+        """[B, 3, 4, 4] world-frame irradiance forms: the drawn environment image turned about z by a drawn
+        azimuth, or the flat ambient form without environment images."""
+        B = p.keys.shape[0]
+        if self._environments is None:
+            return uniform_environment(B)
+        M = self._environments[self._choose(p.draws["environment.image"], len(self._environments))]
+        phi = 2 * math.pi * p.draws["environment.azimuth"]
+        A = torch.zeros(B, 4, 4)
+        A[:, :3, :3] = _rotation_z(-phi)  # E_world(n) = E_env(Rz(-phi) n)
+        A[:, 3, 3] = 1.0
+        return A.transpose(1, 2)[:, None] @ M @ A[:, None]
 
     @staticmethod
     def _choose(u: Tensor, n: int) -> Tensor:
@@ -245,20 +276,26 @@ class ScenarioSampler:
         u_cat = d["objects.category"]
         n_cat, n_dshape = max(len(sc.categories), 1), max(len(sc.distractor_shapes), 1)
         cat = (u_cat * n_cat).long().clamp(max=n_cat - 1)
-        cat_shape = torch.tensor([self.shapes.index(sc.resolve(c.shape)) for c in sc.categories] or [0])
+        count = self._category_counts[cat]
+        pick = ((d["objects.mesh"] * count).long().clamp(max=count - 1) if "objects.mesh" in d
+                else torch.zeros_like(cat))
+        cat_shape = self._category_shapes[cat, pick]  # one of the category's meshes per instance
         dis = (u_cat * n_dshape).long().clamp(max=n_dshape - 1)
-        dis_shape = torch.tensor([self.shapes.index(sc.resolve(s)) for s in sc.distractor_shapes] or [0])
+        dis_shape = torch.tensor([self.shapes.index(k) for k in sc.distractor_keys()] or [0])
         box = self.shapes.index("box") if "box" in self.shapes else 0
-        shape = torch.where(kind == SlotKind.OBJECT, cat_shape[cat],
+        shape = torch.where(kind == SlotKind.OBJECT, cat_shape,
                             torch.where(kind == SlotKind.DISTRACTOR, dis_shape[dis], box))
         label = torch.where((kind == SlotKind.OBJECT) & valid, cat + 1, 0)
 
-        # Sizes: the category's largest extent, scaled by objects.scale, one axis stretched by the aspect.
+        # Sizes: the category's largest extent (or its scale times the mesh's own), scaled by objects.scale, one
+        # axis stretched by the aspect.
         size = torch.full((B, S), 0.1)
         aspect = torch.ones(B, S)
         for i, c in enumerate(sc.categories):
             rows = (kind == SlotKind.OBJECT) & (cat == i)
-            size = torch.where(rows, c.size.icdf(d["objects.size"]), size)
+            own = (c.scale.icdf(d["objects.size"]) * self._extents[shape] if c.scale is not None
+                   else c.size.icdf(d["objects.size"]))
+            size = torch.where(rows, own, size)
             aspect = torch.where(rows, c.aspect.icdf(d["objects.aspect"]), aspect)
         size = size * v["objects.scale"][:, None]
         spread = v["objects.spread"]
@@ -322,17 +359,32 @@ class ScenarioSampler:
             spin = mat_mat(_rotation_z(yaw), _rotation_x(2 * math.pi * d["occluders.spin"]))
             rotation = torch.where(occ[..., None, None], spin, rotation)
 
-        # Materials, per object, under the slice's material distributions.
-        albedo = _hsv_to_rgb(d["material.hue"], v["material.saturation"], v["material.value"])
+        # Materials, per object, under the slice's material distributions and the categories' own colours.
+        hue, saturation, value = d["material.hue"], v["material.saturation"], v["material.value"]
         texture = torch.zeros(B, S, dtype=torch.long)
+        specular = torch.ones(B, S)
+        colored = self._has_colors[shape] & valid & (kind != SlotKind.OCCLUDER)
         for i, c in enumerate(sc.categories):
+            rows = (kind == SlotKind.OBJECT) & (cat == i)
             allowed = torch.tensor([TEXTURES.index(t) for t in c.textures])
-            pick = allowed[(d["material.texture"] * len(allowed)).long().clamp(max=len(allowed) - 1)]
-            texture = torch.where((kind == SlotKind.OBJECT) & (cat == i), pick, texture)
+            tex_pick = allowed[(d["material.texture"] * len(allowed)).long().clamp(max=len(allowed) - 1)]
+            texture = torch.where(rows, tex_pick, texture)
+            if c.hue is not None:
+                hue = torch.where(rows, torch.remainder(c.hue.icdf(d["material.hue"]) / 360.0, 1.0), hue)
+            if c.saturation is not None:
+                saturation = torch.where(rows, c.saturation.icdf(d["material.category_saturation"]), saturation)
+            if c.value is not None:
+                value = torch.where(rows, c.value.icdf(d["material.category_value"]), value)
+            if c.specular is not None:
+                specular = torch.where(rows, c.specular.icdf(d["material.specular"]), specular)
+            if not c.mesh_colors:
+                colored = colored & ~rows
+        texture = torch.where(colored, TEXTURES.index("solid"), texture)  # the file's colours, unmodulated
+        albedo = _hsv_to_rgb(hue, saturation, value)
         return ObjectSpec(valid=valid, kind=kind.clone(), shape=shape, label=label, scale=scale, rotation=rotation,
                           translation=translation, albedo=albedo, texture=texture,
                           texture_scale=v["material.texture_scale"], texture_contrast=v["material.texture_contrast"],
-                          texture_phase=d["material.phase"])
+                          texture_phase=d["material.phase"], specular=specular, colored=colored)
 
     def _defects(self, p: SceneParams) -> DefectSpec:
         """Labeled defect slots first (``defects.count`` of them present), then decoy slots (``defects.decoys``);

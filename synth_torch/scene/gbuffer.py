@@ -45,7 +45,8 @@ class GBuffer:
     facing the camera; local [B, H, W, 3] object-frame position in metres (world position on the ground);
     light [B, H, W, 3] light-space position (x, y in [-1, 1] across the shadow map, z its depth; zeros without
     shadows); uv [B, H, W, 2] and uv_da [B, H, W, 4] texture coordinates and their pixel derivatives (only
-    when requested, else [B, H, W, 0]).
+    when requested, else [B, H, W, 0]); color [B, H, W, 3] the mesh files' vertex colours (only when the
+    geometry has vertex colours, else [B, H, W, 0]).
     Shadow pass: shadow_depth [B, n, n] nearest light-space depth (+inf where empty; [B, 0, 0] without shadows).
     Decal pass: defect [B, H, W] int32 (0 none, d + 1: defect slot d, the last one wins where they overlap);
     decal [B, H, W] opacity of the defects' darkening, ``1 - prod_d (1 - contrast_d * darkness_d)``.
@@ -63,6 +64,7 @@ class GBuffer:
     light: Tensor
     uv: Tensor
     uv_da: Tensor
+    color: Tensor
     shadow_depth: Tensor
     defect: Tensor
     decal: Tensor
@@ -208,7 +210,7 @@ def build_gbuffer(spec: SceneSpec, geom: SceneGeometry, ctx: dr.RasterizeContext
 
     Args:
         shadows: render the shadow map (skipped when the scene has no object slots).
-        uv: interpolate ground texture coordinates (scenes with image textures).
+        uv: interpolate texture coordinates (scenes with ground images or textured meshes).
         fast: use the compiled CPU passes; default: on CPU when no input requires a gradient.
     """
     if fast is None:
@@ -236,8 +238,12 @@ def build_gbuffer(spec: SceneSpec, geom: SceneGeometry, ctx: dr.RasterizeContext
         uv_map, uv_da = dr.interpolate(geom.uvs, rast, geom.uv_tri, rast_db=rast_db, diff_attrs="all")
     else:
         uv_map, uv_da = (torch.zeros(B, H, W, 0, device=clip.device) for _ in range(2))
+    if geom.colors.shape[0]:
+        color, _ = dr.interpolate(geom.colors.to(clip.device), rast, geom.tri)
+    else:
+        color = torch.zeros(B, H, W, 0, device=clip.device)
     coverage = (dr.coverage(ctx, clip.detach(), geom.tri, resolution, geom.slot_ranges).view(B, S).to(clip.device)
                 if S else torch.zeros(B, 0, dtype=torch.int64, device=clip.device))
     return GBuffer(rast=rast, rast_db=rast_db, clip=clip, tri=geom.tri, slot=slot, position=position, normal=normal,
-                   local=local, light=light, uv=uv_map, uv_da=uv_da, shadow_depth=shadow_depth, defect=defect,
+                   local=local, light=light, uv=uv_map, uv_da=uv_da, color=color, shadow_depth=shadow_depth, defect=defect,
                    decal=decal, coverage=coverage)

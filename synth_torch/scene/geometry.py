@@ -38,6 +38,8 @@ class SceneGeometry:
         world [V, 3] world positions; local [V, 3] object-frame positions in metres (the ground's are world
         positions). Every image has the same number of vertices: :meth:`per_image` views them as [B, V / B, 3].
     normals [N, 3] world-frame unit normals (their own index buffer, ``normal_tri``), N / B per image.
+    colors [V, 3] per-vertex RGB from the mesh files (ones on the ground and shapes without), indexed by ``tri``
+    like ``world``; [0, 3] when no shape of the batch has vertex colours.
     uvs [U, 2] texture coordinates (``uv_tri``), shared by every image.
     tri, normal_tri, uv_tri [T, 3] int32; face_slot [T] int32: the slot of each triangle (S: the ground).
     ranges [B, 2], object_ranges [B, 2] (without the ground), slot_ranges [B * S, 2]: CPU int32 (start, count).
@@ -49,6 +51,7 @@ class SceneGeometry:
     world: Tensor
     local: Tensor
     normals: Tensor
+    colors: Tensor
     uvs: Tensor
     tri: Tensor
     normal_tri: Tensor
@@ -103,6 +106,15 @@ def assemble(spec: SceneSpec, bank: TemplateBank | None = None, compact: bool | 
     return _assemble_torch(spec, bank, compact)
 
 
+def _vertex_colors(spec: SceneSpec, bank: TemplateBank, Vs: int) -> Tensor:
+    """[B * (S * Vs + 4), 3] per-vertex colours in the batch's vertex layout, or [0, 3] without vertex colours."""
+    if not bank.colors.shape[-1] or not spec.num_slots:
+        return torch.zeros(0, 3, device=spec.device)
+    B, S = spec.objects.valid.shape
+    colors = bank.colors[spec.objects.shape.clamp(min=0)][:, :, :Vs].reshape(B, S * Vs, 3)
+    return torch.cat((colors, colors.new_ones(B, 4, 3)), 1).reshape(-1, 3)
+
+
 def _quad_topology() -> Tensor:
     return antialias_construct_topology_hash(torch.tensor(_QUAD)).opposite
 
@@ -132,7 +144,8 @@ def _assemble_fast(spec: SceneSpec, bank: TemplateBank) -> SceneGeometry:
                            opposite.numpy(), face_slot.numpy(), per_slot.numpy())
     uvs = torch.cat((bank.uvs.reshape(-1, 2), torch.tensor(_QUAD_UV)))
     ranges, object_ranges, slot_ranges = _ranges(per_slot)
-    return SceneGeometry(world=world.view(-1, 3), local=local.view(-1, 3), normals=normals.view(-1, 3), uvs=uvs,
+    return SceneGeometry(world=world.view(-1, 3), local=local.view(-1, 3), normals=normals.view(-1, 3),
+                         colors=_vertex_colors(spec, bank, Vs), uvs=uvs,
                          tri=tri, normal_tri=normal_tri, uv_tri=uv_tri, ranges=ranges, object_ranges=object_ranges,
                          slot_ranges=slot_ranges, slot_vertices=world[:, :S * Vs].view(B, S, Vs, 3),
                          face_slot=face_slot, topology=TopologyHash(opposite, total), num_slots=S)
@@ -190,7 +203,7 @@ def _assemble_torch(spec: SceneSpec, bank: TemplateBank, compact: bool) -> Scene
     else:
         ranges, object_ranges, slot_ranges = _ranges(torch.full((B, S), F))
     return SceneGeometry(world=world_flat, local=local_flat,
-                         normals=normals, uvs=uvs, tri=tri.to(torch.int32),
+                         normals=normals, colors=_vertex_colors(spec, bank, Vs), uvs=uvs, tri=tri.to(torch.int32),
                          normal_tri=normal_tri.to(torch.int32), uv_tri=uv_tri.to(torch.int32), ranges=ranges,
                          object_ranges=object_ranges, slot_ranges=slot_ranges, slot_vertices=world,
                          face_slot=face_slot.to(torch.int32), topology=TopologyHash(opposite, opposite.shape[0]),

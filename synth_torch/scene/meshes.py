@@ -21,7 +21,9 @@ MESH_SUFFIXES = (".obj", ".ply", ".glb", ".gltf", ".stl", ".off")
 @dataclass(frozen=True)
 class Mesh:
     """Shapes: vertices [V, 3] float32; faces [F, 3] int64; normals [Vn, 3]; normal_faces [F, 3];
-    uvs [Vt, 2]; uv_faces [F, 3]."""
+    uvs [Vt, 2]; uv_faces [F, 3]. Optional surface colour from the file: colors [V, 3] per-vertex RGB in [0, 1]
+    (interpolated like positions), texture [h, w, 3] RGB in [0, 1] sampled at ``uvs`` (row 0 is ``v = 0``).
+    None when the file has none."""
 
     vertices: torch.Tensor
     faces: torch.Tensor
@@ -29,6 +31,8 @@ class Mesh:
     normal_faces: torch.Tensor
     uvs: torch.Tensor
     uv_faces: torch.Tensor
+    colors: torch.Tensor | None = None
+    texture: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         for name, cols in (("vertices", 3), ("faces", 3), ("normals", 3), ("normal_faces", 3), ("uvs", 2),
@@ -47,6 +51,10 @@ class Mesh:
         for name in ("vertices", "normals", "uvs"):
             if not torch.isfinite(getattr(self, name)).all():
                 raise ValueError(f"Mesh.{name} contains NaN or infinite values")
+        if self.colors is not None and tuple(self.colors.shape) != (self.vertices.shape[0], 3):
+            raise ValueError(f"Mesh.colors must have shape [{self.vertices.shape[0]}, 3], got {tuple(self.colors.shape)}")
+        if self.texture is not None and (self.texture.ndim != 3 or self.texture.shape[-1] != 3):
+            raise ValueError(f"Mesh.texture must have shape [h, w, 3], got {tuple(self.texture.shape)}")
 
     @property
     def num_faces(self) -> int:
@@ -61,7 +69,8 @@ class Mesh:
         """Apply a 4x4 affine transform; normals use the inverse transpose and are renormalised."""
         A, t = matrix[:3, :3].to(self.vertices), matrix[:3, 3].to(self.vertices)
         normals = self.normals @ torch.linalg.inv(A)
-        return replace(self, vertices=self.vertices @ A.T + t, normals=normals / normals.norm(dim=-1, keepdim=True))
+        return replace(self, vertices=self.vertices @ A.T + t,
+                       normals=normals / normals.norm(dim=-1, keepdim=True).clamp_min(1e-12))
 
     def scaled(self, scale) -> Mesh:
         """Scale by a float or per-axis [3] factor about the origin."""
@@ -87,7 +96,7 @@ def join(meshes: list[Mesh]) -> tuple[Mesh, torch.Tensor]:
     """Concatenate meshes into one (indices offset); returns it and the owner index per face [F]."""
     if not meshes:
         raise ValueError("join needs at least one mesh")
-    out = {}
+    out = {}  # surface colours are dropped: the parts' textures cannot share one image
     for data, idx in (("vertices", "faces"), ("normals", "normal_faces"), ("uvs", "uv_faces")):
         sizes = torch.tensor([getattr(m, data).shape[0] for m in meshes])
         offsets = torch.cumsum(sizes, 0) - sizes
@@ -269,11 +278,37 @@ PRIMITIVES = {"box": box, "sphere": sphere, "cylinder": cylinder, "cone": cone, 
               "capsule": capsule}
 
 
+def _surface_colors(visual, num_vertices: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(per-vertex colours [V, 3], texture [h, w, 3]) in [0, 1] from a trimesh visual, None where absent.
+
+    Texture visuals give their material's base colour texture (glTF ``baseColorTexture``, an OBJ's ``map_Kd``)
+    times its base colour factor, or, without an image, that colour on every vertex; colour visuals give their
+    vertex colours (face colours averaged onto the vertices)."""
+    kind = getattr(visual, "kind", None)
+    if kind == "texture":
+        material = visual.material
+        factor = getattr(material, "baseColorFactor", None)  # glTF: multiplies its texture
+        factor = None if factor is None else np.asarray(factor, dtype=np.float64)[:3] / 255.0
+        image = getattr(material, "baseColorTexture", None) or getattr(material, "image", None)
+        if image is not None and getattr(visual, "uv", None) is not None:
+            texture = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+            texture = texture[::-1]  # image rows run down from v = 1; our row 0 is v = 0
+            return None, texture if factor is None else texture * factor
+        if factor is None:  # an OBJ material's diffuse colour
+            factor = np.asarray(material.main_color, dtype=np.float64)[:3] / 255.0
+        return np.broadcast_to(factor, (num_vertices, 3)).copy(), None
+    if kind in ("vertex", "face"):
+        return np.asarray(visual.vertex_colors, dtype=np.float64)[:, :3] / 255.0, None
+    return None, None
+
+
 def load_mesh(path: str | Path) -> Mesh:
     """Load an OBJ/PLY/GLB/GLTF/STL/OFF file with trimesh (scenes are merged into one mesh).
 
-    Vertex normals come from the file or trimesh; UVs from the file when present, else zeros.
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for an empty or degenerate mesh.
+    Vertex normals come from the file or trimesh; UVs from the file when present, else zeros; the surface
+    colour (a base colour texture, a base colour, or vertex colours) when the file has one.
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file for one that cannot be
+    read, is empty or is degenerate.
     """
     import trimesh
 
@@ -282,16 +317,27 @@ def load_mesh(path: str | Path) -> Mesh:
         raise FileNotFoundError(f"mesh file not found: {path}")
     if path.suffix.lower() not in MESH_SUFFIXES:
         raise ValueError(f"unsupported mesh format {path.suffix!r} for {path}; expected one of {MESH_SUFFIXES}")
-    loaded = trimesh.load(path, force="mesh", process=True)
+    try:
+        loaded = trimesh.load(path, force="mesh", process=True)
+    except Exception as exc:  # trimesh raises many kinds of errors for bad files
+        raise ValueError(f"cannot read mesh file {path}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
         raise ValueError(f"mesh file {path} contains no triangles")
+    loaded.update_faces(loaded.nondegenerate_faces())  # zero-area faces have no normal
+    if len(loaded.faces) == 0:
+        raise ValueError(f"mesh file {path} is degenerate (zero total area)")
     loaded.remove_unreferenced_vertices()
     faces = torch.tensor(np.array(loaded.faces), dtype=torch.long)
     uv = getattr(loaded.visual, "uv", None)
-    uvs = torch.tensor(np.array(uv), dtype=torch.float32) if uv is not None and len(uv) == len(loaded.vertices) else \
-        torch.zeros((len(loaded.vertices), 2))
+    has_uv = uv is not None and len(uv) == len(loaded.vertices)
+    uvs = torch.tensor(np.array(uv), dtype=torch.float32) if has_uv else torch.zeros((len(loaded.vertices), 2))
+    colors, texture = _surface_colors(loaded.visual, len(loaded.vertices))
+    if texture is not None and not has_uv:
+        texture = None
+    as_float = lambda a: None if a is None else torch.tensor(np.ascontiguousarray(a), dtype=torch.float32)  # noqa: E731
     mesh = Mesh(torch.tensor(np.array(loaded.vertices), dtype=torch.float32), faces,
-                torch.tensor(np.array(loaded.vertex_normals), dtype=torch.float32), faces, uvs, faces)
+                torch.tensor(np.array(loaded.vertex_normals), dtype=torch.float32), faces, uvs, faces,
+                as_float(colors), as_float(texture))
     if float(mesh.face_areas().sum()) <= 0:
         raise ValueError(f"mesh file {path} is degenerate (zero total area)")
     return mesh

@@ -102,19 +102,30 @@ def _shadow(depth, b, lx, ly, lz, softness, bias):
     return 1.0 - (1.0 - lit) * (SHADOW_DARKNESS / (1.0 + 0.15 * softness))
 
 
+@numba.njit(inline="always")
+def _irradiance(env, b, c, nx, ny, nz):
+    """[n, 1]^T M [n, 1] for the 4 x 4 form M = env[b, c] (the environment's light at unit normal n)."""
+    m = env[b, c]
+    return (nx * (m[0, 0] * nx + m[0, 1] * ny + m[0, 2] * nz + m[0, 3])
+            + ny * (m[1, 0] * nx + m[1, 1] * ny + m[1, 2] * nz + m[1, 3])
+            + nz * (m[2, 0] * nx + m[2, 1] * ny + m[2, 2] * nz + m[2, 3])
+            + (m[3, 0] * nx + m[3, 1] * ny + m[3, 2] * nz + m[3, 3]))
+
+
 @numba.njit(parallel=True, cache=True)
 def shade_rows(slot, position, normal, local, light, decal, height, albedo, texture, coord_scale, contrast, phase,
-               grain, light_dir, radiance, ambient, specular, shininess, softness, shadow_depth, depth_range,
-               albedo_map, bg_color, bg_image, out):
+               grain, spec_scale, mapped, light_dir, radiance, ambient, specular, shininess, softness, environment,
+               with_env, shadow_depth, depth_range, albedo_map, bg_color, bg_image, out):
     """G-buffer rows ([B*H, W] and [B*H, W*3]) and tables ([B, S+1, ...], [B, 3], [B]) to ``out`` [B*H, W*3].
 
-    ``shadow_depth`` [B, n, n] (n = 0: no shadows); ``albedo_map`` [B*H, W*3] replaces the ground albedo when it
-    has columns; ``bg_image`` [B*H, W*3] fills empty pixels when it has columns, else ``bg_color`` [B, 3].
+    ``shadow_depth`` [B, n, n] (n = 0: no shadows); ``albedo_map`` [B*H, W*3] replaces the albedo of the rows
+    ``mapped`` [B, S+1] when it has columns; ``spec_scale`` [B, S+1] scales the highlight per row; the ambient term
+    is ``ambient * E(n)`` with E the ``environment`` [B, 3, 4, 4] forms when ``with_env`` (else 1);
+    ``bg_image`` [B*H, W*3] fills empty pixels when it has columns, else ``bg_color`` [B, 3].
     Each row is shaded in passes over row buffers (gather, one loop per texture present, lighting), so that the
     arithmetic loops vectorise.
     """
     rows, W = slot.shape
-    S = albedo.shape[1] - 1
     with_shadow = shadow_depth.shape[1] > 0
     with_map = albedo_map.shape[1] > 0
     with_bg = bg_image.shape[1] > 0
@@ -182,7 +193,10 @@ def shade_rows(slot, position, normal, local, light, decal, height, albedo, text
                 continue
             s = np.uint64(si)
             m = mod[i] * (1.0 - dc[i])
-            ground_map = with_map and si == S
+            use_map = with_map and mapped[b, s] != 0
+            sp = spec[i] * spec_scale[b, s]
+            nx, ny, nz = no[k], no[k + 1], no[k + 2]
             for c in range(3):
-                a = (albedo_map[row, k + c] if ground_map else albedo[b, s, c]) * m
-                o[k + c] = a * (amb + radiance[b, c] * diffuse[i]) + radiance[b, c] * spec[i]
+                a = (albedo_map[row, k + c] if use_map else albedo[b, s, c]) * m
+                e = _irradiance(environment, b, c, nx, ny, nz) if with_env else 1.0
+                o[k + c] = a * (amb * e + radiance[b, c] * diffuse[i]) + radiance[b, c] * sp

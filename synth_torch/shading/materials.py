@@ -20,7 +20,8 @@ from synth_torch.scene.gbuffer import SHADOW_DEPTH_RANGE
 from synth_torch.spec.constants import TEXTURES
 from synth_torch.spec.types import SceneSpec
 
-__all__ = ["BACKGROUND", "LightTable", "MaterialTable", "blinn_phong", "grain", "pattern", "shadow_lookup"]
+__all__ = ["BACKGROUND", "LightTable", "MaterialTable", "blinn_phong", "environment_light", "grain", "pattern",
+           "shadow_lookup"]
 
 _TWO_PI = 2 * math.pi
 #: Flat background colour (linear RGB) where no surface covers a pixel, per scenario surface.
@@ -42,7 +43,9 @@ class MaterialTable:
     """Materials of the S object slots and the ground (row S), per image.
 
     albedo [B, S+1, 3] linear RGB; texture [B, S+1] long (index into ``TEXTURES``); coord_scale [B, S+1]
-    (texture coordinates = local position * coord_scale); contrast, phase, grain [B, S+1].
+    (texture coordinates = local position * coord_scale); contrast, phase, grain [B, S+1]; specular [B, S+1]
+    factor on the light's highlight; mapped [B, S+1] bool: the row's albedo is read per pixel from the albedo map
+    (mesh textures and vertex colours, ground images) instead of ``albedo``.
     """
 
     albedo: Tensor
@@ -51,6 +54,8 @@ class MaterialTable:
     contrast: Tensor
     phase: Tensor
     grain: Tensor
+    specular: Tensor
+    mapped: Tensor
 
     @classmethod
     def from_spec(cls, spec: SceneSpec) -> MaterialTable:
@@ -64,13 +69,15 @@ class MaterialTable:
         return cls(albedo=torch.cat((o.albedo, g.albedo[:, None]), 1), texture=rows(o.texture, g.texture),
                    coord_scale=rows(o.texture_scale * OBJECT_TEXTURE_UNIT / size, g.texture_scale),
                    contrast=rows(o.texture_contrast, g.texture_contrast), phase=rows(o.texture_phase, g.texture_phase),
-                   grain=rows(zero, g.grain))
+                   grain=rows(zero, g.grain), specular=rows(o.specular, torch.ones_like(g.grain)),
+                   mapped=rows(o.colored, g.image >= 0))
 
 
 @dataclass(frozen=True)
 class LightTable:
     """direction [B, 3]: unit vector towards the light in the camera frame; radiance [B, 3]: colour times
-    intensity; ambient, specular, shininess, shadow_softness [B]."""
+    intensity; ambient, specular, shininess, shadow_softness [B]; environment [B, 3, 4, 4]: the irradiance form of
+    :class:`~synth_torch.spec.types.LightSpec` in the camera frame (:func:`environment_light` evaluates it)."""
 
     direction: Tensor
     radiance: Tensor
@@ -78,14 +85,27 @@ class LightTable:
     specular: Tensor
     shininess: Tensor
     shadow_softness: Tensor
+    environment: Tensor
 
     @classmethod
     def from_spec(cls, spec: SceneSpec) -> LightTable:
         light = spec.light
-        direction = mat_vec(spec.camera.world_to_cam[:, :3, :3], light.direction)
+        R = spec.camera.world_to_cam[:, :3, :3]
+        direction = mat_vec(R, light.direction)
+        A = torch.zeros(R.shape[0], 4, 4, dtype=light.environment.dtype, device=R.device)
+        A[:, :3, :3] = R.transpose(1, 2).to(A.dtype)  # n_world = R^T n_camera
+        A[:, 3, 3] = 1.0
+        env = A.transpose(1, 2)[:, None] @ light.environment @ A[:, None]
         return cls(direction=direction / direction.norm(dim=-1, keepdim=True),
                    radiance=light.color * light.intensity[:, None], ambient=light.ambient, specular=light.specular,
-                   shininess=light.shininess, shadow_softness=light.shadow_softness)
+                   shininess=light.shininess, shadow_softness=light.shadow_softness, environment=env)
+
+
+def environment_light(environment: Tensor, normal: Tensor) -> Tensor:
+    """Irradiance [..., 3] of the surroundings at unit normals ``normal`` [..., 3] from per-channel forms
+    ``environment`` [..., 3, 4, 4] (broadcast): ``[n, 1]^T M_c [n, 1]`` for each channel c."""
+    n = torch.cat((normal, torch.ones_like(normal[..., :1])), -1)
+    return ((environment @ n[..., None, :, None])[..., 0] * n[..., None, :]).sum(-1)
 
 
 def _waves(x: Tensor, y: Tensor, z: Tensor, phase: Tensor) -> Tensor:
@@ -157,11 +177,12 @@ def shadow_lookup(depth: Tensor, light: Tensor, softness: Tensor) -> Tensor:
 
 def blinn_phong(albedo: Tensor, normal: Tensor, to_light: Tensor, to_eye: Tensor, radiance: Tensor, ambient: Tensor,
                 specular: Tensor, shininess: Tensor, shadow: Tensor) -> Tensor:
-    """Linear RGB [..., 3] from albedo and unit vectors [..., 3] and per-pixel light terms ([..., 3] or [...])."""
+    """Linear RGB [..., 3] from albedo and unit vectors [..., 3] and per-pixel light terms (``radiance`` and
+    ``ambient`` [..., 3], the others [...])."""
     n_dot_l = (normal * to_light).sum(-1).clamp_min(0)
     half = to_light + to_eye
     half = half / half.norm(dim=-1, keepdim=True).clamp_min(1e-8)
     n_dot_h = (normal * half).sum(-1).clamp_min(0)
     lit = shadow * (n_dot_l > 0)
     spec = specular * torch.where(n_dot_h > 0, n_dot_h.clamp_min(1e-30).pow(shininess), 0.0) * lit
-    return albedo * (ambient[..., None] + radiance * (n_dot_l * shadow)[..., None]) + radiance * spec[..., None]
+    return albedo * (ambient + radiance * (n_dot_l * shadow)[..., None]) + radiance * spec[..., None]

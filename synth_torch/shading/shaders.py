@@ -32,13 +32,15 @@ from synth_torch.shading.materials import (
     LightTable,
     MaterialTable,
     blinn_phong,
+    environment_light,
     grain,
     pattern,
     shadow_lookup,
 )
 from synth_torch.spec.types import SceneSpec
 
-__all__ = ["SHADERS", "CompiledShader", "Shader", "TorchShader", "background_color", "get_shader", "render_image"]
+__all__ = ["SHADERS", "CompiledShader", "Shader", "TorchShader", "albedo_map", "background_color", "get_shader",
+           "render_image"]
 
 SHADERS = ("auto", "torch", "numba")
 
@@ -76,7 +78,6 @@ class TorchShader:
                  background: Tensor) -> Tensor:
         g = gbuffer
         dtype = torch.float64 if g.slot.device.type == "cpu" else torch.float32
-        S = materials.albedo.shape[1] - 1
         slot = g.slot
         local = g.local.to(dtype)
         cs = _gather_slot(materials.coord_scale.to(dtype), slot)[..., None]
@@ -87,7 +88,8 @@ class TorchShader:
         mod = mod * (1 - g.decal.to(dtype))
         albedo = _gather_slot(materials.albedo.to(dtype), slot)
         if albedo_map.shape[-1]:
-            albedo = torch.where((slot == S)[..., None], albedo_map.to(dtype), albedo)
+            mapped = _gather_slot(materials.mapped, slot) & g.covered
+            albedo = torch.where(mapped[..., None], albedo_map.to(dtype), albedo)
         albedo = albedo * mod[..., None]
         position = g.position.to(dtype)
         to_eye = -position / position.norm(dim=-1, keepdim=True).clamp_min(1e-8)
@@ -99,8 +101,11 @@ class TorchShader:
             shadow = shadow_lookup(g.shadow_depth, g.light.to(dtype), lights.shadow_softness.to(dtype))
         else:
             shadow = torch.ones_like(x)
-        color = blinn_phong(albedo, g.normal.to(dtype), per_image(lights.direction), to_eye, per_image(lights.radiance),
-                            per_image(lights.ambient), per_image(lights.specular), per_image(lights.shininess), shadow)
+        normal = g.normal.to(dtype)
+        ambient = per_image(lights.ambient)[..., None] * environment_light(per_image(lights.environment), normal)
+        specular = per_image(lights.specular) * _gather_slot(materials.specular.to(dtype), slot)
+        color = blinn_phong(albedo, normal, per_image(lights.direction), to_eye, per_image(lights.radiance), ambient,
+                            specular, per_image(lights.shininess), shadow)
         bg = background.to(dtype)
         bg = bg[:, None, None] if bg.ndim == 2 else bg
         return torch.where(g.covered[..., None], color, bg).to(torch.float32)
@@ -131,13 +136,17 @@ class CompiledShader:
         bg_image = background if background.ndim == 4 else torch.zeros(B, H, W, 0)
         bg_color = background if background.ndim == 2 else torch.zeros(B, 3)
         m, lt = materials, lights
+        uniform = lt.environment.new_zeros(4, 4)
+        uniform[3, 3] = 1.0
+        with_env = not bool((lt.environment == uniform).all())
         _kernels.shade_rows(rows(g.slot, 1), rows(g.position, 3), rows(g.normal, 3), rows(g.local, 3),
                             rows(g.light, 3), rows(g.decal, 1), H, f64(m.albedo), m.texture.contiguous().numpy(),
-                            f64(m.coord_scale), f64(m.contrast), f64(m.phase), f64(m.grain), f64(lt.direction),
+                            f64(m.coord_scale), f64(m.contrast), f64(m.phase), f64(m.grain), f64(m.specular),
+                            m.mapped.to(torch.uint8).contiguous().numpy(), f64(lt.direction),
                             f64(lt.radiance), f64(lt.ambient), f64(lt.specular), f64(lt.shininess),
-                            f64(lt.shadow_softness), g.shadow_depth.contiguous().numpy(), SHADOW_DEPTH_RANGE,
-                            rows(albedo_map, albedo_map.shape[-1]), f64(bg_color), rows(bg_image, bg_image.shape[-1]),
-                            out.view(B * H, W * 3).numpy())
+                            f64(lt.shadow_softness), f64(lt.environment), with_env, g.shadow_depth.contiguous().numpy(),
+                            SHADOW_DEPTH_RANGE, rows(albedo_map, albedo_map.shape[-1]), f64(bg_color),
+                            rows(bg_image, bg_image.shape[-1]), out.view(B * H, W * 3).numpy())
         return out
 
 
@@ -159,6 +168,39 @@ def background_color(spec: SceneSpec) -> Tensor:
     return torch.tensor(BACKGROUND[spec.surface], device=spec.device).expand(spec.batch_size, 3)
 
 
+def albedo_map(spec: SceneSpec, gbuffer: GBuffer, ground_images: Tensor | None = None) -> Tensor:
+    """Per-pixel albedo [B, H, W, 3] of the surfaces whose colour comes from images or files (the rows of
+    ``MaterialTable.mapped``): ground images, the mesh files' base colour textures (mipmapped
+    :func:`~synth_torch.render.texture` at ``gbuffer.uv``) and vertex colours (``gbuffer.color``); [B, H, W, 0]
+    when the scene has none. Pixels are chosen by their slot's shape, without host synchronisation."""
+    from synth_torch.scene.library import template_bank
+
+    g = gbuffer
+    B, H, W = g.slot.shape
+    S = spec.num_slots
+    textured = template_bank(spec.shapes).texture_index  # static facts of the shapes (CPU)
+    if ground_images is None and not g.color.shape[-1] and not bool((textured >= 0).any()):
+        return g.position[..., :0]
+    if (ground_images is not None or bool((textured >= 0).any())) and not g.uv.shape[-1]:
+        raise ValueError("image textures need a G-buffer built with uv=True")
+    out = g.color if g.color.shape[-1] else torch.ones(B, H, W, 3, device=g.slot.device)
+    if bool((textured >= 0).any()):
+        shape = torch.cat((spec.objects.shape, spec.objects.shape.new_full((B, 1), -1)), 1)
+        pixel_shape = _gather_slot(shape, g.slot.clamp(max=S))
+        textures = template_bank(spec.shapes, g.slot.device).textures
+        for k in range(textures.shape[0]):
+            shapes_k = (textured == k).nonzero().flatten().tolist()
+            chosen = torch.isin(pixel_shape, torch.tensor(shapes_k, device=g.slot.device)) & (g.slot >= 0) & (g.slot < S)
+            sampled = dr.texture(textures[k:k + 1].contiguous(), g.uv.contiguous(), g.uv_da.contiguous(),
+                                 filter_mode="linear-mipmap-linear")
+            out = torch.where(chosen[..., None], sampled, out)
+    if ground_images is not None:
+        ground = dr.texture(ground_images.to(g.uv.device).contiguous(), g.uv.contiguous(), g.uv_da.contiguous(),
+                            filter_mode="linear-mipmap-linear")
+        out = torch.where((g.slot == S)[..., None], ground, out)
+    return out
+
+
 def render_image(spec: SceneSpec, geom: SceneGeometry, gbuffer: GBuffer, shader: Shader | str = "auto",
                  ground_images: Tensor | None = None, background: Tensor | None = None,
                  antialias: bool = True) -> Tensor:
@@ -168,17 +210,13 @@ def render_image(spec: SceneSpec, geom: SceneGeometry, gbuffer: GBuffer, shader:
         ground_images: [B, h, w, 3] texture of each image's ground (sampled with mipmapped
             :func:`~synth_torch.render.texture` through ``gbuffer.uv``), or None for procedural ground.
         background: [B, H, W, 3] images for empty pixels, or None for the surface's flat colour.
+
+    Mesh textures and vertex colours (:func:`albedo_map`) need a G-buffer built with ``uv=True`` (textures).
     """
     if isinstance(shader, str):
         shader = get_shader(shader, gbuffer.slot.device, needs_grad(spec, gbuffer))
-    if ground_images is not None:
-        if not gbuffer.uv.shape[-1]:
-            raise ValueError("ground_images need a G-buffer built with uv=True")
-        albedo_map = dr.texture(ground_images.to(gbuffer.uv.device).contiguous(), gbuffer.uv.contiguous(),
-                                gbuffer.uv_da.contiguous(), filter_mode="linear-mipmap-linear")
-    else:
-        albedo_map = gbuffer.position[..., :0]
-    color = shader(gbuffer, MaterialTable.from_spec(spec), LightTable.from_spec(spec), albedo_map,
+    color = shader(gbuffer, MaterialTable.from_spec(spec), LightTable.from_spec(spec),
+                   albedo_map(spec, gbuffer, ground_images),
                    background_color(spec) if background is None else background)
     if antialias:
         color = dr.antialias(color.contiguous(), gbuffer.rast, gbuffer.clip, gbuffer.tri, topology_hash=geom.topology)

@@ -54,7 +54,10 @@ class LightSpec:
 
     direction [B, 3]: unit vector from the scene towards the light (world frame); color [B, 3]: linear RGB of
     the light's colour temperature, max channel 1; intensity, ambient, specular, shininess, shadow_softness [B]
-    (see ``docs/parameters.md``).
+    (see ``docs/parameters.md``); environment [B, 3, 4, 4]: the surroundings' light per colour channel as the
+    quadratic form of its diffuse irradiance in the world frame, ``E(n) = [n, 1]^T M [n, 1]``
+    (:func:`~synth_torch.scene.assets.environment_irradiance`); the ambient term is ``ambient * E(n)``. Without
+    environment images M is ``e_4 e_4^T`` (E = 1 for every normal: a flat ambient term).
     """
 
     direction: Tensor
@@ -64,6 +67,7 @@ class LightSpec:
     specular: Tensor
     shininess: Tensor
     shadow_softness: Tensor
+    environment: Tensor
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,8 @@ class ObjectSpec:
     scale [B, S, 3] metres along the template's axes (templates span [-0.5, 0.5]^3); rotation [B, S, 3, 3]
     object-to-world; translation [B, S, 3] world position of the template centre; albedo [B, S, 3] linear RGB;
     texture [B, S] long (index into ``TEXTURES``); texture_scale (periods per object size),
-    texture_contrast, texture_phase [B, S].
+    texture_contrast, texture_phase [B, S]; specular [B, S] factor on the light's highlight; colored [B, S] bool:
+    the slot's albedo comes from its mesh file (texture or vertex colours) instead of ``albedo``.
     """
 
     valid: Tensor
@@ -90,6 +95,8 @@ class ObjectSpec:
     texture_scale: Tensor
     texture_contrast: Tensor
     texture_phase: Tensor
+    specular: Tensor
+    colored: Tensor
 
 
 @dataclass(frozen=True)

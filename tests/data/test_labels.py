@@ -647,6 +647,36 @@ def test_to_torchvision_feeds_a_detection_model(tabletop_pair):
     assert all(torch.isfinite(v) for v in losses.values())
 
 
+def test_torchvision_flip_moves_keypoints_with_boxes_and_masks(tabletop_pair):
+    """v2 transforms move every target leaf: after a horizontal flip the keypoints are mirrored like the boxes
+    (a keypoint at x lands at W - x in the batch's pixel-corner convention) and stay inside their flipped box."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    _, batch, _ = tabletop_pair
+    images, targets = batch.to_torchvision()
+    checked = 0
+    for image, target in zip(images, targets):
+        assert isinstance(target["keypoints"], tv_tensors.KeyPoints)
+        assert tuple(target["keypoints"].canvas_size) == (H, W)
+        flipped_image, flipped = v2.RandomHorizontalFlip(p=1.0)(tv_tensors.Image(image), target)
+        torch.testing.assert_close(flipped_image.as_subclass(torch.Tensor), image.flip(-1))
+        assert torch.equal(flipped["masks"], target["masks"].flip(-1))
+        kp, kp_f = target["keypoints"].as_subclass(torch.Tensor), flipped["keypoints"].as_subclass(torch.Tensor)
+        torch.testing.assert_close(kp_f[..., 0] + 0.5, W - (kp[..., 0] + 0.5))
+        torch.testing.assert_close(kp_f[..., 1], kp[..., 1])
+        box, box_f = target["boxes"].as_subclass(torch.Tensor), flipped["boxes"].as_subclass(torch.Tensor)
+        torch.testing.assert_close(box_f[:, [0, 2]], W - box[:, [2, 0]])
+        # keypoints seen in the image lie within the amodal extent; tight boxes contain the visible ones
+        visible = (target["keypoints_visibility"] == 2)
+        xy = kp_f + 0.5
+        inside = ((xy[..., 0] >= box_f[:, None, 0] - 1) & (xy[..., 0] <= box_f[:, None, 2] + 1)
+                  & (xy[..., 1] >= box_f[:, None, 1] - 1) & (xy[..., 1] <= box_f[:, None, 3] + 1))
+        assert inside[visible].all()
+        checked += int(visible.sum())
+    assert checked > 0
+
+
 def test_batch_fields_have_documented_shapes(tabletop_pair):
     _, batch, _ = tabletop_pair
     B, N = batch.valid.shape

@@ -27,6 +27,8 @@ os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 
 def _compose(overrides, out):
+    import synth_torch.app.configs  # noqa: F401  (registers the scenario config group)
+
     with initialize_config_dir(str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("train.yaml", overrides=overrides)
     with open_dict(cfg):

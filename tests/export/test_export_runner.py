@@ -312,7 +312,7 @@ def test_hydra_entry_point(tmp_path, source_date):
     with initialize_config_dir(str(root / "configs"), version_base="1.3"):
         cfg = compose("export.yaml", overrides=[f"out={tmp_path / 'data'}", "n=3", "resolution=16", "formats=[coco,yolo]",
                                                 "progress=false", "scenario=tabletop",
-                                                "+scenario.overrides.camera.distance=[0.6,0.7]"])
+                                                "scenario.camera.distance=[0.6,0.7]"])
     result = module.run(cfg, command="python train/export.py ...")
     m = result.manifest
     assert result.complete and list(m["formats"]) == ["coco", "yolo"] and m["command"] == "python train/export.py ..."

@@ -161,8 +161,16 @@ def test_checkpoint_resume_continues_same_weights_and_stream(tmp_path):
     assert miner_b.rounds == miner_a.rounds and miner_b.mined == miner_a.mined
 
 
-def test_wandb_offline_run_holds_metrics_and_weights(tmp_path, monkeypatch):
-    from lightning.pytorch.loggers import WandbLogger
+def test_wandb_and_tensorboard_hold_metrics_weights_and_pictures(tmp_path, monkeypatch):
+    """One run logged to wandb (offline) and TensorBoard; both files are read back: the scalars, and the pictures
+    as pixels (the worst-slice grid is exactly the suite's images, not the black image wandb makes of floats)."""
+    import numpy as np
+    import torchvision
+    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from synth_torch.loop.monitor import TrainingMonitor
 
     import wandb
 
@@ -176,10 +184,16 @@ def test_wandb_offline_run_holds_metrics_and_weights(tmp_path, monkeypatch):
     dm = SynthDataModule("defects", batch_size=2, resolution=16, val_samples_per_slice=2, val_batch_size=2)
     task = SegmentationTask(functools.partial(TinyUNet, width=4, depth=2), dm.num_classes, target="foreground")
     miner = SliceMiner(every_n_train_steps=1, mine=False, verbose=False, image_count=2)
-    trainer = pl.Trainer(max_steps=2, val_check_interval=2, check_val_every_n_epoch=None, callbacks=[miner],
-                         logger=logger, enable_progress_bar=False, num_sanity_val_steps=0, log_every_n_steps=1,
+    monitor = TrainingMonitor(scalars_every_n_steps=1, images_every_n_steps=2, max_images=2)
+    tb = TensorBoardLogger(str(tmp_path / "tb"), name=None, version="")
+    trainer = pl.Trainer(max_steps=2, val_check_interval=2, check_val_every_n_epoch=None, callbacks=[miner, monitor],
+                         logger=[logger, tb], enable_progress_bar=False, num_sanity_val_steps=0, log_every_n_steps=1,
                          default_root_dir=str(tmp_path))
     trainer.fit(task, datamodule=dm)
+    worst = miner.history[-1]["loss"].index(max(v for v in miner.history[-1]["loss"] if v is not None))
+    images = torch.cat([b.image for b in dm.suite(dm.slice_names[worst])])[:2]
+    expected = torchvision.utils.make_grid((images * 255).round().to(torch.uint8), nrow=8).permute(1, 2, 0).numpy()
+    assert expected.mean() > 20  # the suite is not black, so equality below means the logged grid is not either
     run_dir = Path(logger.experiment.dir).parent
     logger.experiment.finish()
     assert run_dir.name.startswith("offline-run-")
@@ -205,7 +219,21 @@ def test_wandb_offline_run_holds_metrics_and_weights(tmp_path, monkeypatch):
     # the wandb-only extras: weights table and chart, and the image grid of the worst slice
     assert last["slices/weights_table/_type"] == "table-file"
     assert last["slices/worst_slice/_type"] == "images/separated"
-    assert list((run_dir / "files" / "media" / "images").rglob("*.png"))
+    assert last["samples/train/_type"] == last["samples/predictions/_type"] == "images/separated"
+    assert 0 <= last["perf/data_wait_fraction"] <= 1 and last["perf/images_per_s"] > 0
+    (png,) = sorted((run_dir / "files" / "media" / "images").rglob("worst_slice_2_*.png"))
+    assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), expected)
+    # TensorBoard: the same scalars and pictures
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert {"perf/data_wait_fraction", "perf/images_per_s", "slices/weight/base"} <= set(events.Tags()["scalars"])
+    assert {"samples/train", "samples/predictions", "slices/worst_slice"} <= set(events.Tags()["images"])
+    shown = events.Images("slices/worst_slice")[-1]
+    import io
+
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(shown.encoded_image_string)).convert("RGB")), expected)
+    train_pic = events.Images("samples/train")[-1]
+    assert train_pic.width >= 256 and train_pic.height > 256  # two enlarged, titled tiles with labels
 
 
 def _wandb_history(path: Path) -> list[dict]:
@@ -238,3 +266,26 @@ def _wandb_history(path: Path) -> list[dict]:
             if record.WhichOneof("record_type") == "history":
                 rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item})
     return rows
+
+
+def test_per_slice_metrics_live_in_a_module_dict_that_to_and_reset_see():
+    """Per-slice metrics are MetricCollections in the task's nn.ModuleDict (slice names with dots included), so
+    moving the task moves their states, and a reset after logging empties them."""
+    from torchmetrics import MetricCollection
+
+    task = SegmentationTask(functools.partial(TinyUNet, width=4, depth=2), 3, target="foreground")
+    collection = task._metrics_for("val", "slice:light.intensity<0.3")
+    assert isinstance(collection, MetricCollection) and collection is task._metrics_for("val", "slice:light.intensity<0.3")
+    assert any(m is collection for m in task.metrics["val"].values())
+    assert "class_iou" in task._metrics_for("val", "all") and "class_iou" not in collection
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[:, 2:5, 2:5] = 1
+    collection["fg_iou"].update(labels, labels)
+    task.to(torch.float64)
+    state = collection["fg_iou"].confmat
+    assert state.dtype == torch.long and int(state.sum()) > 0  # integer counts keep their dtype, values kept
+    collection.reset()
+    assert int(collection["fg_iou"].confmat.sum()) == 0 and collection["fg_iou"].update_count == 0
+    collection["fg_iou"].update(labels, labels)
+    task.to("meta")
+    assert collection["fg_iou"].confmat.device.type == "meta"  # .to() on the task reaches the metrics

@@ -1,5 +1,6 @@
-"""The Hydra project: every group option composes and instantiates, every experiment runs a couple of steps
-with fast_dev_run on CPU at a tiny resolution, and bad configurations fail with a clear message."""
+"""The Hydra project: every group option composes and instantiates (scenario files, loggers, launchers and the
+eval config included), every experiment runs a couple of steps with fast_dev_run on CPU at a tiny resolution, and
+bad configurations fail with a clear message."""
 
 from __future__ import annotations
 
@@ -13,17 +14,18 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+import synth_torch.app.train as app_train
+from synth_torch.app.configs import CONFIG_DIR
+from synth_torch.scenario.config import load_scenario
+
 ROOT = Path(__file__).resolve().parents[2]
-CONFIGS = ROOT / "configs"
+CONFIGS = CONFIG_DIR
 EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 
 
 def _train_module():
-    spec = importlib.util.spec_from_file_location("synth_train", ROOT / "train" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return app_train
 
 
 TINY = ["data.resolution=32", "data.batch_size=2", "data.val_samples_per_slice=2", "data.val_batch_size=2",
@@ -33,9 +35,9 @@ TINY = ["data.resolution=32", "data.batch_size=2", "data.val_samples_per_slice=2
         "print_config=false", "model.net.depth=2", "model.net.width=4"]
 
 
-def _compose(overrides, tmp_path):
+def _compose(overrides, tmp_path, config="train.yaml"):
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
-        cfg = compose("train.yaml", overrides=overrides)
+        cfg = compose(config, overrides=overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path)
     return cfg
@@ -47,13 +49,14 @@ def test_every_experiment_is_listed():
 
 @pytest.mark.parametrize("group,options", [
     ("model", ["seg_unet", "seg_lraspp", "seg_deeplab", "det_fasterrcnn", "det_retinanet", "det_fcos"]),
-    ("logger", ["wandb", "csv", "many", "none"]),
+    ("logger", ["wandb", "tensorboard", "mlflow", "csv", "many", "none"]),
     ("callbacks", ["default", "slice_miner", "model_checkpoint", "stream_recorder", "none"]),
     ("scenario", ["defects", "tabletop"]),
     ("data", ["synth", "synth_real", "synth_fruits"]),
 ])
-def test_every_group_option_composes_and_instantiates(group, options, tmp_path):
+def test_every_group_option_composes_and_instantiates(group, options, tmp_path, monkeypatch):
     """Each option builds the object its ``_target_`` names, with the configured values."""
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # as train.py does for the local store
     for option in options:
         cfg = _compose([f"{group}={option}"], tmp_path)
         dm = instantiate(cfg.data)
@@ -99,6 +102,48 @@ def test_every_trainer_option_instantiates(option, strategy, devices, tmp_path):
         assert trainer.strategy._process_group_backend == "gloo"
 
 
+def test_configs_ship_inside_the_package():
+    assert (ROOT / "configs").resolve() == CONFIG_DIR.resolve()
+    assert (CONFIG_DIR / "train.yaml").is_file() and (CONFIG_DIR / "eval.yaml").is_file()
+
+
+def test_scenario_group_takes_builtins_and_yaml_paths_and_section_overrides(tmp_path):
+    """scenario=<builtin>, scenario=<path.yaml> (relative to the working directory) and scenario.<section>.<param>
+    overrides without '+': the node is the full normalised scenario, so every key exists."""
+    cfg = _compose(["scenario=tabletop", "scenario.camera.distance=[0.8,1.2]", "scenario.light.ambient=0.25"],
+                   tmp_path)
+    expected = load_scenario("tabletop", {"camera": {"distance": [0.8, 1.2]}, "light": {"ambient": 0.25}})
+    assert instantiate(cfg.data).scenario.fingerprint() == expected.fingerprint()
+    assert cfg.scenario.camera.distance == [0.8, 1.2]
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump({"name": "mine", "categories": [{"name": "cube", "shape": "box"}],
+                                    "camera": {"distance": [2.0, 3.0]}}))
+    for option in (str(path), os.path.relpath(path)):
+        cfg = _compose([f"scenario={option}", "scenario.objects.count=[1,2]"], tmp_path)
+        sc = instantiate(cfg.data).scenario
+        assert sc.name == "mine" and sc.parameters["objects.count"].support == (1.0, 2.0)
+        assert sc.fingerprint() == load_scenario(path, {"objects": {"count": [1, 2]}}).fingerprint()
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="tabletop"):
+        _compose(["scenario=nope"], tmp_path)
+
+
+def test_new_groups_compose(tmp_path):
+    """The eval config, the TensorBoard and MLflow loggers (local by default) and the SLURM launcher."""
+    cfg = _compose(["ckpt_path=x.ckpt", "experiment=tabletop_det"], tmp_path, config="eval.yaml")
+    assert cfg.splits == ["val"] and cfg.model._target_.endswith("DetectionTask") and cfg.model.monitor == "val/map"
+    cfg = _compose(["logger=mlflow"], tmp_path)
+    assert cfg.logger.mlflow.tracking_uri.startswith("file:")
+    cfg = _compose(["callbacks=model_checkpoint"], tmp_path)
+    ckpt = instantiate(cfg.callbacks.model_checkpoint)
+    assert ckpt.monitor == "val/fg_iou" and ckpt.mode == "max" and ckpt.save_top_k >= 1 and ckpt.save_last
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the slurm extra is not installed")
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose("train.yaml", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.gpus_per_node == 1
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_runs_with_fast_dev_run(experiment, tmp_path):
     train = _train_module()
@@ -115,6 +160,7 @@ def test_experiment_runs_with_fast_dev_run(experiment, tmp_path):
         overrides = [o for o in overrides if not o.startswith("callbacks.slice_miner")]
     out = train.train(_compose(overrides, tmp_path))
     assert "val/" + ("map" if detection else "fg_iou") in out["metrics"], out["metrics"]
+    assert not list(tmp_path.rglob("*.ckpt")), "fast_dev_run writes no checkpoint"
     assert (tmp_path / "slice_miner.json").is_file() == miner
     if base.get("test"):  # the study's experiments score the real test split after fit
         assert "test/" + ("map" if detection else "fg_iou") + "/real" in out["metrics"], out["metrics"]
@@ -136,13 +182,13 @@ def test_default_config_is_cpu_wandb_offline_with_miner(tmp_path):
     cfg = _compose([], tmp_path)
     assert cfg.trainer.accelerator == "cpu" and cfg.logger.wandb.offline is True
     assert cfg.callbacks.slice_miner._target_.endswith("SliceMiner")
-    assert cfg.data.scenario == "defects" and cfg.trainer.max_steps == 400  # the README's first run
+    assert cfg.scenario.name == "defects" and cfg.trainer.max_steps == 400  # the README's first run
 
 
 @pytest.mark.parametrize("override,message", [
     ("trainer.max_steps=0", "max_steps"),
     ("callbacks.slice_miner.rule=nope", "rule"),
-    ("scenario.name=nope", "nope"),
+    ("scenario.objects.count=[3,1]", "count"),
     ("trainer.val_check_interval=0.5", "val_check_interval"),
     ("model.target=boxes", "target"),
 ])
@@ -159,3 +205,62 @@ def test_unknown_experiment_lists_the_choices():
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         with pytest.raises(MissingConfigException, match="rare_slice_miner"):
             compose("train.yaml", overrides=["experiment=nope"])
+
+
+def test_monitored_checkpoints_keep_top_k_and_last_and_eval_scores_them(tmp_path):
+    """callbacks=model_checkpoint keeps the best save_top_k by the model's monitor (val/fg_iou) plus last.ckpt;
+    train/eval.py scores a checkpoint per slice, per class and overall, and writes metrics.json."""
+    import json
+
+    import torch
+
+    from synth_torch.app.evaluate import evaluate
+
+    tiny = [o for o in TINY if not o.startswith(("trainer.fast_dev_run", "callbacks.slice_miner"))]
+    cfg = _compose([*tiny, "callbacks=model_checkpoint", "callbacks.model_checkpoint.save_top_k=1",
+                    "trainer.max_steps=3", "trainer.val_check_interval=1", "trainer.enable_progress_bar=false",
+                    "model.scheduler=null"], tmp_path)
+    out = app_train.train(cfg)
+    files = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in files and len(files) == 2, files
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    (ckpt_state,) = [v for k, v in state["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert ckpt_state["monitor"] == "val/fg_iou" and len(ckpt_state["best_k_models"]) == 1
+    assert "best_ckpt" in out["paths"] and "val/fg_iou" in out["paths"]["best_ckpt"]
+    eval_dir = tmp_path / "eval"
+    ecfg = _compose([o for o in tiny if not o.startswith("callbacks")] +
+                    [f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"], eval_dir, config="eval.yaml")
+    result = evaluate(ecfg)
+    saved = json.loads((eval_dir / "metrics.json").read_text())
+    assert saved["metrics"] == result["metrics"]
+    metrics = result["metrics"]
+    assert "val/fg_iou" in metrics and "val/fg_iou/base" in metrics and "val/class_iou/foreground" in metrics
+    assert metrics["val/fg_iou"] == pytest.approx(out["metrics"]["val/fg_iou"], abs=1e-6)
+
+
+def test_summary_line_names_the_headline_worst_slice_and_real_metrics():
+    line = app_train.summary_line({"val/map": 0.5, "val/map_worst": 0.2, "val/map/real": 0.3, "test/map/real": 0.25,
+                                   "val/fg_iou": 0.9}, 10, 12.0, "p.png", monitor="val/map")
+    assert line.startswith("Summary: val/map = 0.500 (worst slice 0.200, real val 0.300, real test 0.250) after 10")
+    assert line.endswith("; predictions vs labels: p.png")
+
+
+def test_debug_fdr_prints_each_line_once_and_writes_no_checkpoint(tmp_path):
+    """python train/train.py debug=fdr: Lightning's fast_dev_run suppresses checkpoints (Lightning itself still
+    wrote last.ckpt at the end), and under Hydra every log line appears once (not once from Lightning's own
+    handler and once from Hydra's)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(ROOT / "train" / "train.py"), "debug=fdr", "data.resolution=32",
+           "data.val_samples_per_slice=2", "data.val_batch_size=2", "callbacks.slice_miner.mine_samples=8",
+           "model.net.depth=2", "model.net.width=4", "logger=csv", "print_config=false",
+           f"hydra.run.dir={tmp_path}"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert not list(tmp_path.rglob("*.ckpt")), sorted(map(str, tmp_path.rglob("*.ckpt")))
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if "SliceMiner step" in line or
+             "fast_dev_run" in line]
+    messages = [line.split("] - ")[-1].removeprefix("INFO: ") for line in lines]
+    assert messages and len(messages) == len(set(messages)), lines
+    assert "Summary: val/fg_iou" in run.stdout
