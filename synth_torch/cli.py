@@ -13,6 +13,9 @@
 ``synth-torch export SCENARIO --n N --resolution R --format coco,yolo,kitti,webdataset --out DIR``
     Write a dataset with a manifest (``docs/export.md``): sharded with ``--shard I/N`` or SLURM array /
     torchrun variables, resumable by running the same command again.
+``synth-torch validate DIR [--reference REAL_DIR] [--gates gates.yaml]``
+    Run the quality gates on an export, print a table, record the results in its manifest; exit status 1 when
+    a gate fails (``docs/governance.md``).
 ``synth-torch datasets show DIR``
     Print an export's manifest readably (or the progress of one still being written).
 
@@ -247,12 +250,31 @@ def export(args) -> None:
 
 
 def datasets(args) -> None:
-    from synth_torch.export import ExportError, describe
+    from synth_torch.export import ExportError, describe, read_manifest
+    from synth_torch.governance.gates import describe_validation
 
     try:
         print(describe(args.dir))
+        if (Path(args.dir) / "manifest.json").is_file():
+            print(describe_validation(read_manifest(args.dir)))
     except ExportError as exc:
         raise CLIError(str(exc)) from exc
+
+
+def validate(args) -> int:
+    from synth_torch.governance.exports import GovernanceError
+    from synth_torch.governance.gates import format_table, validate
+
+    only = [g.strip() for g in args.only.split(",") if g.strip()] if args.only else None
+    try:
+        report = validate(args.dir, reference=args.reference, protected=args.protected, gates=args.gates, only=only,
+                          write=not args.no_write)
+    except GovernanceError as exc:
+        raise CLIError(str(exc)) from exc
+    print(format_table(report))
+    if not args.no_write:
+        print(f"results recorded in {Path(args.dir) / 'manifest.json'} (validation)")
+    return 0 if report.passed else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -311,6 +333,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "(offline unless WANDB_MODE says otherwise)")
     e.set_defaults(func=export)
 
+    v = sub.add_parser("validate", help="run the quality gates on an export and record the results in its manifest",
+                       description="Run the quality gates (labels, manifest, statistical, privacy_assets, "
+                       "privacy_faces, privacy_generated, utility) on an export, print a table and record the results "
+                       "in manifest.json. Exit status 1 when a gate fails or a required gate has not passed "
+                       "(docs/governance.md).")
+    v.add_argument("dir", help="an export folder")
+    v.add_argument("--reference", default=None, metavar="REAL_DIR",
+                   help="real image folder for the statistical (and utility) gates")
+    v.add_argument("--protected", default=None, metavar="DIR",
+                   help="protected real images for the privacy gates (default: --reference)")
+    v.add_argument("--gates", default=None, metavar="GATES_YAML", help="gate settings and thresholds (YAML)")
+    v.add_argument("--only", default=None, help="comma-separated gates to run (the others keep earlier results)")
+    v.add_argument("--no-write", action="store_true", help="do not record the results in the manifest")
+    v.set_defaults(func=validate)
+
     ds = sub.add_parser("datasets", help="inspect exported datasets")
     ds_sub = ds.add_subparsers(dest="datasets_command", required=True)
     show = ds_sub.add_parser("show", help="print an export's manifest readably")
@@ -332,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"synth-torch: error: {exc}\n")
     if isinstance(result, Path):
         print(f"wrote {result}")
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":
