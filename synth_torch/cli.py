@@ -18,6 +18,8 @@
     a gate fails (``docs/governance.md``).
 ``synth-torch datasets show DIR``
     Print an export's manifest readably (or the progress of one still being written).
+``synth-torch datasets register|list|show|approve|promote|rollback|retire|log|diff``
+    The dataset registry (SQLite), its audit log and release notes (``docs/governance.md``).
 
 Heavy imports happen inside the commands, so ``synth-torch --help`` is instant.
 """
@@ -249,16 +251,119 @@ def export(args) -> None:
               f"in other shards; the last shard to finish writes {result.root}/manifest.json")
 
 
-def datasets(args) -> None:
-    from synth_torch.export import ExportError, describe, read_manifest
-    from synth_torch.governance.gates import describe_validation
+def _registry(args):
+    from synth_torch.governance.registry import Registry
 
-    try:
-        print(describe(args.dir))
-        if (Path(args.dir) / "manifest.json").is_file():
-            print(describe_validation(read_manifest(args.dir)))
-    except ExportError as exc:
-        raise CLIError(str(exc)) from exc
+    return Registry(args.registry)
+
+
+def _governed(func):
+    """Run a governance command, turning its errors into CLI errors."""
+
+    def run(args):
+        from synth_torch.export import ExportError
+        from synth_torch.governance.exports import GovernanceError
+
+        try:
+            return func(args)
+        except (GovernanceError, ExportError) as exc:
+            raise CLIError(str(exc)) from exc
+
+    return run
+
+
+@_governed
+def datasets_show(args) -> None:
+    from synth_torch.export import describe, read_manifest
+    from synth_torch.governance.gates import describe_validation
+    from synth_torch.governance.registry import describe_version, describe_versions, parse_ref
+
+    if Path(args.target).is_dir():
+        print(describe(args.target))
+        if (Path(args.target) / "manifest.json").is_file():
+            print(describe_validation(read_manifest(args.target)))
+        return
+    name, version = parse_ref(args.target)
+    with _registry(args) as reg:
+        print(describe_version(reg, args.target, notes=args.notes) if version else describe_versions(reg, name))
+
+
+@_governed
+def datasets_list(args) -> None:
+    from synth_torch.governance.registry import describe_versions
+
+    with _registry(args) as reg:
+        print(describe_versions(reg, args.name))
+
+
+@_governed
+def datasets_register(args) -> None:
+    with _registry(args) as reg:
+        v = reg.register(args.dir, name=args.name, by=args.by, note=args.note)
+    print(f"registered {v.ref} ({v.manifest_digest}) in {reg.path}")
+
+
+@_governed
+def datasets_approve(args) -> None:
+    with _registry(args) as reg:
+        v = reg.approve(args.ref, by=args.by, note=args.note)
+    print(f"approved {v.ref} by {args.by}")
+
+
+@_governed
+def datasets_promote(args) -> None:
+    with _registry(args) as reg:
+        release = reg.promote(args.ref, by=args.by, note=args.note)
+    name = args.ref.partition("@")[0]
+    was = f" (was {name}@{release['previous']})" if release["previous"] is not None else " (first release)"
+    print(f"released {name}@{release['version']}{was}; release notes stored in {reg.path}\n")
+    print(release["notes"])
+
+
+@_governed
+def datasets_rollback(args) -> None:
+    with _registry(args) as reg:
+        old, new = reg.rollback(args.name, note=args.note, by=args.by)
+    print(f"rolled back {args.name}: released is now {args.name}@{new} (was @{old})")
+
+
+@_governed
+def datasets_retire(args) -> None:
+    with _registry(args) as reg:
+        v = reg.retire(args.ref, note=args.note, by=args.by)
+    print(f"retired {v.ref}")
+
+
+@_governed
+def datasets_log(args) -> None:
+    from synth_torch.governance.registry import describe_audit
+
+    with _registry(args) as reg:
+        print(describe_audit(reg, args.name))
+
+
+@_governed
+def datasets_diff(args) -> None:
+    from synth_torch.export._io import write_atomic
+    from synth_torch.governance.notes import release_notes, side_of_folder
+
+    sides = []
+    reg = None
+    for ref in (args.a, args.b):
+        if Path(ref).is_dir():
+            sides.append(side_of_folder(ref))
+        else:
+            reg = reg or _registry(args)
+            name, number = reg.resolve(ref)
+            sides.append(reg.side(name, number))
+    if reg is not None:
+        reg.close()
+    text = release_notes(*sides)
+    if args.out:
+        write_atomic(Path(args.out), text.encode(), unique=True)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
 
 
 def validate(args) -> int:
@@ -348,11 +453,53 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-write", action="store_true", help="do not record the results in the manifest")
     v.set_defaults(func=validate)
 
-    ds = sub.add_parser("datasets", help="inspect exported datasets")
+    reg = argparse.ArgumentParser(add_help=False)
+    reg.add_argument("--registry", default=None, metavar="PATH", help="registry SQLite file (default: "
+                     "$SYNTH_TORCH_REGISTRY, else ~/.synth-torch/registry.sqlite)")
+    who = argparse.ArgumentParser(add_help=False)
+    who.add_argument("--by", default=None, metavar="WHO", help="who acts (default: the login name)")
+    ds = sub.add_parser("datasets", help="inspect, register, approve, release and compare datasets",
+                        description="Exports and the dataset registry (docs/governance.md).")
     ds_sub = ds.add_subparsers(dest="datasets_command", required=True)
-    show = ds_sub.add_parser("show", help="print an export's manifest readably")
-    show.add_argument("dir", help="an export folder")
-    show.set_defaults(func=datasets)
+    c = ds_sub.add_parser("show", parents=[reg], help="an export folder's manifest, or a registered NAME[@VERSION]")
+    c.add_argument("target", metavar="DIR|NAME[@VERSION]")
+    c.add_argument("--notes", action="store_true", help="also print the release notes stored at promotion")
+    c.set_defaults(func=datasets_show)
+    c = ds_sub.add_parser("list", parents=[reg], help="registered versions and their status")
+    c.add_argument("name", nargs="?", default=None)
+    c.set_defaults(func=datasets_list)
+    c = ds_sub.add_parser("register", parents=[reg, who], help="register an export folder as a new version")
+    c.add_argument("dir")
+    c.add_argument("--name", default=None, help="dataset name (default: the scenario's name)")
+    c.add_argument("--note", default="", help="why")
+    c.set_defaults(func=datasets_register)
+    c = ds_sub.add_parser("approve", parents=[reg], help="approve NAME@VERSION")
+    c.add_argument("ref", metavar="NAME@VERSION")
+    c.add_argument("--by", required=True, metavar="WHO")
+    c.add_argument("--note", required=True, help="why")
+    c.set_defaults(func=datasets_approve)
+    c = ds_sub.add_parser("promote", parents=[reg, who], help="move the released alias to an approved version "
+                          "whose gates passed; stores the release notes")
+    c.add_argument("ref", metavar="NAME@VERSION")
+    c.add_argument("--note", default="", help="why")
+    c.set_defaults(func=datasets_promote)
+    c = ds_sub.add_parser("rollback", parents=[reg, who], help="move released back to the previous released version")
+    c.add_argument("name")
+    c.add_argument("--note", required=True, help="why")
+    c.set_defaults(func=datasets_rollback)
+    c = ds_sub.add_parser("retire", parents=[reg, who], help="mark a version retired (nothing is deleted)")
+    c.add_argument("ref", metavar="NAME@VERSION")
+    c.add_argument("--note", required=True, help="why")
+    c.set_defaults(func=datasets_retire)
+    c = ds_sub.add_parser("log", parents=[reg], help="the audit log (of NAME)")
+    c.add_argument("name", nargs="?", default=None)
+    c.set_defaults(func=datasets_log)
+    c = ds_sub.add_parser("diff", parents=[reg], help="release notes of B against A (export folders or "
+                          "NAME@VERSION), as Markdown")
+    c.add_argument("a", metavar="A")
+    c.add_argument("b", metavar="B")
+    c.add_argument("--out", default=None, metavar="FILE", help="write the Markdown to FILE (atomically)")
+    c.set_defaults(func=datasets_diff)
     return parser
 
 

@@ -113,6 +113,11 @@ class Gate(ABC):
         self.required = _typed(settings.get("required", self.required_by_default), True, f"gates.{self.name}.required")
         self.settings = {k: _typed(settings.get(k, v), v, f"gates.{self.name}.{k}") for k, v in self.defaults.items()}
 
+    @classmethod
+    def key_figures(cls, figures: dict) -> dict:
+        """The figures a release note compares (``a.b`` key -> scalar); default: every scalar leaf."""
+        return flatten(figures)
+
     def result(self, status: str, summary: str, figures: dict | None = None, failures=()) -> GateResult:
         return GateResult(self.name, status, summary, dict(self.settings), figures or {}, list(failures),
                           self.required)
@@ -130,6 +135,21 @@ class Gate(ABC):
         out = self.check(ctx)
         out.run = {"at": at, "seconds": round(time.perf_counter() - t0, 3), "content_digest": ctx.export.content_digest}
         return out
+
+
+def flatten(d: dict, keep_lists: int = 0, prefix: str = "") -> dict:
+    """Scalar leaves of nested mappings as ``a.b.c`` keys; lists of at most ``keep_lists`` scalars are kept as
+    values, other lists left out."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, keep_lists, key + "."))
+        elif not isinstance(v, list):
+            out[key] = v
+        elif len(v) <= keep_lists and all(not isinstance(x, (dict, list)) for x in v):
+            out[key] = v
+    return out
 
 
 def _typed(value, default, key: str):

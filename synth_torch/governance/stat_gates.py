@@ -76,6 +76,14 @@ class StatisticalGate(Gate):
                    + f"; {len(failures)} over max_ratio {s['max_ratio']:g}")
         return self.result(FAIL if failures else PASS, summary, figures, failures)
 
+    @classmethod
+    def key_figures(cls, figures: dict) -> dict:
+        out = {"reference": figures["reference"], "real_images": figures["real_images"]}
+        for name, c in [("overall", figures["overall"])] + list(figures["slices"].items()):
+            for key in ("images", "frechet", "floor", "ratio"):
+                out[f"{name}.{key}"] = c.get(key)
+        return out
+
     def _compare(self, f: torch.Tensor, fr: torch.Tensor, gated: bool) -> dict:
         s = self.settings
         n = int(f.shape[0])
