@@ -20,6 +20,8 @@
     Print an export's manifest readably (or the progress of one still being written).
 ``synth-torch datasets register|list|show|approve|promote|rollback|retire|log|diff``
     The dataset registry (SQLite), its audit log and release notes (``docs/governance.md``).
+``synth-torch suite run CHECKPOINT --scenario S [--baseline FILE] [--update-baseline]``
+    Score a checkpoint on fixed per-slice suites; exit status 1 on a regression against the baseline.
 
 Heavy imports happen inside the commands, so ``synth-torch --help`` is instant.
 """
@@ -366,6 +368,31 @@ def datasets_diff(args) -> None:
         print(text, end="")
 
 
+@_governed
+def suite_run(args) -> int:
+    from synth_torch.governance.suites import run_suite
+
+    slice_tolerances = {}
+    for item in args.slice_tolerance:
+        name, sep, value = item.rpartition("=")
+        try:
+            slice_tolerances[name] = float(value)
+        except ValueError:
+            raise CLIError(f"--slice-tolerance expects SLICE=VALUE, got {item!r}") from None
+        if not sep or not name:
+            raise CLIError(f"--slice-tolerance expects SLICE=VALUE, got {item!r}")
+    split = lambda text: [t.strip() for t in text.split(",") if t.strip()] if text else None  # noqa: E731
+    result = run_suite(args.checkpoint, args.scenario, samples_per_slice=args.samples_per_slice,
+                       resolution=args.resolution, seed=args.seed, slices=split(args.slices),
+                       model_config=args.model_config, baseline=args.baseline, update_baseline=args.update_baseline,
+                       tolerance=args.tolerance, slice_tolerances=slice_tolerances, metrics=split(args.metrics),
+                       out=args.out, batch_size=args.batch_size, device=args.device, sensor=not args.no_sensor)
+    print(result.markdown(), end="")
+    name = result.data["suite"]["scenario"]["name"]
+    print(f"\nwrote {Path(args.out) / (name + '.json')} and {name}.md")
+    return 1 if result.regressions else 0
+
+
 def validate(args) -> int:
     from synth_torch.governance.exports import GovernanceError
     from synth_torch.governance.gates import format_table, validate
@@ -452,6 +479,35 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--only", default=None, help="comma-separated gates to run (the others keep earlier results)")
     v.add_argument("--no-write", action="store_true", help="do not record the results in the manifest")
     v.set_defaults(func=validate)
+
+    su = sub.add_parser("suite", help="scenario suites: regression tests of a checkpoint per slice")
+    su_sub = su.add_subparsers(dest="suite_command", required=True)
+    r = su_sub.add_parser("run", help="score a checkpoint on fixed per-slice suites; compare with a baseline",
+                          description="Render fixed, deterministic per-slice suites of a scenario, score the "
+                          "checkpoint on each slice, write JSON and Markdown, and compare with --baseline. Exit "
+                          "status 1 on a regression (docs/governance.md).")
+    r.add_argument("checkpoint", help="a Lightning checkpoint of a synth_torch.loop.tasks task")
+    r.add_argument("--scenario", required=True, help="built-in name or YAML path: its slices are the suites")
+    r.add_argument("--baseline", default=None, metavar="FILE", help="a suite result JSON to compare with")
+    r.add_argument("--update-baseline", action="store_true", help="record this result as --baseline")
+    r.add_argument("--out", default="suite-results", metavar="DIR", help="where <scenario>.json/.md go "
+                   "(default suite-results)")
+    r.add_argument("--model-config", default=None, metavar="YAML", help="the model's Hydra config (default: the "
+                   "run's .hydra/config.yaml beside the checkpoints folder)")
+    r.add_argument("--samples-per-slice", type=int, default=32)
+    r.add_argument("--resolution", type=_resolution_arg, default=64)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--slices", default=None, help="comma-separated slices (default: all of the scenario's)")
+    r.add_argument("--tolerance", type=float, default=None, help="allowed drop of a metric (absolute; default: "
+                   "the baseline's, else 0.02)")
+    r.add_argument("--slice-tolerance", action="append", default=[], metavar="SLICE=VALUE",
+                   help="tolerance of one slice (repeatable)")
+    r.add_argument("--metrics", default=None, help="comma-separated metrics to gate (default: the baseline's, else "
+                   "all but loss)")
+    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--no-sensor", action="store_true", help="render without the scenario's sensor effects")
+    r.set_defaults(func=suite_run)
 
     reg = argparse.ArgumentParser(add_help=False)
     reg.add_argument("--registry", default=None, metavar="PATH", help="registry SQLite file (default: "
