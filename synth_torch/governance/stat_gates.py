@@ -1,8 +1,10 @@
 """Statistical fidelity: per-slice image statistics of an export against a real reference folder.
 
-The features are :mod:`synth_torch.quality.realism`'s model-free image statistics (nothing is downloaded). For
-the whole export and for each slice the gate reports the feature means, the Fréchet distance between Gaussian
-fits of synthetic and real features, and beside it the **floor**: the Fréchet distance between two disjoint
+The features are :mod:`synth_torch.quality.realism`'s model-free image statistics (nothing is downloaded),
+standardised by the real set's mean and standard deviation so that every statistic weighs the same (the raw
+features differ in scale by orders of magnitude). For the whole export and for each slice the gate reports the
+feature means, the Fréchet distance between Gaussian fits of synthetic and real features (in units of real
+standard deviations), and beside it the **floor**: the Fréchet distance between two disjoint
 halves of the real set drawn at the same size as the synthetic set (the median over ``floor_splits`` random
 splits), i.e. how far two samples of the real distribution itself lie apart at that size. The gate passes when
 every ratio ``frechet / floor`` stays within ``max_ratio`` (and ``frechet`` within ``max_frechet`` when set).
@@ -45,16 +47,18 @@ class StatisticalGate(Gate):
         view = ctx.export
         real = load_real_images(ctx.reference, view.size, limit=s["real_limit"], exclude_suffix=s["exclude_suffix"],
                                 seed=s["seed"])
-        fr = image_features(real)
+        raw = image_features(real)
+        mu, sd = raw.mean(0), raw.std(0).clamp_min(1e-6)
+        fr = (raw - mu) / sd
         groups: dict[str, list[np.ndarray]] = {}
         for ref, pixels in view.images():
             group = groups.setdefault(ref.slice or "(unknown)", [])
             if len(group) < s["max_images_per_slice"]:
                 group.append(pixels)
-        feats = {name: image_features(torch.from_numpy(np.stack(px)).permute(0, 3, 1, 2).float() / 255.0)
+        feats = {name: (image_features(torch.from_numpy(np.stack(px)).permute(0, 3, 1, 2).float() / 255.0) - mu) / sd
                  for name, px in groups.items()}
         figures = {"reference": str(ctx.reference), "real_images": int(fr.shape[0]), "features": list(FEATURES),
-                   "real_mean": _r(fr.mean(0)), "real_std": _r(fr.std(0)),
+                   "real_mean": _r(mu), "real_std": _r(sd),
                    "overall": self._compare(torch.cat(list(feats.values())), fr, True), "slices": {}}
         for name, f in feats.items():
             gated = f.shape[0] >= s["min_images"] and name not in s["ignore_slices"]
@@ -87,8 +91,7 @@ class StatisticalGate(Gate):
     def _compare(self, f: torch.Tensor, fr: torch.Tensor, gated: bool) -> dict:
         s = self.settings
         n = int(f.shape[0])
-        z = (f.mean(0) - fr.mean(0)) / fr.std(0).clamp_min(1e-6)
-        out = {"images": n, "mean": _r(f.mean(0)), "z": _r(z), "gated": bool(gated and n >= 2)}
+        out = {"images": n, "z": _r(f.mean(0)), "gated": bool(gated and n >= 2)}
         if n < 2:
             return out | {"frechet": None, "floor": None, "ratio": None, "ok": True}
         m = min(n, fr.shape[0] // 2)

@@ -82,10 +82,12 @@ def _foreground_iou(task, real) -> float:
     from torchmetrics.classification import BinaryJaccardIndex
 
     metric = BinaryJaccardIndex()
+    was = task.training
     task.eval()
     for i in range(0, len(real), 16):
         items = [real[k] for k in range(i, min(i + 16, len(real)))]
         image = torch.stack([it["image"] for it in items])
         target = torch.stack([it["semantic"] for it in items]) > 0
         metric.update((task(image).argmax(1) > 0).long(), target.long())
+    task.train(was)
     return float(metric.compute())
