@@ -68,13 +68,14 @@ def _params(section_dict: dict) -> dict[str, object]:
 def _changes(a: dict, b: dict, what: str) -> list[str]:
     """Bullets for keys added to, removed from or changed between two flat mappings."""
     out = []
+    lead = f"- {what} " if what else "- "
     for key in sorted(set(a) | set(b)):
         if key not in a:
-            out.append(f"- {what} `{key}` added: {fmt(b[key])}")
+            out.append(f"{lead}`{key}` added: {fmt(b[key])}")
         elif key not in b:
-            out.append(f"- {what} `{key}` removed (was {fmt(a[key])})")
+            out.append(f"{lead}`{key}` removed (was {fmt(a[key])})")
         elif a[key] != b[key]:
-            out.append(f"- {what} `{key}`: {fmt(a[key])} -> {fmt(b[key])}")
+            out.append(f"{lead}`{key}`: {fmt(a[key])} -> {fmt(b[key])}")
     return out
 
 

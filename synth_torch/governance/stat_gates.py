@@ -48,7 +48,7 @@ class StatisticalGate(Gate):
         real = load_real_images(ctx.reference, view.size, limit=s["real_limit"], exclude_suffix=s["exclude_suffix"],
                                 seed=s["seed"])
         raw = image_features(real)
-        mu, sd = raw.mean(0), raw.std(0).clamp_min(1e-6)
+        mu, sd = raw.mean(0), raw.std(0).clamp_min(1e-3)  # a constant real feature (grey photos: colour)
         fr = (raw - mu) / sd
         groups: dict[str, list[np.ndarray]] = {}
         for ref, pixels in view.images():
