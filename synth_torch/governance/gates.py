@@ -18,6 +18,7 @@ Each gate also takes ``enabled`` (run it) and ``required`` (promotion needs it t
 
 from __future__ import annotations
 
+import contextlib
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -33,6 +34,26 @@ from synth_torch.governance.exports import ExportView, GovernanceError
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 MAX_FAILURES = 20  # failure messages kept per gate (the figures count all of them)
+
+
+@contextlib.contextmanager
+def quiet_lightning():
+    """Silence Lightning's start-up banners and advice while a gate or suite runs a Trainer inside a command."""
+    import logging
+    import warnings
+
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="lightning")
+            warnings.filterwarnings("ignore", message=".*(val_dataloader|LeafSpec|litlogger|eval mode).*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def utc_now() -> str:

@@ -128,11 +128,14 @@ def _slices(a: dict, b: dict) -> tuple[list[str], list[str]]:
     for name in a:
         if name not in b:
             lines.append(f"- slice `{name}` removed (weight {fmt(a[name]['weight'])})")
-    for name in a:
-        if name in b:
-            lines += _changes(_params(a[name]), _params(b[name]), f"slice `{name}`:")
     total_a = sum(s["weight"] for s in a.values()) or 1.0
     total_b = sum(s["weight"] for s in b.values()) or 1.0
+    for name in a:
+        if name in b:
+            if a[name]["weight"] != b[name]["weight"]:
+                lines.append(f"- slice `{name}` weight {fmt(a[name]['weight'])} -> {fmt(b[name]['weight'])} (share "
+                             f"{a[name]['weight'] / total_a:.1%} -> {b[name]['weight'] / total_b:.1%})")
+            lines += _changes(_params(a[name]), _params(b[name]), f"slice `{name}`:")
     rows = []
     for name in list(a) + [n for n in b if n not in a]:
         wa, wb = a.get(name, {}).get("weight"), b.get(name, {}).get("weight")

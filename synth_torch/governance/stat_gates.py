@@ -16,11 +16,20 @@ sees which statistic moved.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
+from scipy import linalg
 
 from synth_torch.governance.gates import FAIL, PASS, Gate, GateContext, GateResult
 from synth_torch.quality.realism import FEATURES, frechet_distance, image_features, load_real_images
+
+
+def _frechet(a: torch.Tensor, b: torch.Tensor) -> float:
+    with warnings.catch_warnings():  # near-singular covariances of small slices: sqrtm warns, the value stands
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        return frechet_distance(a, b)
 
 
 def split_half_floor(real: torch.Tensor, m: int, splits: int, seed: int) -> float:
@@ -29,7 +38,7 @@ def split_half_floor(real: torch.Tensor, m: int, splits: int, seed: int) -> floa
     out = []
     for _ in range(splits):
         perm = torch.randperm(real.shape[0], generator=g)
-        out.append(frechet_distance(real[perm[:m]], real[perm[m:2 * m]]))
+        out.append(_frechet(real[perm[:m]], real[perm[m:2 * m]]))
     return float(np.median(out))
 
 
@@ -95,7 +104,7 @@ class StatisticalGate(Gate):
         if n < 2:
             return out | {"frechet": None, "floor": None, "ratio": None, "ok": True}
         m = min(n, fr.shape[0] // 2)
-        fd = frechet_distance(f, fr)
+        fd = _frechet(f, fr)
         floor = split_half_floor(fr, m, s["floor_splits"], s["seed"])
         ratio = fd / max(floor, 1e-12)
         ok = ratio <= s["max_ratio"] and (s["max_frechet"] is None or fd <= s["max_frechet"])

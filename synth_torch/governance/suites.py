@@ -27,7 +27,7 @@ import torch
 
 from synth_torch.export._io import dumps_pretty, write_atomic
 from synth_torch.governance.exports import GovernanceError
-from synth_torch.governance.gates import utc_now
+from synth_torch.governance.gates import quiet_lightning, utc_now
 from synth_torch.scenario.config import ConfigError, load_scenario
 
 SUITE_START = 3 * 10**9
@@ -141,9 +141,10 @@ def evaluate(task, suite: Suite, batch_size: int = 16, device: str = "cpu") -> d
             batches.append(batch)
             parts.append(task.per_sample_loss(batch).double().cpu())
         losses[name] = float(torch.cat(parts).mean())
-    trainer = pl.Trainer(accelerator="cuda" if device.startswith("cuda") else "cpu", devices=1, logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
-    trainer.validate(task, DataLoader(batches, batch_size=None, collate_fn=collate_batch), verbose=False)
+    with quiet_lightning():
+        trainer = pl.Trainer(accelerator="cuda" if device.startswith("cuda") else "cpu", devices=1, logger=False,
+                             enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+        trainer.validate(task, DataLoader(batches, batch_size=None, collate_fn=collate_batch), verbose=False)
     values = task.last_val_metrics
     out = {}
     for name in suite.slices:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from synth_torch.governance.exports import GovernanceError
-from synth_torch.governance.gates import FAIL, PASS, Gate, GateContext, GateResult
+from synth_torch.governance.gates import FAIL, PASS, Gate, GateContext, GateResult, quiet_lightning
 
 REAL_KINDS = ("magnetic_tile",)
 
@@ -54,7 +54,7 @@ class UtilityGate(Gate):
             return self.result(FAIL, "the utility gate trains on the WebDataset shards; this export has none")
         H, W = view.size
         real = MagneticTileSegmentation(root, view.class_names, (H, W), split="val", max_images=s["val_images"])
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(), quiet_lightning():
             torch.manual_seed(s["seed"])
             task = SegmentationTask(segmentation_model(2, "tiny_unet", s["width"], s["depth"]), num_classes=2,
                                     target="foreground",

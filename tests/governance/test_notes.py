@@ -27,7 +27,8 @@ def test_diff_of_two_scenario_versions_names_the_changed_parameter(tmp_path, cap
     notes = capsys.readouterr().out
     assert "- parameter `camera.distance`: uniform [0.45, 0.75] -> uniform [0.6, 0.9]" in notes
     assert "- slice `glare` added (weight 0.1): `light.specular` uniform [0.8, 1]" in notes
-    assert "| `low_light` | 0.1 | 10.0% | 0.3 |" in notes  # the weight change, with shares
+    assert "| `low_light` | 0.1 | 10.0% | 0.3 |" in notes  # the weight table, with shares
+    assert "- slice `low_light` weight 0.1 -> 0.3 (share 10.0% -> 23.1%)" in notes
     assert "| modified | texture_images |" in notes and f"{tex / 'wood.png'}" in notes
     assert "| added | background_images |" in notes and "steel.png" in notes
     assert "- setting `background_images` added" not in notes  # None -> a folder is a change, not an addition
