@@ -177,7 +177,7 @@ class FaceGate(Gate):
     name = "privacy_faces"
     title = "No faces in assets"
     required_by_default = False
-    defaults = {"cascades": ["haarcascade_frontalface_default.xml", "haarcascade_profileface.xml"],
+    defaults = {"cascades": ["haarcascade_frontalface_alt2.xml", "haarcascade_profileface.xml"],
                 "scale_factor": 1.1, "min_neighbors": 5, "min_size_px": 24, "scan_generated": False, "max_faces": 0}
 
     def check(self, ctx: GateContext) -> GateResult:
