@@ -31,8 +31,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
+
+from synth_torch.fileio import save_png_atomic
 
 PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
@@ -54,26 +55,6 @@ def _check_writable(out: Path) -> Path:
     if not os.access(parent, os.W_OK):
         raise CLIError(f"cannot write {str(out)!r}: folder {str(parent)!r} is not writable")
     return out
-
-
-def save_png_atomic(image, out: Path) -> None:
-    """Write a uint8 [3, H, W] tensor to ``out`` through a temporary file in the same folder + ``os.replace``,
-    so readers never see a half-written file and a failure leaves no partial output."""
-    from PIL import Image
-
-    out = Path(out)
-    array = image.permute(1, 2, 0).contiguous().numpy()
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(array).save(f, format="PNG")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def annotate(batch, index: int):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,10 +93,23 @@ def train(cfg: DictConfig) -> dict:
         logger.log_hyperparams(hparams)
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             use_export_artifact(logger.experiment, lineage)
+    started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-
+    seconds = time.perf_counter() - started
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if cfg.get("test"):
+        trainer.test(model, datamodule=datamodule, verbose=False)
+        metrics |= {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+
+    data = {"images_seen": dict(getattr(datamodule, "images_seen", {})),
+            "real_train_images": len(getattr(datamodule, "real_train_keys", ()))}
     paths = {"output_dir": str(output_dir)}
+    if trainer.is_global_zero and datamodule.slice_names:
+        from synth_torch.fileio import save_png_atomic
+        from synth_torch.loop.visuals import prediction_grid
+
+        suite = datamodule.suite(datamodule.slice_names[0])
+        paths["predictions"] = str(save_png_atomic(prediction_grid(model, suite[0]), output_dir / "predictions.png"))
     ckpt = next((c for c in trainer.checkpoint_callbacks), None)
     if ckpt is not None and ckpt.dirpath:
         paths["checkpoints"] = str(ckpt.dirpath)
@@ -116,7 +130,25 @@ def train(cfg: DictConfig) -> dict:
         shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("val/") and k.count("/") == 1}
         if shown:
             print(f"  final {shown}")
-    return {"metrics": metrics, "paths": paths}
+        tested = {k: round(v, 4) for k, v in metrics.items() if k.startswith("test/")}
+        if tested:
+            print(f"  test  {tested}")
+        if data["images_seen"].get("real"):
+            print(f"  trained on {data['images_seen']} images; {data['real_train_images']} distinct real")
+        print(summary_line(metrics, trainer.global_step, seconds, paths.get("predictions")))
+    return {"metrics": metrics, "paths": paths, "data": data}
+
+
+def summary_line(metrics: dict[str, float], steps: int, seconds: float, predictions: str | None) -> str:
+    """One line a person reads first: the headline validation metric, its worst slice, the budget, the picture."""
+    key = next((k for k in ("val/fg_iou", "val/map", "val/iou") if k in metrics), None)
+    if key is None:
+        head = "no validation metric yet"
+    else:
+        worst = metrics.get(f"{key}_worst")
+        head = f"{key} = {metrics[key]:.3f}" + (f" (worst slice {worst:.3f})" if worst is not None else "")
+    tail = f"; predictions vs labels: {predictions}" if predictions else ""
+    return f"Summary: {head} after {steps} steps in {seconds:.0f} s{tail}"
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train.yaml")

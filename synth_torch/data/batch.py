@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 
 import torch
+from torch.utils.data import get_worker_info
 from torchvision import tv_tensors
 
 from synth_torch.labels.passes import Labels
@@ -24,7 +25,7 @@ def decode_sample_id(sample_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 @dataclass
 class Batch(Labels):
-    """A labeled batch: every field of :class:`synth_torch.labels.extract.Labels` (masks, depth, normals,
+    """A labeled batch: every field of :class:`synth_torch.labels.passes.Labels` (masks, depth, normals,
     boxes, amodal and 3D boxes, keypoints, visibility; shapes documented there), plus:
 
     Image:
@@ -47,6 +48,44 @@ class Batch(Labels):
 
     def __len__(self) -> int:
         return self.image.shape[0]
+
+    def __getstate__(self) -> dict:
+        """Pickled (e.g. from a DataLoader worker) with every CPU tensor packed into one byte buffer: tensors cross
+        the process boundary one shared-memory segment each, and ~70 of them cost more than rendering a small
+        batch. In a DataLoader worker the buffer is allocated in shared memory, so it is written once."""
+        state = dict(self.__dict__)
+        items = [(("field", k), v) for k, v in state.items() if torch.is_tensor(v)]
+        items += [(("param", k), v) for k, v in state["params"].items()]
+        if not items or any(v.device.type != "cpu" or v.requires_grad for _, v in items):
+            return state
+        meta, offset = [], 0
+        for key, v in items:
+            meta.append((key, v.dtype, tuple(v.shape), offset))
+            offset += -(-v.numel() * v.element_size() // 8) * 8  # 8-byte aligned
+        buffer = torch.empty(offset, dtype=torch.uint8)
+        if get_worker_info() is not None:
+            buffer.share_memory_()
+        for (_, dtype, shape, start), (_, v) in zip(meta, items):
+            buffer[start:start + v.numel() * v.element_size()].view(dtype).view(shape).copy_(v)
+        for (kind, name), _ in items:
+            if kind == "field":
+                del state[name]
+        state["params"] = {}
+        state["_packed"] = (buffer, meta)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        packed = state.pop("_packed", None)
+        if packed is not None:
+            buffer, meta = packed
+            for (kind, name), dtype, shape, start in meta:
+                size = torch.Size(shape).numel() * torch.empty(0, dtype=dtype).element_size()
+                value = buffer[start:start + size].view(dtype).view(shape)
+                if kind == "field":
+                    state[name] = value
+                else:
+                    state["params"][name] = value
+        self.__dict__.update(state)
 
     @property
     def device(self) -> torch.device:

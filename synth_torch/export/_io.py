@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from synth_torch.fileio import default_permissions, write_bytes_atomic
+
 PNG_COMPRESS_LEVEL = 6
 PART_SUFFIX = ".part"
 
@@ -27,12 +29,6 @@ PART_SUFFIX = ".part"
 def part_path(path: Path) -> Path:
     """The deterministic temporary name of ``path`` while a chunk writes it."""
     return path.with_name(f".{path.name}{PART_SUFFIX}")
-
-
-def _match_umask(path: str) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
 
 
 def write_atomic(path: Path, data: bytes, unique: bool = False) -> None:
@@ -43,19 +39,15 @@ def write_atomic(path: Path, data: bytes, unique: bool = False) -> None:
     """
     path = Path(path)
     if unique:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        f = os.fdopen(fd, "wb")
-    else:
-        tmp = str(part_path(path))
-        f = open(tmp, "wb")
+        write_bytes_atomic(path, data)
+        return
+    tmp = part_path(path)
     try:
-        with f:
+        with open(tmp, "wb") as f:
             f.write(data)
-        if unique:
-            _match_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -70,7 +62,7 @@ def create_exclusive(path: Path, data: bytes) -> bool:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        _match_umask(tmp)
+        default_permissions(tmp)
         try:
             os.link(tmp, path)
         except FileExistsError:

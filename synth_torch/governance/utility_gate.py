@@ -2,8 +2,8 @@
 
 The gate trains :class:`~synth_torch.loop.tasks.SegmentationTask` (a TinyUNet, foreground vs background, built
 from scratch: nothing is downloaded) on the export's WebDataset shards for ``steps`` optimizer steps with
-Lightning, then scores it on a real validation set (``real_kind: magnetic_tile``, the val split of
-:class:`~synth_torch.loop.datamodule.MagneticTileSegmentation`, ``val_images`` images) with torchmetrics'
+Lightning, then scores it on a real validation set (``real_kind: magnetic_tile``: the first ``val_images`` images
+of the val split of :class:`~synth_torch.data.real.MagneticTile`) with torchmetrics'
 foreground IoU. It passes when the score reaches ``min_score``. The untrained model's score is reported beside
 it. Off by default (``utility: {enabled: true}`` in the gates file): it costs a training run.
 """
@@ -41,8 +41,9 @@ class UtilityGate(Gate):
         import lightning.pytorch as pl
         from torch.utils.data import DataLoader
 
+        from synth_torch.data.real import open_real
         from synth_torch.export.shards import ShardStream
-        from synth_torch.loop.datamodule import MagneticTileSegmentation, collate_batch
+        from synth_torch.loop.datamodule import collate_batch
         from synth_torch.loop.tasks import SegmentationTask, segmentation_model
 
         s = self.settings
@@ -53,7 +54,8 @@ class UtilityGate(Gate):
         if "webdataset" not in view.formats:
             return self.result(FAIL, "the utility gate trains on the WebDataset shards; this export has none")
         H, W = view.size
-        real = MagneticTileSegmentation(root, view.class_names, (H, W), split="val", max_images=s["val_images"])
+        real = open_real(s["real_kind"], root, view.class_names, (H, W), split="val")
+        real = real.take(min(s["val_images"], len(real)))
         with torch.random.fork_rng(), quiet_lightning():
             torch.manual_seed(s["seed"])
             task = SegmentationTask(segmentation_model(2, "tiny_unet", s["width"], s["depth"]), num_classes=2,
@@ -86,8 +88,8 @@ def _foreground_iou(task, real) -> float:
     task.eval()
     for i in range(0, len(real), 16):
         items = [real[k] for k in range(i, min(i + 16, len(real)))]
-        image = torch.stack([it["image"] for it in items])
-        target = torch.stack([it["semantic"] for it in items]) > 0
+        image = torch.stack([it["image"].as_subclass(torch.Tensor) for it in items])
+        target = torch.stack([it["semantic"].as_subclass(torch.Tensor) for it in items]) > 0
         metric.update((task(image).argmax(1) > 0).long(), target.long())
     task.train(was)
     return float(metric.compute())

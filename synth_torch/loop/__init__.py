@@ -11,7 +11,7 @@ __all__ = ["RULES", "DetectionTask", "MinedSlice", "Predicate", "RealBatch", "Se
            "SliceReweighter", "SliceStats", "SliceTask", "SynthDataModule", "collate_batch", "find_slices"]
 
 _LAZY = {
-    "SynthDataModule": "synth_torch.loop.datamodule", "RealBatch": "synth_torch.loop.datamodule",
+    "SynthDataModule": "synth_torch.loop.datamodule", "RealBatch": "synth_torch.data.real",
     "collate_batch": "synth_torch.loop.datamodule", "SliceTask": "synth_torch.loop.tasks",
     "SegmentationTask": "synth_torch.loop.tasks", "DetectionTask": "synth_torch.loop.tasks",
     "SliceMiner": "synth_torch.loop.callback",

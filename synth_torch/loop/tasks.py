@@ -2,11 +2,13 @@
 
 Both report metrics overall (``val/<metric>``), per slice (``val/<metric>/<slice>``), their worst and mean
 over slices (``val/<metric>_worst``, ``val/<metric>_slice_mean``) and, with a real validation set,
-``val/<metric>/real``. Both expose :meth:`SliceTask.per_sample_loss`, the per-image loss the
-:class:`~synth_torch.loop.callback.SliceMiner` aggregates per slice and mines on.
+``val/<metric>/real``; ``trainer.test`` scores the real test split as ``test/<metric>/real``. Both expose
+:meth:`SliceTask.per_sample_loss`, the per-image loss the :class:`~synth_torch.loop.callback.SliceMiner`
+aggregates per slice and mines on. The networks are built by :mod:`synth_torch.loop.models`.
 
-Inputs are :class:`synth_torch.Batch` (synthetic) or :class:`~synth_torch.loop.datamodule.RealBatch` (real):
-both have ``image`` [B, 3, H, W], ``semantic`` [B, H, W] and ``to_torchvision()``.
+Inputs are :class:`synth_torch.Batch` (synthetic), :class:`~synth_torch.data.real.RealBatch` (real) or, for a
+step of a hybrid schedule that mixes both, :class:`~synth_torch.data.hybrid.HybridBatch`: all have ``image``
+[B, 3, H, W], ``semantic`` [B, H, W] and ``to_torchvision(min_visible_pixels)``.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.classification import BinaryF1Score, BinaryJaccardIndex, MulticlassJaccardIndex
+from torchmetrics.classification import (BinaryAveragePrecision, BinaryF1Score, BinaryJaccardIndex,
+                                         MulticlassJaccardIndex)
 
 from synth_torch.data.batch import Batch
+from synth_torch.loop.models import TinyUNet, detection_model, segmentation_model
 from synth_torch.scenario.config import ConfigError
 
 __all__ = ["SliceTask", "SegmentationTask", "DetectionTask", "TinyUNet", "detection_model", "segmentation_model",
@@ -42,107 +46,6 @@ def slice_key(name: str) -> str:
     return name.replace(" & ", "&").replace(" ", "").replace("/", "_")
 
 
-# ---------------------------------------------------------------------------------------------- models
-class _Block(nn.Sequential):
-    def __init__(self, cin: int, cout: int):
-        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-class TinyUNet(nn.Module):
-    """A small U-Net for CPU experiments (``width * 2**d`` channels at depth ``d``).
-
-    Shape:
-        - input: :math:`(B, C_{in}, H, W)`, H and W divisible by ``2**depth``
-        - output: :math:`(B, num\\_classes, H, W)` logits
-    """
-
-    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 16, depth: int = 3):
-        super().__init__()
-        chans = [width * 2**d for d in range(depth + 1)]
-        self.down = nn.ModuleList([_Block(in_channels, chans[0])] + [_Block(chans[d], chans[d + 1])
-                                                                      for d in range(depth)])
-        self.up = nn.ModuleList([nn.ConvTranspose2d(chans[d + 1], chans[d], 2, stride=2) for d in reversed(range(depth))])
-        self.dec = nn.ModuleList([_Block(2 * chans[d], chans[d]) for d in reversed(range(depth))])
-        self.head = nn.Conv2d(chans[0], num_classes, 1)
-        self.depth = depth
-
-    def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1] % 2**self.depth or x.shape[-2] % 2**self.depth:
-            raise ValueError(f"TinyUNet of depth {self.depth} needs H and W divisible by {2**self.depth}, "
-                             f"got {tuple(x.shape[-2:])}")
-        skips = []
-        for d, block in enumerate(self.down):
-            x = block(x if d == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
-        for up, dec, skip in zip(self.up, self.dec, reversed(skips[:-1])):
-            x = dec(torch.cat([up(x), skip], 1))
-        return self.head(x)
-
-
-def segmentation_model(num_classes: int, arch: str = "tiny_unet", width: int = 16, depth: int = 3) -> nn.Module:
-    """``tiny_unet``, or torchvision's ``lraspp_mobilenet_v3_large`` / ``deeplabv3_mobilenet_v3_large`` built
-    from scratch (``weights=None, weights_backbone=None``: nothing is downloaded)."""
-    if arch == "tiny_unet":
-        return TinyUNet(num_classes, width=width, depth=depth)
-    from torchvision.models import segmentation as seg
-
-    if arch == "lraspp_mobilenet_v3_large":
-        return seg.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes)
-    if arch == "deeplabv3_mobilenet_v3_large":
-        return seg.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes,
-                                                aux_loss=False)
-    raise ConfigError(f"model.net.arch: expected 'tiny_unet', 'lraspp_mobilenet_v3_large' or "
-                      f"'deeplabv3_mobilenet_v3_large', got {arch!r}")
-
-
-def detection_model(num_classes: int, arch: str = "fasterrcnn", backbone: str = "resnet18", image_size: int = 64,
-                    anchor_sizes: tuple[int, ...] = (8, 16, 32, 64, 128), trainable_layers: int = 5) -> nn.Module:
-    """A torchvision detector built from scratch (no downloads) for small images.
-
-    Args:
-        num_classes: including background.
-        arch: ``fasterrcnn``, ``retinanet`` or ``fcos``; backbone: ``resnet18`` (FPN, any arch) or
-            ``mobilenet_v3_large`` (FPN, fasterrcnn only).
-        image_size: the model's internal resize (``min_size = max_size``): keep it at the data resolution,
-            torchvision's default of 800 px would upsample small renders.
-        anchor_sizes: one size per FPN level (5 levels).
-    """
-    from torchvision.models import detection as det
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
-    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
-
-    size = {"min_size": int(image_size), "max_size": int(image_size)}
-    if arch not in ("fasterrcnn", "retinanet", "fcos"):
-        raise ConfigError(f"model.net.arch: expected 'fasterrcnn', 'retinanet' or 'fcos', got {arch!r}")
-    if backbone == "mobilenet_v3_large":
-        if arch != "fasterrcnn":
-            raise ConfigError("model.net.backbone 'mobilenet_v3_large' is only wired for arch 'fasterrcnn'")
-        if len(anchor_sizes) != 5:
-            raise ConfigError(f"model.net.anchor_sizes: need 5 sizes, got {list(anchor_sizes)}")
-        model = det.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=num_classes,
-                                                      **size)
-        # same number of anchors per location (5 sizes x 3 ratios) as torchvision's, sized for small images
-        model.rpn.anchor_generator = AnchorGenerator((tuple(anchor_sizes),) * 3, ((0.5, 1.0, 2.0),) * 3)
-        return model
-    if backbone != "resnet18":
-        raise ConfigError(f"model.net.backbone: expected 'resnet18' or 'mobilenet_v3_large', got {backbone!r}")
-    if len(anchor_sizes) != 5:
-        raise ConfigError(f"model.net.anchor_sizes: need 5 sizes (one per FPN level), got {list(anchor_sizes)}")
-    if arch == "fasterrcnn":
-        bb = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=trainable_layers)
-        anchors = AnchorGenerator(tuple((s,) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
-        return det.FasterRCNN(bb, num_classes=num_classes, rpn_anchor_generator=anchors, **size)
-    bb = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=trainable_layers,
-                             returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
-    if arch == "retinanet":
-        anchors = AnchorGenerator(tuple((s, int(s * 1.26), int(s * 1.59)) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
-        return det.RetinaNet(bb, num_classes=num_classes, anchor_generator=anchors, **size)
-    anchors = AnchorGenerator(tuple((s,) for s in anchor_sizes), ((1.0,),) * 5)
-    return det.FCOS(bb, num_classes=num_classes, anchor_generator=anchors, **size)
-
-
 # ---------------------------------------------------------------------------------------------- base task
 def _default_optimizer(params):
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4)
@@ -156,6 +59,11 @@ class SliceTask(pl.LightningModule, ABC):
         num_classes: including background.
         optimizer: callable ``optimizer(params)`` (Hydra ``_partial_: true``); default AdamW(lr=1e-3).
         scheduler: optional callable ``scheduler(optimizer)``, stepped every training step.
+
+    Learning-rate re-warm: when the data module has ``lr_scale(step)`` (a hybrid schedule's re-warm after its
+    switch to real data, see :class:`~synth_torch.data.hybrid.HybridSchedule`), every optimizer step runs at
+    the scheduler's learning rate times that factor. The factor is a pure function of the step, so it composes
+    with any scheduler and survives resume.
     """
 
     def __init__(self, net, num_classes: int, optimizer: Callable | None = None, scheduler: Callable | None = None):
@@ -166,7 +74,7 @@ class SliceTask(pl.LightningModule, ABC):
         self.net = net if isinstance(net, nn.Module) else net(num_classes=self.num_classes)
         self.optimizer_factory = optimizer or _default_optimizer
         self.scheduler_factory = scheduler
-        self._val_metrics: dict[str, dict] = {}  # key -> name -> Metric (created lazily, not submodules)
+        self._metrics: dict[str, dict[str, dict]] = {"val": {}, "test": {}}  # stage -> key -> name -> Metric
 
     # --- implemented by each task (SegmentationTask, DetectionTask)
     @abstractmethod
@@ -193,50 +101,65 @@ class SliceTask(pl.LightningModule, ABC):
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
 
+    @override
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        scale = float(dm.lr_scale(self.trainer.global_step)) if hasattr(dm, "lr_scale") else 1.0
+        if scale == 1.0:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        lrs = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * scale
+        try:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        finally:  # the scheduler keeps stepping its own learning rate
+            for group, lr in zip(optimizer.param_groups, lrs):
+                group["lr"] = lr
+
     @staticmethod
     def _updated(metrics: dict) -> bool:
         return any(m.update_count > 0 for m in metrics.values())
 
-    def _metrics_for(self, key: str) -> dict:
-        if key not in self._val_metrics:
-            self._val_metrics[key] = {k: m.to(self.device) for k, m in self._make_metrics().items()}
-        return self._val_metrics[key]
+    def _metrics_for(self, stage: str, key: str) -> dict:
+        if key not in self._metrics[stage]:
+            self._metrics[stage][key] = {k: m.to(self.device) for k, m in self._make_metrics().items()}
+        return self._metrics[stage][key]
 
-    def _expected_keys(self) -> list[str]:
+    def _expected_keys(self, stage: str) -> list[str]:
         """Metric keys every rank computes, in one order (collectives inside ``compute`` must match)."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if stage == "test":
+            return ["real"]
         if dm is None or not hasattr(dm, "slice_names"):
-            return sorted(self._val_metrics)
+            return sorted(self._metrics[stage])
         keys = ["all", *(f"slice:{n}" for n in dm.slice_names)]
         if getattr(dm, "real_val", None) is not None:
             keys.append("real")
         return keys
 
-    @override
-    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def _eval_step(self, stage: str, batch) -> None:
         if isinstance(batch, Batch):
-            self._update_metrics(self._metrics_for("all"), batch)
+            self._update_metrics(self._metrics_for(stage, "all"), batch)
             for sid in batch.slice_id.unique().tolist():
                 sub = batch if (batch.slice_id == sid).all() else batch.select(batch.slice_id == sid)
-                self._update_metrics(self._metrics_for(f"slice:{batch.slice_names[sid]}"), sub)
+                self._update_metrics(self._metrics_for(stage, f"slice:{batch.slice_names[sid]}"), sub)
         else:
-            self._update_metrics(self._metrics_for("real"), batch)
+            self._update_metrics(self._metrics_for(stage, "real"), batch)
 
-    @override
-    def on_validation_epoch_end(self) -> None:
+    def _log_stage(self, stage: str) -> dict[str, float]:
         values: dict[str, float] = {}
         per_slice: dict[str, dict[str, float]] = {}
-        keys = self._expected_keys()
+        keys = self._expected_keys(stage)
+        computed = self._metrics[stage]
         # A key no rank has seen (e.g. limit_val_batches cut the suites) is skipped; the flags are summed over
         # ranks first so every rank computes (and synchronises) the same keys.
-        seen = torch.tensor([float(k in self._val_metrics and self._updated(self._val_metrics[k])) for k in keys],
-                            device=self.device)
+        seen = torch.tensor([float(k in computed and self._updated(computed[k])) for k in keys], device=self.device)
         if self._trainer is not None:
             seen = self.trainer.strategy.reduce(seen, reduce_op="sum")
         for key, flag in zip(keys, seen.tolist()):
             if flag == 0:
                 continue
-            metrics = self._metrics_for(key)
+            metrics = self._metrics_for(stage, key)
             with warnings.catch_warnings():  # a rank may hold no sample of a slice; compute still syncs
                 warnings.filterwarnings("ignore", message=".*compute.*before.*update.*")
                 out = self._compute_metrics(metrics)
@@ -244,20 +167,36 @@ class SliceTask(pl.LightningModule, ABC):
                 m.reset()
             for name, v in out.items():
                 if key == "all":
-                    values[f"val/{name}"] = v
+                    values[f"{stage}/{name}"] = v
                 elif key == "real":
-                    values[f"val/{name}/real"] = v
+                    values[f"{stage}/{name}/real"] = v
                 else:
                     slice_name = key[len("slice:"):]
-                    values[f"val/{name}/{slice_key(slice_name)}"] = v
+                    values[f"{stage}/{name}/{slice_key(slice_name)}"] = v
                     per_slice.setdefault(name, {})[slice_name] = v
         for name, by_slice in per_slice.items():
             finite = [v for v in by_slice.values() if math.isfinite(v) and v >= 0]
             if finite:
-                values[f"val/{name}_worst"] = min(finite)
-                values[f"val/{name}_slice_mean"] = sum(finite) / len(finite)
-        self.last_val_metrics = values
+                values[f"{stage}/{name}_worst"] = min(finite)
+                values[f"{stage}/{name}_slice_mean"] = sum(finite) / len(finite)
         self.log_dict(values, sync_dist=False, batch_size=1)
+        return values
+
+    @override
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("val", batch)
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self.last_val_metrics = self._log_stage("val")
+
+    @override
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("test", batch)
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self.last_test_metrics = self._log_stage("test")
 
 
 # ---------------------------------------------------------------------------------------------- segmentation
@@ -272,7 +211,9 @@ class SegmentationTask(SliceTask):
 
     Metrics (torchmetrics, accumulated over the whole suite): ``iou`` (``MulticlassJaccardIndex``, macro over
     the classes present), ``dice`` (Dice of the foreground mask, i.e. ``BinaryF1Score`` of defect/object vs
-    background pixels) and ``fg_iou`` (``BinaryJaccardIndex`` of the foreground mask).
+    background pixels), ``fg_iou`` (``BinaryJaccardIndex`` of the foreground mask) and ``fg_ap`` (pixel average
+    precision of the foreground probability ``1 - P(background)``, ``BinaryAveragePrecision`` over 200
+    thresholds: threshold-free, unlike the other three, which score the argmax).
     """
 
     def __init__(self, net, num_classes: int, target: str = "semantic", ce_weight: float = 1.0,
@@ -323,14 +264,17 @@ class SegmentationTask(SliceTask):
             "iou": MulticlassJaccardIndex(self.num_classes, average="macro", validate_args=False),
             "dice": BinaryF1Score(validate_args=False),
             "fg_iou": BinaryJaccardIndex(validate_args=False),
+            "fg_ap": BinaryAveragePrecision(thresholds=200, validate_args=False),
         }
 
     def _update_metrics(self, metrics: dict, batch) -> None:
         labels = self._labels(batch)
-        pred = self(batch.image).argmax(1)
+        logits = self(batch.image)
+        pred = logits.argmax(1)
         metrics["iou"].update(pred, labels)
         metrics["dice"].update((pred > 0).long(), (labels > 0).long())
         metrics["fg_iou"].update((pred > 0).long(), (labels > 0).long())
+        metrics["fg_ap"].update(1.0 - logits.softmax(1)[:, 0], (labels > 0).long())
 
     @torch.no_grad()
     def per_sample_loss(self, batch) -> Tensor:
@@ -386,8 +330,7 @@ class DetectionTask(SliceTask):
         self.min_visible_pixels, self.miner_loss, self.score_threshold = min_visible_pixels, miner_loss, score_threshold
 
     def _inputs(self, batch) -> tuple[list[Tensor], list[dict]]:
-        images, targets = batch.to_torchvision(self.min_visible_pixels) if isinstance(batch, Batch) \
-            else batch.to_torchvision()
+        images, targets = batch.to_torchvision(self.min_visible_pixels)
         out = []
         for t in targets:
             boxes = t["boxes"].as_subclass(Tensor).float()

@@ -13,7 +13,8 @@ import torch
 
 from synth_torch.loop.callback import SliceMiner, StreamRecorder
 from synth_torch.loop.datamodule import SynthDataModule
-from synth_torch.loop.tasks import SegmentationTask, TinyUNet
+from synth_torch.loop.models import TinyUNet
+from synth_torch.loop.tasks import SegmentationTask
 from synth_torch.scenario.config import ConfigError
 
 # The planted region: the base distribution of light.intensity covers [0.05, 1.0]; the fake task fails on

@@ -1,22 +1,18 @@
-"""SynthDataModule, the real-data readers and the tasks' per-sample losses (tiny resolutions, CPU)."""
+"""SynthDataModule (synthetic stream and suites), the model zoo and the tasks' per-sample losses (tiny
+resolutions, CPU). Hybrid schedules through the data module: tests/loop/test_hybrid_training.py."""
 
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import pytest
 import torch
 
 from synth_torch.data.batch import Batch, decode_sample_id
-from synth_torch.loop.datamodule import (VAL_START, CocoDetectionReal, MagneticTileSegmentation, RealBatch,
-                                         SynthDataModule, collate_batch)
-from synth_torch.loop.tasks import DetectionTask, SegmentationTask, TinyUNet, detection_model, segmentation_model
+from synth_torch.loop.datamodule import VAL_START, SynthDataModule, collate_batch
+from synth_torch.loop.models import TinyUNet, detection_model, segmentation_model
+from synth_torch.loop.tasks import DetectionTask, SegmentationTask
 from synth_torch.scenario.config import ConfigError
-
-REAL = Path(__file__).resolve().parents[3] / "shared" / "real"
-if not REAL.is_dir():  # the shared folder beside the repository (../shared/real)
-    REAL = Path(__file__).resolve().parents[2].parent / "shared" / "real"
 
 
 def _dm(**kw) -> SynthDataModule:
@@ -94,37 +90,8 @@ def test_missing_real_root_is_skipped_or_raises(tmp_path):
     assert dm.real_val is None and not isinstance(dm.val_dataloader(), list)
     with pytest.raises(FileNotFoundError, match="absent"):
         _dm(real_root=str(tmp_path / "absent"), real_required=True)
-
-
-@pytest.mark.skipif(not (REAL / "magnetic_tile").is_dir(), reason="../shared/real/magnetic_tile not present")
-def test_magnetic_tile_masks_map_to_scenario_classes():
-    names = ("blowhole", "crack", "break", "fray", "uneven")
-    ds = MagneticTileSegmentation(REAL / "magnetic_tile", names, resolution=32, split="all")
-    val = MagneticTileSegmentation(REAL / "magnetic_tile", names, resolution=32, split="val")
-    train = MagneticTileSegmentation(REAL / "magnetic_tile", names, resolution=32, split="train")
-    assert len(val) + len(train) == len(ds) and not {i[0] for i in val.items} & {i[0] for i in train.items}
-    blow = next(i for i, it in enumerate(ds.items) if "MT_Blowhole" in str(it[0]))
-    item = ds[blow]
-    assert item["image"].shape == (3, 32, 32) and 0 <= item["image"].min() and item["image"].max() <= 1
-    assert set(item["semantic"].unique().tolist()) <= {0, 1}  # blowhole is class 1
-    free = next(i for i, it in enumerate(ds.items) if "MT_Free" in str(it[0]))
-    assert ds[free]["semantic"].max() == 0
-    dm = _dm(resolution=32, real_root=str(REAL / "magnetic_tile"), real_every=2)
-    loaders = dm.val_dataloader()
-    real = next(iter(loaders[1]))
-    assert isinstance(real, RealBatch) and real.semantic.shape[1:] == (32, 32)
-    kinds = [type(b).__name__ for b, _ in zip(dm.train_dataloader(), range(4))]
-    assert kinds == ["Batch", "RealBatch", "Batch", "Batch"]
-
-
-@pytest.mark.skipif(not (REAL / "fruits_nuts").is_dir(), reason="../shared/real/fruits_nuts not present")
-def test_coco_reader_rescales_boxes():
-    ds = CocoDetectionReal(REAL / "fruits_nuts", resolution=64)
-    item = ds[0]
-    assert item["image"].shape == (3, 64, 64)
-    assert item["boxes"].shape[1] == 4 and len(item["boxes"]) == len(item["labels"]) > 0
-    assert (item["boxes"] >= 0).all() and (item["boxes"] <= 64.01).all()
-    assert set(item["labels"].tolist()) <= {1, 2, 3}
+    with pytest.raises(FileNotFoundError, match="absent"):  # training on real data always needs the folder
+        _dm(real_root=str(tmp_path / "absent"), schedule="mixed")
 
 
 def test_segmentation_per_sample_loss_is_per_image_and_side_effect_free():

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
@@ -49,7 +50,7 @@ def test_every_experiment_is_listed():
     ("logger", ["wandb", "csv", "many", "none"]),
     ("callbacks", ["default", "slice_miner", "model_checkpoint", "stream_recorder", "none"]),
     ("scenario", ["defects", "tabletop"]),
-    ("data", ["synth", "synth_real"]),
+    ("data", ["synth", "synth_real", "synth_fruits"]),
 ])
 def test_every_group_option_composes_and_instantiates(group, options, tmp_path):
     for option in options:
@@ -69,13 +70,34 @@ def test_every_group_option_composes_and_instantiates(group, options, tmp_path):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_runs_with_fast_dev_run(experiment, tmp_path):
     train = _train_module()
-    extra = ["model.net.image_size=32"] if "det" in experiment else []
-    overrides = [f"experiment={experiment}", *TINY, *extra]
-    if "det" in experiment:  # the detector nets have no width/depth
+    base = _compose([f"experiment={experiment}"], tmp_path)
+    detection = "DetectionTask" in base.model._target_
+    miner = "slice_miner" in (base.get("callbacks") or {})
+    if base.data.schedule != "synthetic_only" and not Path(base.data.real_root).is_dir():
+        pytest.skip(f"{experiment} trains on {base.data.real_root}, which is not present")
+    overrides = [f"experiment={experiment}", *TINY]
+    if detection:  # the detector nets have no width/depth
         overrides = [o for o in overrides if not o.startswith(("model.net.depth", "model.net.width"))]
+        overrides.append("model.net.image_size=32")
+    if not miner:
+        overrides = [o for o in overrides if not o.startswith("callbacks.slice_miner")]
     out = train.train(_compose(overrides, tmp_path))
-    assert "val/" + ("map" if "det" in experiment else "fg_iou") in out["metrics"], out["metrics"]
-    assert (tmp_path / "slice_miner.json").is_file()
+    assert "val/" + ("map" if detection else "fg_iou") in out["metrics"], out["metrics"]
+    assert (tmp_path / "slice_miner.json").is_file() == miner
+    if base.get("test"):  # the study's experiments score the real test split after fit
+        assert "test/" + ("map" if detection else "fg_iou") + "/real" in out["metrics"], out["metrics"]
+        assert out["data"]["real_train_images"] == base.data.real_train_images
+
+
+def test_real_train_images_is_recorded_in_the_run_config(tmp_path, shared_real):
+    train = _train_module()
+    cfg = _compose(["experiment=sim2real_tile", *TINY[:5], "trainer.max_steps=1", "trainer.limit_val_batches=1",
+                    "trainer.val_check_interval=1", "logger=csv", "model.net.depth=2", "model.net.width=4",
+                    "data.real_train_images=10", "test=false"], tmp_path)
+    out = train.train(cfg)
+    hparams = yaml.safe_load(next(tmp_path.rglob("hparams.yaml")).read_text())
+    assert hparams["data"]["real_train_images"] == 10 and hparams["data"]["schedule"] == "pretrain_finetune"
+    assert out["data"]["real_train_images"] == 10
 
 
 def test_default_config_is_cpu_wandb_offline_with_miner(tmp_path):
