@@ -233,7 +233,8 @@ def _gates(a: dict | None, b: dict) -> list[str]:
     lines += _table(["gate", "A", "B", "B's run"], rows)
     for name in gb:
         x, y = ga.get(name), gb[name]
-        lines += ["", f"**{name}**: {y['summary']}"]
+        title = f" ({gate_classes()[name].title})" if name in gate_classes() else ""
+        lines += ["", f"**{name}**{title}: {y['summary']}"]
         if x is not None and x["thresholds"] != y["thresholds"]:
             lines += _changes(_flat(x["thresholds"]), _flat(y["thresholds"]), "threshold")
         figures = gate_classes()[name].key_figures if name in gate_classes() else flatten

@@ -144,7 +144,7 @@ class AssetDuplicateGate(_HashGate):
 
 class GeneratedDuplicateGate(_HashGate):
     name = "privacy_generated"
-    title = "Generated images vs protected set (distance to closest record)"
+    title = "Generated images vs protected set, distance to closest record"
 
     def check(self, ctx: GateContext) -> GateResult:
         if ctx.protected is None:
