@@ -14,11 +14,18 @@
 ``synth-torch export SCENARIO --n N --resolution R --format coco,yolo,kitti,webdataset --out DIR``
     Write a dataset with a manifest (``docs/export.md``): sharded with ``--shard I/N`` or SLURM array /
     torchrun variables, resumable by running the same command again.
+``synth-torch validate DIR [--reference REAL_DIR] [--gates gates.yaml]``
+    Run the quality gates on an export, print a table, record the results in its manifest; exit status 1 when
+    a gate fails (``docs/governance.md``).
 ``synth-torch datasets show DIR``
     Print an export's manifest readably (or the progress of one still being written).
 ``synth-torch train [OVERRIDES...]``, ``synth-torch eval [OVERRIDES...]``
     The Hydra applications (:mod:`synth_torch.app`) with the configs shipped in the package: every further
     argument is a Hydra override (``experiment=tabletop_det``, ``scenario=my.yaml``, ``-m seed=0,1,2``).
+``synth-torch datasets register|list|show|approve|promote|rollback|retire|log|diff``
+    The dataset registry (SQLite), its audit log and release notes (``docs/governance.md``).
+``synth-torch suite run CHECKPOINT --scenario S [--baseline FILE] [--update-baseline]``
+    Score a checkpoint on fixed per-slice suites; exit status 1 on a regression against the baseline.
 
 Heavy imports happen inside the commands, so ``synth-torch --help`` is instant.
 """
@@ -230,13 +237,160 @@ def export(args) -> None:
               f"in other shards; the last shard to finish writes {result.root}/manifest.json")
 
 
-def datasets(args) -> None:
-    from synth_torch.export import ExportError, describe
+def _registry(args):
+    from synth_torch.governance.registry import Registry
 
+    return Registry(args.registry)
+
+
+def _governed(func):
+    """Run a governance command, turning its errors into CLI errors."""
+
+    def run(args):
+        from synth_torch.export import ExportError
+        from synth_torch.governance.exports import GovernanceError
+
+        try:
+            return func(args)
+        except (GovernanceError, ExportError) as exc:
+            raise CLIError(str(exc)) from exc
+
+    return run
+
+
+@_governed
+def datasets_show(args) -> None:
+    from synth_torch.export import describe, read_manifest
+    from synth_torch.governance.gates import describe_validation
+    from synth_torch.governance.registry import describe_version, describe_versions, parse_ref
+
+    if Path(args.target).is_dir():
+        print(describe(args.target))
+        if (Path(args.target) / "manifest.json").is_file():
+            print(describe_validation(read_manifest(args.target)))
+        return
+    name, version = parse_ref(args.target)
+    with _registry(args) as reg:
+        print(describe_version(reg, args.target, notes=args.notes) if version else describe_versions(reg, name))
+
+
+@_governed
+def datasets_list(args) -> None:
+    from synth_torch.governance.registry import describe_versions
+
+    with _registry(args) as reg:
+        print(describe_versions(reg, args.name))
+
+
+@_governed
+def datasets_register(args) -> None:
+    with _registry(args) as reg:
+        v = reg.register(args.dir, name=args.name, by=args.by, note=args.note)
+    print(f"registered {v.ref} ({v.manifest_digest}) in {reg.path}")
+
+
+@_governed
+def datasets_approve(args) -> None:
+    with _registry(args) as reg:
+        v = reg.approve(args.ref, by=args.by, note=args.note)
+    print(f"approved {v.ref} by {args.by}")
+
+
+@_governed
+def datasets_promote(args) -> None:
+    with _registry(args) as reg:
+        release = reg.promote(args.ref, by=args.by, note=args.note)
+    name = args.ref.partition("@")[0]
+    was = f" (was {name}@{release['previous']})" if release["previous"] is not None else " (first release)"
+    print(f"released {name}@{release['version']}{was}; release notes stored in {reg.path}\n")
+    print(release["notes"])
+
+
+@_governed
+def datasets_rollback(args) -> None:
+    with _registry(args) as reg:
+        old, new = reg.rollback(args.name, note=args.note, by=args.by)
+    print(f"rolled back {args.name}: released is now {args.name}@{new} (was @{old})")
+
+
+@_governed
+def datasets_retire(args) -> None:
+    with _registry(args) as reg:
+        v = reg.retire(args.ref, note=args.note, by=args.by)
+    print(f"retired {v.ref}")
+
+
+@_governed
+def datasets_log(args) -> None:
+    from synth_torch.governance.registry import describe_audit
+
+    with _registry(args) as reg:
+        print(describe_audit(reg, args.name))
+
+
+@_governed
+def datasets_diff(args) -> None:
+    from synth_torch.export._io import write_atomic
+    from synth_torch.governance.notes import release_notes, side_of_folder
+
+    sides = []
+    reg = None
+    for ref in (args.a, args.b):
+        if Path(ref).is_dir():
+            sides.append(side_of_folder(ref))
+        else:
+            reg = reg or _registry(args)
+            name, number = reg.resolve(ref)
+            sides.append(reg.side(name, number))
+    if reg is not None:
+        reg.close()
+    text = release_notes(*sides)
+    if args.out:
+        write_atomic(Path(args.out), text.encode(), unique=True)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+
+
+@_governed
+def suite_run(args) -> int:
+    from synth_torch.governance.suites import run_suite
+
+    slice_tolerances = {}
+    for item in args.slice_tolerance:
+        name, sep, value = item.rpartition("=")
+        try:
+            slice_tolerances[name] = float(value)
+        except ValueError:
+            raise CLIError(f"--slice-tolerance expects SLICE=VALUE, got {item!r}") from None
+        if not sep or not name:
+            raise CLIError(f"--slice-tolerance expects SLICE=VALUE, got {item!r}")
+    split = lambda text: [t.strip() for t in text.split(",") if t.strip()] if text else None  # noqa: E731
+    result = run_suite(args.checkpoint, args.scenario, samples_per_slice=args.samples_per_slice,
+                       resolution=args.resolution, seed=args.seed, slices=split(args.slices),
+                       model_config=args.model_config, baseline=args.baseline, update_baseline=args.update_baseline,
+                       tolerance=args.tolerance, slice_tolerances=slice_tolerances, metrics=split(args.metrics),
+                       out=args.out, batch_size=args.batch_size, device=args.device, sensor=not args.no_sensor)
+    print(result.markdown(), end="")
+    name = result.data["suite"]["scenario"]["name"]
+    print(f"\nwrote {Path(args.out) / (name + '.json')} and {name}.md")
+    return 1 if result.regressions else 0
+
+
+def validate(args) -> int:
+    from synth_torch.governance.exports import GovernanceError
+    from synth_torch.governance.gates import format_table, validate
+
+    only = [g.strip() for g in args.only.split(",") if g.strip()] if args.only else None
     try:
-        print(describe(args.dir))
-    except ExportError as exc:
+        report = validate(args.dir, reference=args.reference, protected=args.protected, gates=args.gates, only=only,
+                          write=not args.no_write)
+    except GovernanceError as exc:
         raise CLIError(str(exc)) from exc
+    print(format_table(report))
+    if not args.no_write:
+        print(f"results recorded in {Path(args.dir) / 'manifest.json'} (validation)")
+    return 0 if report.passed else 1
 
 
 def hydra_app(args) -> None:
@@ -314,11 +468,97 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Every further argument is a Hydra override (docs/training.md).")
         t.set_defaults(func=hydra_app)
 
-    ds = sub.add_parser("datasets", help="inspect exported datasets")
+    v = sub.add_parser("validate", help="run the quality gates on an export and record the results in its manifest",
+                       description="Run the quality gates (labels, manifest, statistical, privacy_assets, "
+                       "privacy_faces, privacy_generated, utility) on an export, print a table and record the results "
+                       "in manifest.json. Exit status 1 when a gate fails or a required gate has not passed "
+                       "(docs/governance.md).")
+    v.add_argument("dir", help="an export folder")
+    v.add_argument("--reference", default=None, metavar="REAL_DIR",
+                   help="real image folder for the statistical (and utility) gates")
+    v.add_argument("--protected", default=None, metavar="DIR",
+                   help="protected real images for the privacy gates (default: --reference)")
+    v.add_argument("--gates", default=None, metavar="GATES_YAML", help="gate settings and thresholds (YAML)")
+    v.add_argument("--only", default=None, help="comma-separated gates to run (the others keep earlier results)")
+    v.add_argument("--no-write", action="store_true", help="do not record the results in the manifest")
+    v.set_defaults(func=validate)
+
+    su = sub.add_parser("suite", help="scenario suites: regression tests of a checkpoint per slice")
+    su_sub = su.add_subparsers(dest="suite_command", required=True)
+    r = su_sub.add_parser("run", help="score a checkpoint on fixed per-slice suites; compare with a baseline",
+                          description="Render fixed, deterministic per-slice suites of a scenario, score the "
+                          "checkpoint on each slice, write JSON and Markdown, and compare with --baseline. Exit "
+                          "status 1 on a regression (docs/governance.md).")
+    r.add_argument("checkpoint", help="a Lightning checkpoint of a synth_torch.loop.tasks task")
+    r.add_argument("--scenario", required=True, help="built-in name or YAML path: its slices are the suites")
+    r.add_argument("--baseline", default=None, metavar="FILE", help="a suite result JSON to compare with")
+    r.add_argument("--update-baseline", action="store_true", help="record this result as --baseline")
+    r.add_argument("--out", default="suite-results", metavar="DIR", help="where <scenario>.json/.md go "
+                   "(default suite-results)")
+    r.add_argument("--model-config", default=None, metavar="YAML", help="the model's Hydra config (default: the "
+                   "run's .hydra/config.yaml beside the checkpoints folder)")
+    r.add_argument("--samples-per-slice", type=int, default=32)
+    r.add_argument("--resolution", type=_resolution_arg, default=64)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--slices", default=None, help="comma-separated slices (default: all of the scenario's)")
+    r.add_argument("--tolerance", type=float, default=None, help="allowed drop of a metric (absolute; default: "
+                   "the baseline's, else 0.02)")
+    r.add_argument("--slice-tolerance", action="append", default=[], metavar="SLICE=VALUE",
+                   help="tolerance of one slice (repeatable)")
+    r.add_argument("--metrics", default=None, help="comma-separated metrics to gate (default: the baseline's, else "
+                   "all but loss)")
+    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--no-sensor", action="store_true", help="render without the scenario's sensor effects")
+    r.set_defaults(func=suite_run)
+
+    reg = argparse.ArgumentParser(add_help=False)
+    reg.add_argument("--registry", default=None, metavar="PATH", help="registry SQLite file (default: "
+                     "$SYNTH_TORCH_REGISTRY, else ~/.synth-torch/registry.sqlite)")
+    who = argparse.ArgumentParser(add_help=False)
+    who.add_argument("--by", default=None, metavar="WHO", help="who acts (default: the login name)")
+    ds = sub.add_parser("datasets", help="inspect, register, approve, release and compare datasets",
+                        description="Exports and the dataset registry (docs/governance.md).")
     ds_sub = ds.add_subparsers(dest="datasets_command", required=True)
-    show = ds_sub.add_parser("show", help="print an export's manifest readably")
-    show.add_argument("dir", help="an export folder")
-    show.set_defaults(func=datasets)
+    c = ds_sub.add_parser("show", parents=[reg], help="an export folder's manifest, or a registered NAME[@VERSION]")
+    c.add_argument("target", metavar="DIR|NAME[@VERSION]")
+    c.add_argument("--notes", action="store_true", help="also print the release notes stored at promotion")
+    c.set_defaults(func=datasets_show)
+    c = ds_sub.add_parser("list", parents=[reg], help="registered versions and their status")
+    c.add_argument("name", nargs="?", default=None)
+    c.set_defaults(func=datasets_list)
+    c = ds_sub.add_parser("register", parents=[reg, who], help="register an export folder as a new version")
+    c.add_argument("dir")
+    c.add_argument("--name", default=None, help="dataset name (default: the scenario's name)")
+    c.add_argument("--note", default="", help="why")
+    c.set_defaults(func=datasets_register)
+    c = ds_sub.add_parser("approve", parents=[reg], help="approve NAME@VERSION")
+    c.add_argument("ref", metavar="NAME@VERSION")
+    c.add_argument("--by", required=True, metavar="WHO")
+    c.add_argument("--note", required=True, help="why")
+    c.set_defaults(func=datasets_approve)
+    c = ds_sub.add_parser("promote", parents=[reg, who], help="move the released alias to an approved version "
+                          "whose gates passed; stores the release notes")
+    c.add_argument("ref", metavar="NAME@VERSION")
+    c.add_argument("--note", default="", help="why")
+    c.set_defaults(func=datasets_promote)
+    c = ds_sub.add_parser("rollback", parents=[reg, who], help="move released back to the previous released version")
+    c.add_argument("name")
+    c.add_argument("--note", required=True, help="why")
+    c.set_defaults(func=datasets_rollback)
+    c = ds_sub.add_parser("retire", parents=[reg, who], help="mark a version retired (nothing is deleted)")
+    c.add_argument("ref", metavar="NAME@VERSION")
+    c.add_argument("--note", required=True, help="why")
+    c.set_defaults(func=datasets_retire)
+    c = ds_sub.add_parser("log", parents=[reg], help="the audit log (of NAME)")
+    c.add_argument("name", nargs="?", default=None)
+    c.set_defaults(func=datasets_log)
+    c = ds_sub.add_parser("diff", parents=[reg], help="release notes of B against A (export folders or "
+                          "NAME@VERSION), as Markdown")
+    c.add_argument("a", metavar="A")
+    c.add_argument("b", metavar="B")
+    c.add_argument("--out", default=None, metavar="FILE", help="write the Markdown to FILE (atomically)")
+    c.set_defaults(func=datasets_diff)
     return parser
 
 
@@ -335,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"synth-torch: error: {exc}\n")
     if isinstance(result, Path):
         print(f"wrote {result}")
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from synth_torch.export.sample import Sample
 CORNER_NAMES = tuple("".join(f"{'+' if (k >> bit) & 1 else '-'}{axis}" for bit, axis in enumerate("xyz"))
                      for k in range(8))
 BOX_SKELETON = tuple([a + 1, b + 1] for a in range(8) for b in range(a + 1, 8) if bin(a ^ b).count("1") == 1)
+ANNOTATIONS = "coco/annotations/instances.json"
+IMAGES = "coco/images"
 
 
 def _r(v: float, digits: int = 3) -> float:
@@ -50,7 +52,7 @@ class CocoWriter(FormatWriter):
 
     def write(self, sample: Sample, sink: Sink) -> dict:
         lay = self.layout
-        sink.write(f"coco/images/{sample.stem}.png", sample.image_png)
+        sink.write(f"{IMAGES}/{sample.stem}.png", sample.image_png)
         sink.write(f"coco/instance/{sample.stem}.png", sample.instance_png)
         sink.write(f"coco/depth/{sample.stem}.png", sample.depth_png)
         image = {"id": sample.index + 1, "file_name": f"{sample.stem}.png", "width": lay.width, "height": lay.height,
@@ -112,5 +114,5 @@ class CocoWriter(FormatWriter):
             "images": images,
             "annotations": annotations,
         }
-        sink.write("coco/annotations/instances.json", dumps(doc))
+        sink.write(ANNOTATIONS, dumps(doc))
         return {"images": len(images), "annotations": len(annotations)}

@@ -37,6 +37,9 @@ from synth_torch.export.sample import Sample
 
 OCCLUSION_LEVELS = (0.95, 0.5)  # visible fraction thresholds for KITTI occlusion 0 and 1
 TILT_TOLERANCE = 1e-4
+IMAGES = "kitti/training/image_2"
+LABELS = "kitti/training/label_2"
+CALIB = "kitti/training/calib"
 
 
 def level_rotation(world_to_cam: np.ndarray) -> np.ndarray:
@@ -118,9 +121,9 @@ class KittiWriter(FormatWriter):
         calib = [(f"P{k}", P2) for k in range(4)] + [("R0_rect", np.eye(3)), ("Tr_velo_to_cam", identity),
                                                      ("Tr_imu_to_velo", identity)]
         text = "".join(f"{key}: " + " ".join(f"{v:.12e}" for v in m.reshape(-1).tolist()) + "\n" for key, m in calib)
-        sink.write(f"kitti/training/image_2/{sample.stem}.png", sample.image_png)
-        sink.write(f"kitti/training/label_2/{sample.stem}.txt", "".join(line + "\n" for line in lines).encode())
-        sink.write(f"kitti/training/calib/{sample.stem}.txt", text.encode())
+        sink.write(f"{IMAGES}/{sample.stem}.png", sample.image_png)
+        sink.write(f"{LABELS}/{sample.stem}.txt", "".join(line + "\n" for line in lines).encode())
+        sink.write(f"{CALIB}/{sample.stem}.txt", text.encode())
         return sample.stem
 
     def end_chunk(self, sink: Sink) -> dict:

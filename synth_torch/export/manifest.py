@@ -4,6 +4,8 @@ The JSON Schema is ``synth_torch/export/manifest.schema.json`` (:func:`schema`);
 each field. The manifest is written last: a folder with a ``manifest.json`` is a complete export. Its
 *digest* (:func:`manifest_digest`) is the sha256 of the file's bytes and names one dataset version in
 training lineage; ``files.content_digest`` is the sha256 of ``SHA256SUMS``, which lists every data file.
+``synth-torch validate`` (:mod:`synth_torch.governance`) later adds a ``validation`` section with the quality
+gates' results; the digest leaves that section out, so validating a dataset never changes its identity.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from synth_torch.export._io import dumps_pretty
 from synth_torch.export.base import ExportError
 from synth_torch.scenario.config import Scenario
 
@@ -28,6 +31,7 @@ LABEL_CONVENTIONS = "synth-torch-labels/1"  # the conventions of docs/labels.md 
 MANIFEST = "manifest.json"
 CHECKSUMS = "SHA256SUMS"
 PROVENANCE = "PROVENANCE"
+VALIDATION = "validation"  # the quality gates' results (synth_torch.governance), outside the manifest digest
 _PROVENANCE_KEYS = {"source", "license"}
 
 
@@ -102,8 +106,15 @@ def environment() -> dict:
 
 
 def manifest_digest(root) -> str:
-    """``sha256:<hex>`` of ``root/manifest.json``'s bytes: the identity of one export version."""
-    return "sha256:" + hashlib.sha256((Path(root) / MANIFEST).read_bytes()).hexdigest()
+    """``sha256:<hex>`` of ``root/manifest.json``'s bytes as the export wrote them: the identity of one export
+    version. A ``validation`` section added later is left out (the file without it, serialised as the export
+    serialises it, has exactly the bytes the export wrote)."""
+    data = (Path(root) / MANIFEST).read_bytes()
+    if f'"{VALIDATION}"'.encode() in data:
+        manifest = json.loads(data)
+        if VALIDATION in manifest:
+            data = dumps_pretty({k: v for k, v in manifest.items() if k != VALIDATION})
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def read_manifest(root) -> dict:

@@ -19,6 +19,10 @@ import yaml
 from synth_torch.export.base import FormatWriter, Sink
 from synth_torch.export.sample import Sample
 
+IMAGES = "yolo/images/train"
+LABELS = "yolo/labels/train"
+DATA_YAML = "yolo/data.yaml"
+
 
 def _join_pieces(pieces: list[np.ndarray]) -> np.ndarray:
     """One polygon through several closed contours: each piece is entered and left at its point closest to the
@@ -62,8 +66,8 @@ class YoloWriter(FormatWriter):
             else:
                 lines.append(f"{cls} {(x0 + x1) / 2 / W:.6f} {(y0 + y1) / 2 / H:.6f} {(x1 - x0) / W:.6f} "
                              f"{(y1 - y0) / H:.6f}")
-        sink.write(f"yolo/images/train/{sample.stem}.png", sample.image_png)
-        sink.write(f"yolo/labels/train/{sample.stem}.txt", "".join(line + "\n" for line in lines).encode())
+        sink.write(f"{IMAGES}/{sample.stem}.png", sample.image_png)
+        sink.write(f"{LABELS}/{sample.stem}.txt", "".join(line + "\n" for line in lines).encode())
 
     def finalize(self, chunks: list[dict], sink: Sink) -> dict:
         lay = self.layout
@@ -71,5 +75,5 @@ class YoloWriter(FormatWriter):
                   f"# class ids are synth-torch class ids - 1\n")
         body = {"train": "images/train", "val": "images/train", "nc": len(lay.class_names),
                 "names": {i: name for i, name in enumerate(lay.class_names)}}
-        sink.write("yolo/data.yaml", (header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True)).encode())
+        sink.write(DATA_YAML, (header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True)).encode())
         return {"task": "segment" if lay.options.yolo_polygons else "detect"}
