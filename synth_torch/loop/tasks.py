@@ -240,7 +240,10 @@ class SegmentationTask(SliceTask):
         target: ``"semantic"`` (classes 0..C) or ``"foreground"`` (0 background / 1 anything, num_classes 2).
         ce_weight, dice_weight: training loss ``ce_weight * CE + dice_weight * (1 - soft foreground Dice)``.
         class_weights: optional CE class weights [num_classes] (background is usually > 95 % of pixels).
-        miner_loss: per-image loss for the miner, ``"dice"`` (1 - soft foreground Dice) or ``"ce"`` (mean CE).
+        miner_loss: per-image loss for the miner, in [0, 1] for ``"dice"``: 1 - soft foreground Dice on an image
+            with foreground, and on an image without any (a defect-free tile) the largest foreground probability,
+            i.e. how confident the image's worst false alarm is (Dice is no measure there: a faint foreground
+            probability spread over the image scores ~1); ``"ce"``: mean CE.
 
     Metrics (torchmetrics, accumulated over the whole suite): ``iou`` (``MulticlassJaccardIndex``, macro over
     the classes present), ``dice`` (Dice of the foreground mask, i.e. ``BinaryF1Score`` of defect/object vs
@@ -330,7 +333,9 @@ class SegmentationTask(SliceTask):
             logits = self(batch.image.to(self.device))
             labels = labels.to(self.device)
             if self.miner_loss == "dice":
-                return 1.0 - self._soft_dice(logits, labels)
+                empty = ~(labels > 0).flatten(1).any(1)
+                false_alarm = (1.0 - logits.softmax(1)[:, 0]).flatten(1).amax(1)
+                return torch.where(empty, false_alarm, 1.0 - self._soft_dice(logits, labels))
             return F.cross_entropy(logits, labels, reduction="none").flatten(1).mean(1)
         finally:
             self.train(was_training)

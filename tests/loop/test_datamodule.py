@@ -130,6 +130,25 @@ def test_segmentation_per_sample_loss_is_per_image_and_side_effect_free():
     assert ce.per_sample_loss(batch).shape == (4,)
 
 
+def test_segmentation_miner_loss_of_an_empty_image_is_its_worst_false_alarm():
+    """1 - Dice on images with foreground; on images without, the largest foreground probability: a model that is
+    sure nothing is there scores ~0 on a defect-free image however many pixels carry a faint probability."""
+    dm = _dm(batch_size=2)
+    task = SegmentationTask(functools.partial(TinyUNet, width=4, depth=2), dm.num_classes, target="foreground")
+    batch = dm.train_dataset.render_batch(torch.arange(2))
+    batch.semantic[0] = 0
+    batch.semantic[1, :4, :4] = 1
+    logits = torch.zeros(2, 2, *batch.semantic.shape[-2:])
+    logits[:, 0] = 3.0  # P(foreground) = 1 / (1 + e^3) ~ 0.047 everywhere
+    logits[0, 1, 5, 5] = 6.0  # one confident false alarm: P ~ 0.95
+    task.forward = lambda image: logits
+    loss = task.per_sample_loss(batch)
+    torch.testing.assert_close(loss[0], torch.sigmoid(torch.tensor(3.0)), rtol=1e-5, atol=0)
+    torch.testing.assert_close(loss[1], 1 - task._soft_dice(logits[1:], batch.semantic[1:])[0])
+    logits[0, 1, 5, 5] = 0.0
+    assert float(task.per_sample_loss(batch)[0]) < 0.05
+
+
 @pytest.mark.parametrize("arch", ["tiny_unet", "lraspp_mobilenet_v3_large"])
 def test_segmentation_models_build_without_downloads(arch):
     net = segmentation_model(6, arch=arch, width=4, depth=2)
