@@ -168,7 +168,7 @@ def train(cfg: DictConfig) -> dict:
     ckpt = trainer.checkpoint_callback
     if ckpt is not None and ckpt.dirpath and Path(ckpt.dirpath).is_dir():
         paths["checkpoints"] = str(ckpt.dirpath)
-        if ckpt.best_model_path:
+        if ckpt.best_model_path and ckpt.best_model_score is not None:
             paths["best_ckpt"] = f"{ckpt.best_model_path} ({ckpt.monitor} = {float(ckpt.best_model_score):.4f})"
     paths |= logger_paths(trainer)
     miner_json = Path(trainer.default_root_dir) / "slice_miner.json"

@@ -58,7 +58,8 @@ def test_resume_with_workers_continues_the_stream_and_the_weights(tmp_path):
 def _train_cmd(out: Path, *extra: str) -> list[str]:
     return [sys.executable, str(ROOT / "train" / "train.py"), "logger=none", "print_config=false",
             "callbacks=[model_checkpoint,stream_recorder]", "callbacks.model_checkpoint.every_n_train_steps=2",
-            "trainer.max_steps=10", "trainer.val_check_interval=1000", "trainer.limit_val_batches=0",
+            "callbacks.model_checkpoint.monitor=null", "callbacks.model_checkpoint.save_top_k=1",  # saves at step 2
+            "trainer.max_steps=60", "trainer.val_check_interval=1000", "trainer.limit_val_batches=0",
             "trainer.enable_progress_bar=false", "data.resolution=16", "data.batch_size=2", "data.num_workers=2",
             "model.net.width=4", "model.net.depth=2", f"hydra.run.dir={out}", *extra]
 
@@ -79,7 +80,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     proc.wait()
     assert not (killed / "stream_rank0.json").exists(), "the run finished before it could be killed"
     step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]  # a whole checkpoint
-    assert 2 <= step < 10 and not list((killed / "checkpoints").glob(".*.tmp"))
+    assert 2 <= step < 60 and not list((killed / "checkpoints").glob(".*.tmp"))
     proc = subprocess.run(_train_cmd(killed, f"ckpt_path={last}"), cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -74,7 +74,7 @@ def test_every_group_option_composes_and_instantiates(group, options, tmp_path, 
                 obj = instantiate(node)
                 assert type(obj).__name__ == node._target_.rsplit(".", 1)[1], name
                 if name == "model_checkpoint":
-                    assert obj.dirpath == str(tmp_path / "checkpoints") and obj._every_n_train_steps == node.every_n_train_steps
+                    assert obj.dirpath == str(tmp_path / "checkpoints") and obj._every_n_train_steps == (node.every_n_train_steps or 0)
                 elif name == "slice_miner":
                     assert obj.rule == node.rule and obj.every_n_train_steps == node.every_n_train_steps
                 elif name in ("csv", "wandb"):
@@ -253,7 +253,7 @@ def test_debug_fdr_prints_each_line_once_and_writes_no_checkpoint(tmp_path):
     import sys
 
     cmd = [sys.executable, str(ROOT / "train" / "train.py"), "debug=fdr", "data.resolution=32",
-           "data.val_samples_per_slice=2", "data.val_batch_size=2", "callbacks.slice_miner.mine_samples=8",
+           "data.val_samples_per_slice=2", "data.val_batch_size=2", "callbacks.slice_miner.mine_samples=24",
            "model.net.depth=2", "model.net.width=4", "logger=csv", "print_config=false",
            f"hydra.run.dir={tmp_path}"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -8,7 +8,8 @@ silhouette jumps into smooth changes only approximately (its own gradient is che
 ``tests/render/test_render_antialias.py``). Their check compares the pixels whose triangle does not change within
 the finite-difference step and that are not seen at a grazing angle (where the normal facing the camera may flip
 sign), on smooth surfaces (spheres, Lambertian, smooth textures), where the image is a smooth function of the pose
-and autograd must agree with finite differences to a fraction of a percent.
+and autograd must agree with finite differences to a fraction of a percent of sum |w * dI/dt| (the random
+projection w has signed weights, so the sum itself may be much smaller than its terms).
 """
 
 from __future__ import annotations
@@ -64,13 +65,16 @@ def _check(spec, edit, eps: float, rtol: float, shadows: bool = True, geometric:
     t = torch.zeros((), requires_grad=True)
     image, _ = _render(edit(spec, t), shadows, not geometric)
     (grad,) = torch.autograd.grad((image.double() * weights).sum(), t)
+    # Random signed weights make the projection a sum of terms that largely cancel: the error is measured against
+    # the size of those terms, sum |w * dI/dt|, not against their (possibly small) sum.
+    scale = float(((plus.double() - minus.double()).abs() * weights.abs()).sum()) / (2 * eps)
     assert math.isfinite(float(grad)) and abs(fd) > 1e-3, (float(grad), fd)
-    assert float(grad) == pytest.approx(fd, rel=rtol), (float(grad), fd)
+    assert abs(float(grad) - fd) <= rtol * scale, (float(grad), fd, scale)
 
 
 def test_light_intensity():
     spec = _spec("tabletop", TABLE)
-    _check(spec, lambda s, t: replace(s, light=replace(s.light, intensity=s.light.intensity + t)), 1e-2, 1e-3)
+    _check(spec, lambda s, t: replace(s, light=replace(s.light, intensity=s.light.intensity + t)), 1e-2, 1e-4)
 
 
 def test_light_direction():
@@ -81,13 +85,13 @@ def test_light_direction():
         direction = s.light.direction + t * d
         return replace(s, light=replace(s.light, direction=direction / direction.norm(dim=-1, keepdim=True)))
 
-    _check(spec, edit, 1e-3, 1e-2, shadows=False)
+    _check(spec, edit, 1e-3, 1e-4, shadows=False)
 
 
 def test_material_albedo():
     spec = _spec("tabletop", TABLE)
     d = torch.rand(spec.objects.albedo.shape, generator=torch.Generator().manual_seed(1))
-    _check(spec, lambda s, t: replace(s, objects=replace(s.objects, albedo=s.objects.albedo + t * d)), 1e-2, 1e-3)
+    _check(spec, lambda s, t: replace(s, objects=replace(s.objects, albedo=s.objects.albedo + t * d)), 1e-2, 1e-4)
 
 
 def test_object_translation():
@@ -95,7 +99,7 @@ def test_object_translation():
     d = torch.zeros(spec.objects.translation.shape)
     d[:, :, 0], d[:, :, 1] = 1.0, 0.5
     _check(spec, lambda s, t: replace(s, objects=replace(s.objects, translation=s.objects.translation + t * d)),
-           1e-4, 5e-3, shadows=False, geometric=True)
+           1e-4, 1e-3, shadows=False, geometric=True)
 
 
 def test_object_rotation():
@@ -107,7 +111,7 @@ def test_object_rotation():
         Rx = torch.stack((o, z, z, z, c, -sn, z, sn, c)).view(3, 3)
         return replace(s, objects=replace(s.objects, rotation=Rx @ Rz @ s.objects.rotation))
 
-    _check(spec, edit, 2e-4, 0.03, shadows=False, geometric=True)
+    _check(spec, edit, 2e-4, 3e-3, shadows=False, geometric=True)
 
 
 def test_camera_pose():
@@ -118,13 +122,13 @@ def test_camera_pose():
     def edit(s, t):
         return replace(s, camera=replace(s.camera, world_to_cam=s.camera.world_to_cam + t * d))
 
-    _check(spec, edit, 1e-4, 5e-3, shadows=False, geometric=True)
+    _check(spec, edit, 1e-4, 1e-4, shadows=False, geometric=True)
 
 
-@pytest.mark.parametrize("field,eps,rtol", [("contrast", 1e-2, 1e-3), ("size", 2e-3, 0.02)])
+@pytest.mark.parametrize("field,eps,rtol", [("contrast", 1e-2, 1e-4), ("size", 1e-4, 1e-3)])
 def test_defect_contrast_and_size(field, eps, rtol):
-    spec = _spec("defects", {"defects": {"count": 3}, "sensor": {"noise_sigma": 0.0}})
-    assert (spec.defects.type >= 0).all()
+    spec = _spec("defects", {"defects": {"count": 3, "decoys": 0}, "sensor": {"noise_sigma": 0.0}})
+    assert (spec.defects.type[:, :3] >= 0).all() and (spec.defects.type[:, 3:] < 0).all()
 
     def edit(s, t):
         value = getattr(s.defects, field)
