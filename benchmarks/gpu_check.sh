@@ -80,11 +80,11 @@ if [ -n "$GPU" ]; then
 import time
 start = time.perf_counter()
 import torch
-import nvdiffrast.torch as nvdr
-ctx = nvdr.RasterizeCudaContext()  # JIT-builds the plugin on first use
+import synth_torch.render as dr
+ctx = dr.RasterizeContext(device="cuda", backend="nvdiffrast")  # JIT-builds the plugin on first use
 pos = torch.tensor([[[-1.0, -1, 0, 1], [1, -1, 0, 1], [-1, 1, 0, 1]]], device="cuda")
 tri = torch.tensor([[0, 1, 2]], dtype=torch.int32, device="cuda")
-rast, _ = nvdr.rasterize(ctx, pos, tri, (8, 8))
+rast, _ = dr.rasterize(ctx, pos, tri, (8, 8))
 covered = int((rast[..., 3] > 0).sum())
 print(f"nvdiffrast works: {covered} of 64 pixels covered, {time.perf_counter() - start:.1f} s including the build")
 ' || STATUS=1

@@ -37,7 +37,10 @@ def nvdiffrast_status() -> str | None:
         import nvdiffrast.torch as nvdr
     except Exception as exc:
         return f'needs nvdiffrast (pip install "synth-torch[nvdiffrast]"); importing it failed: {exc!r}'
+    from synth_torch.render import RasterizeContext
+
     try:
+        RasterizeContext(device="cuda", backend="nvdiffrast")
         nvdr.RasterizeCudaContext()
     except Exception as exc:
         return f"nvdiffrast imports but its CUDA plugin does not build or load: {exc!r}"

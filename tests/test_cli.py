@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -197,11 +198,13 @@ def test_bench_on_cuda_without_a_gpu_says_so(capsys):
 
 
 @pytest.mark.gpu
-def test_bench_on_cuda_reports_raw_nvdiffrast_when_installed(capsys):
+def test_bench_on_cuda_reports_raw_nvdiffrast_when_installed(capsys, tmp_path):
     import synth_torch.render as dr
 
-    out = main(["bench", "--device", "cuda", "--cases", "train-default", "--batches", "2", "--workers", "0"])
+    main(["bench", "--device", "cuda", "--cases", "train-default", "--batches", "2", "--workers", "0",
+          "--json", str(tmp_path / "bench.json")])
     text = capsys.readouterr().out
+    out = json.loads((tmp_path / "bench.json").read_text())
     assert "Rendering device: cuda" in text and out["results"][0]["workers"] is None
     assert ("nvdiffrast's rasterize + interpolate" in text) == dr.nvdiffrast_available()
 

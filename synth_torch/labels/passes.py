@@ -21,7 +21,7 @@ from synth_torch.scene.decals import HALF_EXTENT
 from synth_torch.scene.gbuffer import GBuffer
 from synth_torch.scene.geometry import SceneGeometry
 from synth_torch.scene.library import template_bank
-from synth_torch.spec.constants import NUM_KEYPOINTS
+from synth_torch.spec.constants import NUM_KEYPOINTS, on_device
 from synth_torch.spec.types import SceneSpec
 
 __all__ = ["KEYPOINT_DEPTH_TOLERANCE", "Labels", "dense_labels_torch", "label_passes"]
@@ -142,7 +142,7 @@ def label_passes(spec: SceneSpec, gbuffer: GBuffer, geom: SceneGeometry, num_obj
     d_world = torch.cat((dfx.center, torch.zeros(B, D, 1, device=device)), -1)
     center = torch.cat((obj_c, mat_vec(R_wc[:, None], d_world) + t_wc[:, None]), 1)
     rotation = torch.cat((obj_R, mat_mat(R_wc[:, None], d_rot)), 1)
-    half = torch.tensor(HALF_EXTENT, dtype=dfx.size.dtype, device=device)[dfx.kind]
+    half = on_device(HALF_EXTENT, device, dfx.size.dtype)[dfx.kind]
     d_size = torch.cat((2 * half * dfx.size[..., None], torch.zeros_like(dfx.size)[..., None]), -1)
     size = torch.cat((obj_size, d_size), 1)
     corners_cam = center[:, :, None] + mat_vec(rotation[:, :, None], _UNIT_CORNERS.to(device)[None, None] * size[:, :, None])

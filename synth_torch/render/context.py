@@ -43,6 +43,25 @@ def _nvdiffrast_importable() -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=None)
+def _load_nvdiffrast_plugin() -> None:
+    """Builds (first use) and loads nvdiffrast's CUDA plugin. nvdiffrast imports the plugin by module name after
+    ``torch.utils.cpp_extension.load``; torch >= 2.11 no longer puts the build directory on ``sys.path``, so the
+    import fails right after a successful build. The directory goes on the path and the load is retried."""
+    import sys
+
+    from nvdiffrast.torch import ops
+    from torch.utils import cpp_extension
+
+    try:
+        ops._get_plugin()
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("nvdiffrast_plugin"):
+            raise
+        sys.path.append(cpp_extension._get_build_directory(exc.name, False))
+        ops._get_plugin()
+
+
 def nvdiffrast_available() -> bool:
     """True when CUDA is available and ``nvdiffrast.torch`` imports."""
     return torch.cuda.is_available() and _nvdiffrast_importable()
@@ -97,6 +116,7 @@ class RasterizeContext:
         if self.backend == "nvdiffrast":
             import nvdiffrast.torch as nvdr
 
+            _load_nvdiffrast_plugin()
             self._native = nvdr.RasterizeCudaContext(device=self.device)
 
     def check_device(self, *tensors: torch.Tensor) -> None:

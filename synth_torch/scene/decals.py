@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from synth_torch.spec.constants import BRIGHT_DEFECT_KINDS, DEFECT_KINDS
+from synth_torch.spec.constants import BRIGHT_DEFECT_KINDS, DEFECT_KINDS, on_device
 
 _KIND = {name: i for i, name in enumerate(DEFECT_KINDS)}
 _TWO_PI = 2 * math.pi
@@ -80,7 +80,7 @@ def defect_field(kind: Tensor, a: Tensor, p: Tensor, s: Tensor, seed: Tensor, mw
         "dust": (speck < 1, (1.5 * (1 - speck)).clamp(0, 1)),
         "scratch": (scratch_in, 0.8 * scratch_dark),
     }
-    extent = torch.tensor(EXTENT, dtype=a.dtype, device=a.device)[kind]
+    extent = on_device(EXTENT, a.device, a.dtype)[kind]
     near = a * a + p * p <= (extent * s + 3.0 * mw) ** 2
     inside = torch.zeros_like(near)
     dark = torch.zeros_like(a)
@@ -119,7 +119,7 @@ def decal_pass(ground: Tensor, local: Tensor, depth: Tensor, fx: Tensor, defects
         c, s = torch.cos(per(defects.angle)), torch.sin(per(defects.angle))
         inside, dark = defect_field(per(defects.kind), c * rx + s * ry, -s * rx + c * ry, per(defects.size),
                                     per(defects.seed), mw)
-        sign = torch.tensor(SIGN, dtype=dark.dtype, device=dark.device)[per(defects.kind)]
+        sign = on_device(SIGN, dark.device, dark.dtype)[per(defects.kind)]
         factor = factor * torch.where(present, 1 - sign * per(defects.contrast) * dark, torch.ones_like(dark))
         labeled = present & (per(defects.label) > 0)
         defect = torch.where(labeled & inside, torch.full_like(defect, d + 1), defect)

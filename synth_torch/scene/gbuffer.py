@@ -27,6 +27,7 @@ from synth_torch.camera import Camera, mat_vec
 from synth_torch.render import cpu
 from synth_torch.scene.decals import EXTENT, SIGN, decal_pass
 from synth_torch.scene.geometry import SceneGeometry, camera_clip
+from synth_torch.spec.constants import on_device
 from synth_torch.spec.types import SceneSpec, tree_map
 
 __all__ = ["GBuffer", "SHADOW_DEPTH_RANGE", "build_gbuffer", "light_frame", "needs_grad", "shadow_resolution"]
@@ -99,8 +100,8 @@ def shadow_resolution(resolution: tuple[int, int]) -> int:
 def light_frame(direction: Tensor) -> Tensor:
     """Rotations [B, 3, 3] from world to the light frame (z along ``-direction`` [B, 3], the light's travel)."""
     z = -direction / direction.norm(dim=-1, keepdim=True)
-    helper = torch.where(z[:, 2:3].abs() > 0.99, torch.tensor([1.0, 0.0, 0.0], device=z.device),
-                         torch.tensor([0.0, 0.0, 1.0], device=z.device))
+    helper = torch.where(z[:, 2:3].abs() > 0.99, on_device((1.0, 0.0, 0.0), z.device, z.dtype),
+                         on_device((0.0, 0.0, 1.0), z.device, z.dtype))
     x = torch.linalg.cross(z, helper)
     x = x / x.norm(dim=-1, keepdim=True)
     return torch.stack((x, torch.linalg.cross(z, x), z), 1)

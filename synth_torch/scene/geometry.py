@@ -21,7 +21,7 @@ from torch import Tensor
 from synth_torch.camera import Camera, mat_vec
 from synth_torch.render import TopologyHash, antialias_construct_topology_hash
 from synth_torch.scene.library import TemplateBank, template_bank
-from synth_torch.spec.constants import GROUND_HALF_SIZE
+from synth_torch.spec.constants import GROUND_HALF_SIZE, on_device
 from synth_torch.spec.types import SceneSpec
 
 __all__ = ["SceneGeometry", "assemble", "camera_clip"]
@@ -168,16 +168,16 @@ def _assemble_torch(spec: SceneSpec, bank: TemplateBank, compact: bool) -> Scene
     nrm = nrm / nrm.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
     g = GROUND_HALF_SIZE[spec.surface]
-    corners = torch.tensor([[-g, -g, 0.0], [g, -g, 0.0], [g, g, 0.0], [-g, g, 0.0]], device=device)
+    corners = on_device(((-g, -g, 0.0), (g, -g, 0.0), (g, g, 0.0), (-g, g, 0.0)), device)
     ground = corners.expand(B, 4, 3).to(world.dtype)
     world_flat = torch.cat((world.reshape(B, S * Vs, 3), ground), 1).reshape(-1, 3)
     local_flat = torch.cat((local.reshape(B, S * Vs, 3), ground), 1).reshape(-1, 3)
-    up = torch.tensor([0.0, 0.0, 1.0], device=device).expand(B, 1, 3).to(nrm.dtype)
+    up = on_device((0.0, 0.0, 1.0), device).expand(B, 1, 3).to(nrm.dtype)
     normals = torch.cat((nrm.reshape(B, S * Ns, 3), up), 1).reshape(-1, 3)
 
     b_idx = torch.arange(B, device=device)
     s_idx = torch.arange(S, device=device)
-    quad = torch.tensor(_QUAD, device=device)
+    quad = on_device(_QUAD, device)
     faces = bank.faces[shape][:, :, :F] + (b_idx[:, None, None, None] * V_img + s_idx[None, :, None, None] * Vs)
     ground_faces = quad[None] + (b_idx * V_img + S * Vs)[:, None, None]
     tri = torch.cat((faces.reshape(B, S * F, 3), ground_faces), 1).reshape(-1, 3)
@@ -187,7 +187,7 @@ def _assemble_torch(spec: SceneSpec, bank: TemplateBank, compact: bool) -> Scene
     ufaces = bank.uv_faces[shape][:, :, :F] + shape[:, :, None, None] * U
     ground_uv = (quad + bank.uvs.shape[0] * U)[None].expand(B, 2, 3)
     uv_tri = torch.cat((ufaces.reshape(B, S * F, 3), ground_uv), 1).reshape(-1, 3)
-    uvs = torch.cat((bank.uvs.reshape(-1, 2), torch.tensor(_QUAD_UV, device=device)))
+    uvs = torch.cat((bank.uvs.reshape(-1, 2), on_device(_QUAD_UV, device)))
     opp = bank.opposite[shape][:, :, :F]
     opp = torch.where(opp >= 0, opp + (b_idx[:, None, None, None] * V_img + s_idx[None, :, None, None] * Vs), -1)
     quad_opp = _quad_topology().to(device)

@@ -101,6 +101,8 @@ def apply_sensor(image: torch.Tensor, params: Mapping[str, torch.Tensor | float]
         tensor([0.2500, 0.5000])
     """
     _check_image_and_keys(image, keys)
+    if not image.shape[0]:
+        return image.clone()
     p = _resolve_params(params, image.shape[0], image.device, image.dtype)
     supports = dict(supports or {})
     unknown = sorted(set(supports) - set(SENSOR_DEFAULTS))
@@ -209,7 +211,7 @@ def _apply_compiled(image: torch.Tensor, p: dict[str, torch.Tensor], keys: torch
     motion = motion_blur_kernel(length, angle).to(torch.float32) if bool((length > 0).any()) else torch.ones(B, 1, 1)
     sigma = p["sensor.defocus_px"].double()
     radius = torch.ceil(_DEFOCUS_TRUNCATE * sigma)
-    R = max(int(radius.max()), 1)
+    R = max(int(radius.max()) if radius.numel() else 0, 1)
     taps = torch.arange(-R, R + 1, dtype=torch.float64)
     gauss = torch.exp(-taps**2 / (2 * sigma.clamp_min(1e-12)[:, None] ** 2)) * (taps.abs() <= radius[:, None])
     defocus = torch.where((sigma > 0)[:, None], gauss / gauss.sum(1, keepdim=True), 0.0).to(torch.float32)
@@ -339,7 +341,7 @@ def _defocus(x: torch.Tensor, sigma: torch.Tensor, bound: float | None = None) -
     ``bound``'s when given)."""
     sigma = sigma.double()
     radius = torch.ceil(_DEFOCUS_TRUNCATE * sigma)
-    r = max(math.ceil(_DEFOCUS_TRUNCATE * bound) if bound is not None else int(radius.max()), 1)
+    r = max(math.ceil(_DEFOCUS_TRUNCATE * bound) if bound is not None else int(radius.max()) if radius.numel() else 0, 1)
     k = get_gaussian_kernel1d(2 * r + 1, sigma[:, None])
     offs = torch.arange(-r, r + 1, device=x.device, dtype=k.dtype).abs()
     k = torch.where(offs[None, :] <= radius[:, None], k, torch.zeros_like(k))

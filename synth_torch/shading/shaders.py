@@ -37,6 +37,7 @@ from synth_torch.shading.materials import (
     pattern,
     shadow_lookup,
 )
+from synth_torch.spec.constants import on_device
 from synth_torch.spec.types import SceneSpec
 
 __all__ = ["SHADERS", "CompiledShader", "Shader", "TorchShader", "albedo_map", "background_color", "get_shader",
@@ -165,7 +166,7 @@ def get_shader(name: str = "auto", device="cpu", grad: bool = False) -> Shader:
 
 def background_color(spec: SceneSpec) -> Tensor:
     """[B, 3] flat background colour of the spec's surface."""
-    return torch.tensor(BACKGROUND[spec.surface], device=spec.device).expand(spec.batch_size, 3)
+    return on_device(BACKGROUND[spec.surface], spec.device, torch.float32).expand(spec.batch_size, 3)
 
 
 def albedo_map(spec: SceneSpec, gbuffer: GBuffer, ground_images: Tensor | None = None) -> Tensor:

@@ -6,7 +6,10 @@ sample format: append, never reorder.
 
 from __future__ import annotations
 
+import functools
 from enum import IntEnum
+
+import torch
 
 TEXTURES: tuple[str, ...] = ("solid", "checker", "stripes", "noise", "marble", "wood", "brushed")
 PLACEMENTS: tuple[str, ...] = ("ground", "floating", "stacked")
@@ -32,3 +35,19 @@ GROUND_HALF_SIZE: dict[str, float] = {"tabletop": 3.0, "inspection": 0.16}
 TARGET_HEIGHT = 0.03
 #: Keypoints per object: the template surface points furthest along the eight box-corner directions.
 NUM_KEYPOINTS = 8
+
+
+def on_device(values, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A constant table (nested tuples/lists of numbers) as a tensor on ``device``, made once per (values, device,
+    dtype) and cached: later calls copy nothing from the host, so a CUDA batch never waits for a transfer.
+    Treat the result as read-only."""
+    return _on_device(_frozen(values), torch.device(device), dtype)
+
+
+def _frozen(values):
+    return tuple(_frozen(v) for v in values) if isinstance(values, (list, tuple)) else values
+
+
+@functools.lru_cache(maxsize=256)
+def _on_device(values, device: torch.device, dtype: torch.dtype | None) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype).to(device)

@@ -38,10 +38,12 @@ def _dm(root, name="real_only", **kw) -> SynthDataModule:
 
 
 class Recorder(Callback):
-    """What each training step consumed: batch index, kind, synthetic sample ids, real keys, an image checksum."""
+    """What each training step consumed: batch index, kind, synthetic sample ids, real keys, an image checksum;
+    the devices of the model's parameters during the steps (Lightning moves the model back to the CPU after fit)."""
 
     def __init__(self):
         self.steps = []
+        self.devices = set()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         real = batch if isinstance(batch, RealBatch) else batch.real if isinstance(batch, HybridBatch) else None
@@ -50,6 +52,7 @@ class Recorder(Callback):
                            "sample_id": [] if synth is None else synth.sample_id.tolist(),
                            "keys": list(real.keys) if real is not None else [],
                            "checksum": float(batch.image.double().sum())})
+        self.devices.add(next(pl_module.parameters()).device.type)
 
 
 def _fit(tmp_path, dm, max_steps, ckpt_path=None, callbacks=(), optimizer=None, scheduler=None):
@@ -186,5 +189,5 @@ def test_mixed_schedule_trains_on_gpu(fake_tiles, tmp_path):
                          num_sanity_val_steps=0, default_root_dir=str(tmp_path), accelerator="gpu", devices=1)
     trainer.fit(task, datamodule=dm)
     assert [s["kind"] for s in recorder.steps] == ["HybridBatch"] * 3
-    assert dm.images_seen == {"synthetic": 6, "real": 6} and next(task.parameters()).is_cuda
+    assert dm.images_seen == {"synthetic": 6, "real": 6} and recorder.devices == {"cuda"}
     assert "val/fg_iou/real" in trainer.callback_metrics
