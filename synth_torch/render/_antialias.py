@@ -19,6 +19,7 @@ import torch
 
 from synth_torch.render import cpu
 from synth_torch.render._dispatch import check_same_device, use_nvdiffrast
+from synth_torch.render.context import nvdiffrast_ops
 
 _EDGES = ((0, 1, 2), (1, 2, 0), (2, 0, 1))  # (vertex i, vertex j, opposite vertex k)
 
@@ -101,7 +102,7 @@ def antialias(color: torch.Tensor, rast: torch.Tensor, pos: torch.Tensor, tri: t
         raise ValueError("topology_hash was built for a different triangle tensor")
     check_same_device("antialias", color=color, rast=rast, pos=pos)
     if use_nvdiffrast(color, rast, pos):
-        import nvdiffrast.torch as nvdr
+        nvdr = nvdiffrast_ops()
 
         tri32 = tri.to(device=rast.device, dtype=torch.int32)
         native_hash = nvdr.antialias_construct_topology_hash(tri32)

@@ -9,6 +9,7 @@ import torch
 
 from synth_torch.render import cpu
 from synth_torch.render._dispatch import check_finite, check_same_device, use_nvdiffrast
+from synth_torch.render.context import nvdiffrast_ops
 
 
 def _diff_indices(diff_attrs, num_attrs: int) -> list[int]:
@@ -122,7 +123,7 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, tri: torch.Tensor, rast_
     check_same_device("interpolate", attr=attr, rast=rast, rast_db=rast_db)
     check_finite("interpolate", attr=attr)
     if use_nvdiffrast(attr, rast):
-        import nvdiffrast.torch as nvdr
+        nvdr = nvdiffrast_ops()
 
         return nvdr.interpolate(attr.contiguous(), rast, tri.to(device=rast.device, dtype=torch.int32),
                                 rast_db=rast_db, diff_attrs=diff_attrs)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from synth_torch.render import _raster, cpu
-from synth_torch.render.context import RasterizeContext
+from synth_torch.render.context import RasterizeContext, nvdiffrast_ops
 
 
 def _check_inputs(pos: torch.Tensor, tri: torch.Tensor, resolution, ranges) -> tuple[int, int, bool]:
@@ -197,7 +197,7 @@ def rasterize(ctx: RasterizeContext, pos: torch.Tensor, tri: torch.Tensor, resol
     ctx.check_device(pos, tri)
     height, width = int(resolution[0]), int(resolution[1])
     if ctx.backend == "nvdiffrast":
-        import nvdiffrast.torch as nvdr
+        nvdr = nvdiffrast_ops()
 
         return nvdr.rasterize(ctx._native, pos.contiguous(), tri.to(torch.int32).contiguous(), (height, width),
                               ranges=ranges, grad_db=grad_db)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from synth_torch.render._dispatch import check_finite, check_same_device, use_nvdiffrast
+from synth_torch.render.context import nvdiffrast_ops
 
 FILTER_MODES = ("auto", "nearest", "linear", "linear-mipmap-nearest", "linear-mipmap-linear")
 BOUNDARY_MODES = ("wrap", "clamp", "zero")
@@ -143,7 +144,7 @@ def texture(tex: torch.Tensor, uv: torch.Tensor, uv_da: torch.Tensor | None = No
     check_same_device("texture", tex=tex, uv=uv, uv_da=uv_da, mip_level_bias=mip_level_bias)
     check_finite("texture", tex=tex, uv=uv, uv_da=uv_da, mip_level_bias=mip_level_bias)
     if use_nvdiffrast(tex, uv) and mip is None:
-        import nvdiffrast.torch as nvdr
+        nvdr = nvdiffrast_ops()
 
         return nvdr.texture(tex.contiguous(), uv.contiguous(), uv_da=uv_da, mip_level_bias=mip_level_bias,
                             filter_mode=filter_mode, boundary_mode=boundary_mode, max_mip_level=max_mip_level)

@@ -44,8 +44,8 @@ def _nvdiffrast_importable() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _load_nvdiffrast_plugin() -> None:
-    """Builds (first use) and loads nvdiffrast's CUDA plugin. nvdiffrast imports the plugin by module name after
+def nvdiffrast_ops():
+    """``nvdiffrast.torch`` with its CUDA plugin built (first use) and loaded. nvdiffrast imports the plugin by module name after
     ``torch.utils.cpp_extension.load``; torch >= 2.11 no longer puts the build directory on ``sys.path``, so the
     import fails right after a successful build. The directory goes on the path and the load is retried."""
     import sys
@@ -60,6 +60,7 @@ def _load_nvdiffrast_plugin() -> None:
             raise
         sys.path.append(cpp_extension._get_build_directory(exc.name, False))
         ops._get_plugin()
+    return importlib.import_module("nvdiffrast.torch")
 
 
 def nvdiffrast_available() -> bool:
@@ -114,10 +115,7 @@ class RasterizeContext:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.backend = _resolve_backend(self.backend, self.device)
         if self.backend == "nvdiffrast":
-            import nvdiffrast.torch as nvdr
-
-            _load_nvdiffrast_plugin()
-            self._native = nvdr.RasterizeCudaContext(device=self.device)
+            self._native = nvdiffrast_ops().RasterizeCudaContext(device=self.device)
 
     def check_device(self, *tensors: torch.Tensor) -> None:
         """Raise a clear error when a tensor is not on the context's device."""

@@ -190,7 +190,7 @@ def _assemble_torch(spec: SceneSpec, bank: TemplateBank, compact: bool) -> Scene
     uvs = torch.cat((bank.uvs.reshape(-1, 2), on_device(_QUAD_UV, device)))
     opp = bank.opposite[shape][:, :, :F]
     opp = torch.where(opp >= 0, opp + (b_idx[:, None, None, None] * V_img + s_idx[None, :, None, None] * Vs), -1)
-    quad_opp = _quad_topology().to(device)
+    quad_opp = on_device(_quad_topology().tolist(), device, torch.int64)
     ground_opp = torch.where(quad_opp >= 0, quad_opp[None] + (b_idx * V_img + S * Vs)[:, None, None], -1)
     opposite = torch.cat((opp.reshape(B, S * F, 3), ground_opp), 1).reshape(-1, 3)
     face_slot = torch.cat((s_idx.repeat_interleave(F), torch.full((2,), S, device=device))).expand(B, -1).reshape(-1)
