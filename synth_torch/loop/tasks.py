@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
+from torchmetrics.aggregation import SumMetric
 from torchmetrics.classification import (BinaryAveragePrecision, BinaryF1Score, BinaryJaccardIndex,
                                          MulticlassJaccardIndex)
 
@@ -251,10 +252,13 @@ class SegmentationTask(SliceTask):
     precision of the foreground probability ``1 - P(background)``, ``BinaryAveragePrecision`` over 200
     thresholds: threshold-free, unlike the other three, which score the argmax). Per class (overall and real only):
     ``class_iou`` (``MulticlassJaccardIndex(average="none")``; with ``target="foreground"`` the classes are
-    background and foreground).
+    background and foreground). ``dice``, ``fg_iou`` and ``fg_ap`` measure finding foreground: a suite without any
+    foreground pixel (a defect-free slice) has none of them (not logged, left out of ``_worst`` and
+    ``_slice_mean``), where torchmetrics would report 0 as soon as one pixel is a false alarm.
     """
 
     MONITOR = "val/fg_iou"
+    _FOREGROUND_METRICS = ("dice", "fg_iou", "fg_ap")
 
     def __init__(self, net, num_classes: int, target: str = "semantic", ce_weight: float = 1.0,
                  dice_weight: float = 1.0, class_weights=None, miner_loss: str = "dice",
@@ -308,6 +312,7 @@ class SegmentationTask(SliceTask):
             "dice": BinaryF1Score(validate_args=False),
             "fg_iou": BinaryJaccardIndex(validate_args=False),
             "fg_ap": BinaryAveragePrecision(thresholds=200, validate_args=False),
+            "fg_pixels": SumMetric(),
         }
         if per_class:
             metrics["class_iou"] = MulticlassJaccardIndex(self.num_classes, average="none", validate_args=False)
@@ -323,6 +328,14 @@ class SegmentationTask(SliceTask):
         metrics["dice"].update((pred > 0).long(), (labels > 0).long())
         metrics["fg_iou"].update((pred > 0).long(), (labels > 0).long())
         metrics["fg_ap"].update(1.0 - logits.softmax(1)[:, 0], (labels > 0).long())
+        metrics["fg_pixels"].update((labels > 0).sum())
+
+    def _compute_metrics(self, metrics: MetricCollection) -> dict[str, float | Tensor]:
+        out = super()._compute_metrics(metrics)
+        if float(out.pop("fg_pixels")) == 0:
+            for name in self._FOREGROUND_METRICS:
+                out.pop(name, None)
+        return out
 
     @torch.no_grad()
     def per_sample_loss(self, batch) -> Tensor:

@@ -211,7 +211,8 @@ def test_wandb_and_tensorboard_hold_metrics_weights_and_pictures(tmp_path, monke
         last.update(row)
     for name in dm.slice_names:
         assert f"slices/weight/{name}" in last and f"slices/loss/{name}" in last
-        assert f"val/fg_iou/{name}" in last
+        assert (f"val/fg_iou/{name}" in last) == (name != "defect_free")  # no foreground there: not scored
+        assert f"val/iou/{name}" in last
     assert last["slices/num_slices"] == len(dm.slice_names)
     assert abs(sum(last[f"slices/weight/{n}"] for n in dm.slice_names) - 1.0) < 1e-5
     rounds = [r for r in history if "slices/weight/base" in r]

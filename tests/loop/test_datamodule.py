@@ -180,3 +180,28 @@ def test_other_detectors_train_one_step(arch):
     task = DetectionTask(detection_model(dm.num_classes, arch=arch, image_size=32), dm.num_classes)
     loss = task.training_step(dm.train_dataset.render_batch(torch.arange(2)), 0)
     assert torch.isfinite(loss) and loss.requires_grad
+
+
+def test_foreground_metrics_skip_a_suite_without_foreground():
+    """A defect-free suite has no fg_iou, dice or fg_ap (torchmetrics would say 0 for one false-alarm pixel), so
+    the worst slice is the worst slice that has defects; iou still covers it."""
+    from torchmetrics import MetricCollection
+
+    task = SegmentationTask(functools.partial(TinyUNet, width=4, depth=2), 2, target="foreground")
+    empty = MetricCollection(task._make_metrics(per_class=False))
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    empty["iou"].update(labels, labels)
+    for name in ("dice", "fg_iou"):
+        empty[name].update(torch.ones(2, 8, 8, dtype=torch.long), labels)  # every pixel a false alarm
+    empty["fg_ap"].update(torch.full((2, 8, 8), 0.9), labels)
+    empty["fg_pixels"].update(labels.sum())
+    assert set(task._compute_metrics(empty)) == {"iou"}
+    defects = MetricCollection(task._make_metrics(per_class=False))
+    labels[0, :2] = 1
+    for name in ("dice", "fg_iou"):
+        defects[name].update(labels, labels)
+    defects["iou"].update(labels, labels)
+    defects["fg_ap"].update(labels.float(), labels)
+    defects["fg_pixels"].update(labels.sum())
+    out = task._compute_metrics(defects)
+    assert set(out) == {"iou", "dice", "fg_iou", "fg_ap"} and float(out["fg_iou"]) == 1.0
