@@ -108,8 +108,9 @@ class CrashingDataset(SynthDataset):
 ])
 def test_a_failing_worker_is_a_clear_error_not_a_hang(failure, message):
     workers = 1 if failure == "hangs" else 2  # one hung worker: the loader's shutdown waits for no other
-    loader = DataLoader(CrashingDataset(failure, length=4, **SMALL), batch_size=None, num_workers=workers,
-                        multiprocessing_context="fork", timeout=2)
+    dataset = CrashingDataset(failure, length=4, **SMALL)
+    dataset.render_batch(torch.arange(dataset.batch_size))  # compiles the kernels before the fork (cold cache)
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, multiprocessing_context="fork", timeout=2)
     with deadline(120), pytest.raises(RuntimeError if failure != "raises" else ValueError, match=message):
         for _ in loader:
             pass
