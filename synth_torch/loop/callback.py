@@ -64,6 +64,8 @@ class SliceMiner(Callback):
         every_n_train_steps: run a round every N optimizer steps (None: only on validation).
         on_validation: also run a round at the end of every validation (not during the sanity check).
         reweight: apply the rule; False keeps the mixture fixed (rounds still measure and log).
+        warmup_steps: rounds before this optimizer step only measure and log: no re-weighting, no mining (the
+            model first learns the task on the scenario's own mixture).
         reweighter: keyword arguments of :class:`SliceReweighter` (``eta``, ``floor``, ``max_change``,
             ``min_samples``, ``patience``, ``min_delta``, ...).
         prior: ``"scenario"`` (the scenario's slice weights: starting point and stall cap) or ``"uniform"``.
@@ -81,7 +83,8 @@ class SliceMiner(Callback):
     """
 
     def __init__(self, rule: str = "group_dro", every_n_train_steps: int | None = 50, on_validation: bool = False,
-                 reweight: bool = True, reweighter: dict | None = None, prior: str = "scenario", mine: bool = True,
+                 reweight: bool = True, warmup_steps: int = 0, reweighter: dict | None = None,
+                 prior: str = "scenario", mine: bool = True,
                  mine_every: int = 1, mine_samples: int = 128, mine_from: str = "base", max_mined: int = 4,
                  mined_share: float | None = None, params: list[str] | None = None, mining: dict | None = None,
                  log_images: bool = True, image_count: int = 16, verbose: bool = True):
@@ -101,6 +104,7 @@ class SliceMiner(Callback):
         if mine_from not in ("base", "mixture"):
             raise ConfigError(f"{key}.mine_from must be 'base' or 'mixture', got {mine_from!r}")
         self.mine_every = parse_int(mine_every, f"{key}.mine_every", lo=1)
+        self.warmup_steps = parse_int(warmup_steps, f"{key}.warmup_steps", lo=0)
         self.mine_samples = parse_int(mine_samples, f"{key}.mine_samples", lo=1)
         self.max_mined = parse_int(max_mined, f"{key}.max_mined", lo=0)
         self.image_count = parse_int(image_count, f"{key}.image_count", lo=1)
@@ -197,14 +201,16 @@ class SliceMiner(Callback):
         weights = dm.train_dataset.weights
         stats = self.evaluate(trainer, pl_module)
         before = weights.get()
-        if self.reweight:
+        warm = trainer.global_step < self.warmup_steps
+        if self.reweight and not warm:
             weights.set(self.reweighter.update(stats).float())
         self.rounds += 1
-        record = {"step": int(trainer.global_step), "round": self.rounds, "names": list(weights.names),
+        record = {"step": int(trainer.global_step), "round": self.rounds, "warmup": warm,
+                  "names": list(weights.names),
                   "weights_before": before.tolist(), "weights": weights.get().tolist(),
                   "loss": [None if math.isnan(v) else v for v in stats.loss.tolist()],
                   "count": stats.count.tolist(), "stalled": self.reweighter.stalled.tolist(), "mined": []}
-        if self.mine and self.rounds % self.mine_every == 0 and len(self.mined) < self.max_mined:
+        if self.mine and not warm and self.rounds % self.mine_every == 0 and len(self.mined) < self.max_mined:
             record["mined"] = self._mine(trainer, pl_module)
         self.history.append(record)
         self._log(trainer, pl_module, stats, record)
