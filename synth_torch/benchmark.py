@@ -150,7 +150,7 @@ def stages(ds, batches: int) -> dict[str, float]:
     for k in range(batches):
         index = torch.arange(k * B, (k + 1) * B)
         params = timed("sample", lambda: ds.sampler.sample_params(index, ds.slice_ids(index),
-                                                                   ds.weights.overrides(sc)))
+                                                                   ds.mixture.overrides()))
         spec = timed("build spec", lambda: ds.sampler.build(params, ds.resolution).to(ds.device))
         geom = timed("assemble", lambda: assemble(spec))
         gbuffer = timed("g-buffer passes", lambda: build_gbuffer(spec, geom, ds.context, ds.resolution,
@@ -178,7 +178,7 @@ def raw_nvdiffrast(ds, batches: int) -> dict[str, float] | None:
     scenes, B = [], ds.batch_size
     for k in range(batches):
         index = torch.arange(k * B, (k + 1) * B)
-        spec = ds.sampler.build(ds.sampler.sample_params(index, ds.slice_ids(index), ds.weights.overrides(ds.scenario)),
+        spec = ds.sampler.build(ds.sampler.sample_params(index, ds.slice_ids(index), ds.mixture.overrides()),
                                 ds.resolution).to(ds.device)
         geom = assemble(spec)
         camera, clip = camera_clip(spec, geom, ds.resolution, NEAR, FAR)

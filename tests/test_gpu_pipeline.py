@@ -33,7 +33,7 @@ def test_cuda_torch_backend_matches_the_cpu(scenario):
 def test_a_cuda_batch_never_waits_for_the_host():
     ds = SynthDataset("tabletop", batch_size=8, resolution=64, seed=0, device="cuda")
     index = torch.arange(8)
-    params = ds.sampler.sample_params(index, ds.slice_ids(index), ds.weights.overrides(ds.scenario))
+    params = ds.sampler.sample_params(index, ds.slice_ids(index), ds.mixture.overrides())
     spec = ds.sampler.build(params, ds.resolution).to("cuda")
     sensor = {k: v for k, v in params.values.items() if k.startswith("sensor.")}  # validated on the CPU
     keys = spec.keys

@@ -39,6 +39,12 @@ ARMS: dict[str, list[str]] = {
     "group_dro_mining": ["experiment=rare_slice_miner", "callbacks.slice_miner.rule=group_dro",
                          "callbacks.slice_miner.mine=true", "callbacks.slice_miner.mine_every=4",
                          "callbacks.slice_miner.mine_samples=256", "callbacks.slice_miner.max_mined=2"],
+    # second versions, after the first: the rules starved the easy slices (base fell to ~0.05), so every slice now
+    # keeps at least floor / K = 5 % of the stream
+    "group_dro_floor": ["experiment=rare_slice_miner", "callbacks.slice_miner.rule=group_dro",
+                        "callbacks.slice_miner.reweighter.floor=0.3"],
+    "plr_floor": ["experiment=rare_slice_miner", "callbacks.slice_miner.rule=plr",
+                  "callbacks.slice_miner.reweighter.floor=0.3"],
 }
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 from torch.utils.data import get_worker_info
+from torch.utils.data._utils.collate import default_collate_fn_map
 from torchvision import tv_tensors
 
 from synth_torch.labels.passes import Labels
@@ -32,7 +33,8 @@ class Batch(Labels):
         image [B, 3, H, W] float in [0, 1], row 0 at the top.
     Camera and provenance:
         K [B, 3, 3]; world_to_cam [B, 4, 4]; params name -> [B]; slice_id [B]; sample_id [B]
-        (``sample_index * 1024 + slice_id``: pass it to ``SynthDataset.regenerate``); batch_index (global).
+        (``sample_index * 1024 + slice_id``: pass it to ``SynthDataset.regenerate``); batch_index (global);
+        mixture_version (the version of the slice mixture the slices were drawn with, -1 when not from a stream).
     """
 
     image: torch.Tensor
@@ -44,6 +46,7 @@ class Batch(Labels):
     class_names: tuple[str, ...] = ()
     slice_names: tuple[str, ...] = ()
     batch_index: int = -1
+    mixture_version: int = -1
     extras: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -148,3 +151,19 @@ class Batch(Labels):
                 "slice_id": self.slice_id[i],
             })
         return images, targets
+
+
+def refuse_default_collate(cls: type) -> type:
+    """Make torch's ``default_collate`` fail on ``cls`` with the fix in the message: the streams yield whole
+    batches, and a plain ``DataLoader(ds)`` (``batch_size=1``) would try to stack lists of them. Extends torch's
+    ``default_collate_fn_map`` in place, as the ``torch.utils.data`` collate documentation describes."""
+    def refuse(batch, *, collate_fn_map=None):
+        raise TypeError(f"the synth_torch stream yields whole {cls.__name__} objects, which the DataLoader must "
+                        f"not batch again: use DataLoader(dataset, batch_size=None) (the Lightning "
+                        f"SynthDataModule does), optionally with collate_fn=synth_torch.loop.collate_batch")
+
+    default_collate_fn_map[cls] = refuse
+    return cls
+
+
+refuse_default_collate(Batch)

@@ -40,7 +40,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from synth_torch.data.batch import Batch
+from synth_torch.data.batch import Batch, refuse_default_collate
 from synth_torch.data.dataset import SynthDataset, _rank_and_world
 from synth_torch.data.real import RealBatch, RealDataset, collate_real
 from synth_torch.scenario.config import ConfigError
@@ -147,6 +147,7 @@ def _fixed_point_sums(schedule: HybridSchedule, size: int) -> torch.Tensor:
     return torch.cat([torch.zeros(1, dtype=torch.int64), per_step.cumsum(0)])
 
 
+@refuse_default_collate
 @dataclass
 class HybridBatch:
     """A training step holding both synthetic and real images (synthetic first).
@@ -196,12 +197,12 @@ class HybridStream(IterableDataset):
     :class:`RealBatch` (all real) or a :class:`HybridBatch`, each with the step's global ``batch_index``.
 
     Iteration follows :class:`SynthDataset`'s batch assignment (rank ``r`` of ``world`` takes global batches
-    ``next_batch + r + world * j``, worker ``w`` of ``workers`` the ``j`` with ``j % workers == w``); batch ``k``
-    is step ``(k - r) // world`` of the schedule. With ``synthetic_only`` it yields exactly what iterating the
+    ``cursor.next_batch + r + world * j``, worker ``w`` of ``workers`` the ``j`` with ``j % workers == w``);
+    batch ``k`` is step ``(k - r) // world`` of the schedule. With ``synthetic_only`` it yields exactly what iterating the
     synthetic dataset yields.
 
     Args:
-        synth: the synthetic stream (its ``batch_size``, ``next_batch`` and ``length`` apply).
+        synth: the synthetic stream (its ``batch_size``, ``cursor`` and ``length`` apply).
         real: the real *training* split (``split == "train"``; anything else raises), or None for
             ``synthetic_only``.
         schedule: the :class:`HybridSchedule`; seed: seeds the real draw order and flips.
@@ -222,7 +223,7 @@ class HybridStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rank, world = _rank_and_world()
-        start, j = self.synth.next_batch, worker
+        start, j = self.synth.cursor.next_batch, worker
         while self.synth.length is None or j < self.synth.length:
             yield self.batch(start + rank + world * j, rank, world)
             j += workers
@@ -234,8 +235,7 @@ class HybridStream(IterableDataset):
         n = self.schedule.real_count(step, B)
         synthetic = real = None
         if n < B:
-            synthetic = self.synth.render_batch(torch.arange(k * B, k * B + B - n))
-            synthetic.batch_index = k
+            synthetic = self.synth.render_batch(torch.arange(k * B, k * B + B - n), batch_index=k)
         if n > 0:
             first = world * int(self.schedule.real_images(step, B)) + rank * n
             real = replace(collate_real([self.draw(d) for d in range(first, first + n)]), batch_index=k)

@@ -7,25 +7,29 @@ Every round (each ``every_n_train_steps`` training steps, and/or at the end of e
    loss *sums and counts* are all-reduced (every rank calls the same collective), so every rank builds the
    same :class:`~synth_torch.loop.rules.SliceStats`.
 2. **Re-weight**: :meth:`SliceReweighter.update` (rule ``group_dro``, ``plr`` or ``exp3`` with its floor,
-   ``max_change``, ``min_samples`` and stall safeguards), and the result is written into the training
-   dataset's shared weights (``train_dataset.weights.set``), so the next rendered batches follow the new mix.
-   With ``reweight=False`` the round only measures and logs (a fixed-mixture baseline).
+   ``max_change``, ``min_samples`` and stall safeguards) computes new probabilities from the stats and the
+   training dataset's :class:`~synth_torch.data.mixture.SliceMixture` (the one source of slice names,
+   definitions and probabilities), and they are written back into it from the data module's
+   ``mixture_from_batch()`` on, the first batch no loader has rendered yet. With ``reweight=False`` (or before
+   ``warmup_steps``) the round only measures and logs (a fixed-mixture baseline).
 3. **Mine** (every ``mine_every`` rounds): render a fresh pool from the scenario's base distribution
    (disjoint sample indices, see :mod:`synth_torch.loop.datamodule`), compute per-sample losses, all-gather
    losses and parameters, run :func:`~synth_torch.loop.mining.find_slices` on rank 0 (excluding the current
-   slice names) and broadcast the result, so all ranks add the same slices: ``weights.add`` +
-   ``reweighter.add_slices``; their validation suites are created on first use.
+   slice names) and broadcast the result, so all ranks add the same slices to the mixture (the slices mined in
+   one round share at most the rule's ``max_change``); their validation suites are created on first use.
 4. **Log** per-slice losses and weights as scalars and an image grid of the currently worst slice's suite
    (``slices/worst_slice``, every logger: :func:`~synth_torch.loop.visuals.log_image`), the mined slices and a
    weights chart (wandb), and the whole history as ``slice_miner.json`` in ``trainer.default_root_dir`` (the run's
    output folder).
 
-The callback's ``state_dict`` holds the reweighter state and the round history; the data module's holds the
-dataset position and weights (with the mined slices), so a resumed run continues the same weights and stream.
+The callback's ``state_dict`` holds the rule's own statistics and the round history (the miner keeps history,
+nothing else); the data module's holds the stream cursor and the mixture (with the mined slices and pending
+changes), so a resumed run continues the same weights and stream.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -157,9 +161,9 @@ class SliceMiner(Callback):
         if trainer.is_global_zero:  # fail now, not when the first round writes slice_miner.json
             _output_folder(trainer.default_root_dir, "SliceMiner (slice_miner.json)")
         if self.reweighter is None:
-            weights = dm.train_dataset.weights
-            prior = weights.get().double() if self.prior == "scenario" else None
-            self.reweighter = SliceReweighter(len(weights), self.rule, prior=prior, **self.reweighter_kwargs)
+            mixture = dm.train_dataset.mixture
+            prior = mixture.get().double() if self.prior == "scenario" else None
+            self.reweighter = SliceReweighter(len(mixture), self.rule, prior=prior, **self.reweighter_kwargs)
         if self._pending is not None:
             self._apply_state(self._pending)
             self._pending = None
@@ -198,16 +202,16 @@ class SliceMiner(Callback):
         if self.reweighter is None:
             self.setup(trainer, pl_module, "fit")
         dm = trainer.datamodule
-        weights = dm.train_dataset.weights
+        mixture = dm.train_dataset.mixture
         stats = self.evaluate(trainer, pl_module)
-        before = weights.get()
+        before = mixture.get()
         warm = trainer.global_step < self.warmup_steps
         if self.reweight and not warm:
-            weights.set(self.reweighter.update(stats).float())
+            mixture.set(self.reweighter.update(stats, before).float(), from_batch=dm.mixture_from_batch())
         self.rounds += 1
         record = {"step": int(trainer.global_step), "round": self.rounds, "warmup": warm,
-                  "names": list(weights.names),
-                  "weights_before": before.tolist(), "weights": weights.get().tolist(),
+                  "names": list(mixture.names), "from_batch": dm.mixture_from_batch(),
+                  "weights_before": before.tolist(), "weights": mixture.get().tolist(),
                   "loss": [None if math.isnan(v) else v for v in stats.loss.tolist()],
                   "count": stats.count.tolist(), "stalled": self.reweighter.stalled.tolist(), "mined": []}
         if self.mine and not warm and self.rounds % self.mine_every == 0 and len(self.mined) < self.max_mined:
@@ -246,17 +250,17 @@ class SliceMiner(Callback):
             table = table.permute(1, 0, 2).reshape(table.shape[1], -1)
         found: list[dict] = []
         if trainer.global_rank == 0:
-            found = self._select(dm, table[0], dict(zip(names, table[1:])), ds.weights.names)
+            found = self._select(dm, table[0], dict(zip(names, table[1:])), ds.mixture.names)
         found = trainer.strategy.broadcast(found, src=0)
+        cap = self.reweighter.max_change
         for item in found:
             preds = [Predicate(*p) for p in item["predicates"]]
-            share = self.mined_share if self.mined_share is not None else 1.0 / (len(ds.weights) + 1)
-            ds.weights.add(item["name"], preds, share)
-            self.reweighter.add_slices(1, initial_share=share)
-            item["step"] = int(trainer.global_step)
+            share = self.mined_share if self.mined_share is not None else 1.0 / (len(ds.mixture) + 1)
+            if cap is not None:  # the round's mined slices together move the mixture by at most max_change
+                share = min(share, cap / len(found))
+            ds.mixture.add(item["name"], preds, share, from_batch=dm.mixture_from_batch())
+            item["step"], item["share"] = int(trainer.global_step), share
             self.mined.append(item)
-        if found and self.reweight:
-            ds.weights.set(self.reweighter.probs.float())
         return found
 
     def _select(self, dm, losses: torch.Tensor, params: dict, current: list[str]) -> list[dict]:
@@ -377,9 +381,10 @@ def finite_any(t: torch.Tensor) -> bool:
 
 
 class StreamRecorder(Callback):
-    """Records, on every rank, the sample ids each training step consumed and the slice weights after it, in
-    ``<out_dir>/stream_rank<r>.json`` (written at the end of training). A debugging aid for determinism,
-    resume and DDP checks; it runs no collective.
+    """Records, on every rank, the sample ids each training step consumed, the slice mixture they were drawn
+    with (probabilities, names, version) and a digest of the model's parameters (not buffers) after the step, in
+    ``<out_dir>/stream_rank<r>.json`` (written at the end of training). A debugging aid for determinism, resume
+    and DDP checks; it runs no collective.
     """
 
     def __init__(self, out_dir: str | None = None):
@@ -397,8 +402,12 @@ class StreamRecorder(Callback):
 
     @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        weights = trainer.datamodule.train_dataset.weights
-        self.steps[-1].update(step=int(trainer.global_step), weights=weights.get().tolist(), names=list(weights.names))
+        snap = trainer.datamodule.train_dataset.mixture.snapshot(self.steps[-1]["batch_index"])
+        digest = hashlib.sha1()
+        for value in pl_module.parameters():  # not buffers: BatchNorm statistics are per rank under DDP
+            digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+        self.steps[-1].update(step=int(trainer.global_step), weights=snap.probs.tolist(), names=list(snap.names),
+                              mixture_version=snap.version, model_sha1=digest.hexdigest())
 
     @override
     def on_train_end(self, trainer, pl_module) -> None:

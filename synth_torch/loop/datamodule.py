@@ -22,7 +22,6 @@ test split.
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,6 +43,7 @@ __all__ = ["SynthDataModule", "collate_batch", "VAL_START", "SUITE_STRIDE", "MIN
 VAL_START = 10**9
 MINE_START = 2 * 10**9
 SUITE_STRIDE = 10**6
+PREFETCH = 2  # batches each DataLoader worker renders ahead
 
 
 def collate_batch(item):
@@ -54,42 +54,6 @@ def collate_batch(item):
         return item
     raise TypeError(f"expected a synth_torch Batch, RealBatch or HybridBatch from the dataset, got "
                     f"{type(item).__name__}")
-
-
-class _TrackedStream(IterableDataset):
-    """The training stream without workers, recording the slice weights each batch was rendered with.
-
-    Lightning fetches one batch ahead, so a SliceMiner round at the end of step ``s`` changes the weights after
-    batch ``s`` was already rendered: that batch follows the old weights. A checkpoint written at step ``s``
-    therefore stores the weights batch ``s`` was rendered with (``render_weights``), and the resumed run renders
-    its first batch with them, then continues with the current ones, exactly as the uninterrupted run did.
-    """
-
-    def __init__(self, dm: SynthDataModule, stream: HybridStream):
-        super().__init__()
-        self.dm, self.stream = dm, stream
-
-    def __iter__(self):
-        dm = self.dm
-        weights = dm.train_dataset.weights
-        it = iter(self.stream)
-        pending, dm._pending_render = dm._pending_render, None
-        while True:
-            current = None
-            if pending is not None:  # render the first batch with the weights it had before the interruption
-                current = weights.state_dict()
-                weights.load_state_dict(pending)
-            try:
-                batch = next(it)
-            except StopIteration:
-                return
-            finally:
-                used = weights.state_dict()
-                if current is not None:
-                    weights.load_state_dict(current)
-                pending = None
-            dm._rendered = (batch.batch_index, used)
-            yield batch
 
 
 class _SuiteStream(IterableDataset):
@@ -137,15 +101,15 @@ class SynthDataModule(pl.LightningDataModule):
             :class:`~synth_torch.data.hybrid.HybridSchedule`.
         progress: show a progress bar while the validation suites render (rank 0).
 
-    Stream position: the module counts the training batches the trainer actually consumed (not the one
-    Lightning prefetched), and its ``state_dict`` stores the dataset state with ``next_batch`` set to the
-    first batch not consumed yet, plus the weights that prefetched batch was rendered with. The schedule and the
-    real draws are pure functions of the step, so with ``num_workers=0`` a resumed run trains on exactly the
-    batches an uninterrupted run trains on, under every schedule; with workers the position is rounded up to
-    a whole round of workers, and batches the workers prefetched before a weight change follow the old weights
-    in the uninterrupted run only (see ``docs/training.md``). ``images_seen`` counts the synthetic and real
-    training images this rank consumed (checkpointed). A checkpoint that trained on real images refuses to
-    resume with a different real training set.
+    Stream state: the training dataset's :class:`~synth_torch.data.mixture.StreamCursor` advances for every batch
+    the trainer consumes (not for the ones Lightning or the workers render ahead), and changes to its
+    :class:`~synth_torch.data.mixture.SliceMixture` made during training take effect from
+    :meth:`mixture_from_batch`, a batch no loader has rendered yet. So every batch is rendered with a mixture
+    that depends only on its index, and a resumed run trains on exactly the batches an uninterrupted run trains
+    on, under every schedule, with or without workers and under DDP. ``state_dict`` holds the cursor, the
+    mixture (with its pending changes), ``images_seen`` (the synthetic and real training images this rank
+    consumed) and a digest of the real training set: a checkpoint that trained on real images refuses to resume
+    with a different one.
     """
 
     def __init__(self, scenario="defects", overrides: dict | None = None, batch_size: int = 8, resolution=64,
@@ -191,11 +155,7 @@ class SynthDataModule(pl.LightningDataModule):
         self.real_val: RealDataset | None = None
         self.real_test: RealDataset | None = None
         self._suites: dict[str, list[Batch]] = {}
-        self._consumed = 0  # training batches consumed by this rank since _start_batch
-        self._start_batch = 0
         self.images_seen = {"synthetic": 0, "real": 0}  # training images consumed by this rank
-        self._rendered = None  # (batch index, weights state it was rendered with) of the last rendered batch
-        self._pending_render = None  # weights state for the first batch after a resume
 
     # ------------------------------------------------------------------ facts the task needs
     @property
@@ -211,7 +171,7 @@ class SynthDataModule(pl.LightningDataModule):
     def slice_names(self) -> tuple[str, ...]:
         if self.train_dataset is None:
             return self.scenario.slice_names
-        return tuple(self.train_dataset.weights.names)
+        return self.train_dataset.mixture.names
 
     def lr_scale(self, step: int) -> float:
         """The schedule's learning-rate factor at optimizer step ``step`` (the tasks apply it)."""
@@ -229,7 +189,6 @@ class SynthDataModule(pl.LightningDataModule):
             self.train_dataset = SynthDataset(self.scenario, batch_size=self.batch_size, resolution=self.resolution,
                                               device=self._render_device(), seed=self.seed, backend=self.backend,
                                               sensor=self.sensor)
-            self._start_batch = self.train_dataset.next_batch
         rank, world = _rank_and_world()
         if self.val_samples_per_slice < world:
             raise ConfigError(f"data.val_samples_per_slice ({self.val_samples_per_slice}) must be >= the number of "
@@ -265,10 +224,9 @@ class SynthDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         workers = self._workers()
         stream = HybridStream(self.train_dataset, self.real_train, self.schedule, self.seed, flips=self.real_flips)
-        ds = stream if workers else _TrackedStream(self, stream)
-        return DataLoader(ds, batch_size=None, collate_fn=collate_batch, num_workers=workers,
+        return DataLoader(stream, batch_size=None, collate_fn=collate_batch, num_workers=workers,
                           persistent_workers=workers > 0, pin_memory=False,
-                          timeout=self.worker_timeout if workers else 0)
+                          prefetch_factor=PREFETCH if workers else None, timeout=self.worker_timeout if workers else 0)
 
     def val_dataloader(self):
         suites = DataLoader(_SuiteStream(self), batch_size=None, collate_fn=collate_batch, num_workers=0)
@@ -295,7 +253,8 @@ class SynthDataModule(pl.LightningDataModule):
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.training and getattr(batch, "batch_index", -1) >= 0:
-            self._consumed += 1
+            rank, world = _rank_and_world()
+            self.train_dataset.cursor.consume(batch.batch_index, rank, world)
             for kind, n in images_in(batch).items():
                 self.images_seen[kind] += n
         return batch
@@ -340,12 +299,13 @@ class SynthDataModule(pl.LightningDataModule):
                 for i, s in zip(indices.split(self.val_batch_size), slice_ids.split(self.val_batch_size))]
 
     # ------------------------------------------------------------------ checkpointing
-    def resume_position(self) -> int:
-        """First batch index not consumed yet (identical on every rank)."""
+    def mixture_from_batch(self) -> int:
+        """The first global batch a mixture change made now can apply to: past every batch the trainer consumed
+        and every batch Lightning (one ahead) and the DataLoader workers (``PREFETCH`` each) may have rendered.
+        The same on every rank."""
         _, world = _rank_and_world()
-        workers = max(1, self._workers())
-        rounds = math.ceil(self._consumed / workers)
-        return self._start_batch + rounds * world * workers
+        workers = self._workers()
+        return self.train_dataset.cursor.next_batch + world * (PREFETCH * workers + 2)
 
     def _real_digest(self) -> int | None:
         return None if self.real_train is None else stable_hash("\n".join(self.real_train.keys))
@@ -353,16 +313,8 @@ class SynthDataModule(pl.LightningDataModule):
     def state_dict(self) -> dict:
         if self.train_dataset is None:
             return {}
-        state = self.train_dataset.state_dict()
-        state["next_batch"] = self.resume_position()
-        rank, _ = _rank_and_world()
-        # the batch Lightning prefetched but did not train on yet (rank r's is next_batch + r; every rank rendered
-        # its own at the same step with identical weights, so rank 0's record holds for all)
-        render = None
-        if self._rendered is not None and self._rendered[0] == state["next_batch"] + rank:
-            render = self._rendered[1]
-        return {"dataset": state, "render_weights": render, "images_seen": dict(self.images_seen),
-                "real_train": self._real_digest(), "version": 3}
+        return {"dataset": self.train_dataset.state_dict(), "images_seen": dict(self.images_seen),
+                "real_train": self._real_digest(), "version": 4}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
@@ -375,9 +327,7 @@ class SynthDataModule(pl.LightningDataModule):
                              f"(data.real_root, data.real_split or data.real_train_images changed); refusing to "
                              f"resume")
         self.train_dataset.load_state_dict(state["dataset"])
-        self._start_batch, self._consumed = self.train_dataset.next_batch, 0
         self.images_seen = {"synthetic": int(seen.get("synthetic", 0)), "real": int(seen.get("real", 0))}
-        self._pending_render = state.get("render_weights")
         self._suites = {}
 
 

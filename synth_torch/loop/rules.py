@@ -335,14 +335,18 @@ class SliceReweighter:
         return f"{type(self).__name__}(num_slices={self.num_slices}, rule={self.rule!r}, step={self.step})"
 
     # ------------------------------------------------------------------ update
-    def update(self, stats: SliceStats) -> Tensor:
+    def update(self, stats: SliceStats, probs: Tensor | None = None) -> Tensor:
         """Apply one evaluation round and return the new ``probs`` :math:`(K,)` (float64, CPU).
 
-        ``stats`` must describe the model trained on data drawn from the current ``probs``.
-        The input tensors are not modified.
+        ``stats`` must describe the model trained on data drawn from the current ``probs``. Pass ``probs``, the
+        sampling probabilities actually in use, when they live elsewhere (e.g. a
+        :class:`~synth_torch.data.mixture.SliceMixture` that gained mined slices): the rule continues from them,
+        and slices beyond :attr:`num_slices` are appended first, never evaluated. The inputs are not modified.
         """
         if not isinstance(stats, SliceStats):
             raise TypeError(f"stats must be a SliceStats, got {type(stats).__name__}")
+        if probs is not None:
+            self._follow(probs)
         k = self.num_slices
         if stats.num_slices != k:
             raise ValueError(f"stats has {stats.num_slices} slices, expected {k} (call add_slices first?)")
@@ -460,16 +464,37 @@ class SliceReweighter:
         """
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an int >= 1, got {n!r}")
-        k_old = self.num_slices
-        k = k_old + n
-        share = 1.0 / k if initial_share is None else float(initial_share)
+        share = 1.0 / (self.num_slices + n) if initial_share is None else float(initial_share)
         if not (share > 0 and n * share < 1):
             raise ValueError(f"initial_share must be in (0, 1/n) = (0, {1 / n:.4g}) for n={n}, got {initial_share!r}")
+        self._grow(torch.full((n,), share, dtype=_F64))
+        self._record()
+        return self.probs
 
-        def grow(t: Tensor, value: float | int | bool) -> Tensor:
-            return torch.cat([t, torch.full((n,), value, dtype=t.dtype)])
+    def _follow(self, probs: Tensor) -> None:
+        """Continue from externally held sampling probabilities (inverting the floor mix; see :meth:`update`)."""
+        p = _check_distribution("probs", probs, None)
+        n = p.shape[0] - self.num_slices
+        if n < 0:
+            raise ValueError(f"probs has {p.shape[0]} slices, fewer than the rule's {self.num_slices}")
+        k = p.shape[0]
+        q = ((p - self.floor / k) / (1.0 - self.floor)).clamp_min(0.0)
+        q = q / q.sum() if q.sum() > 0 else p
+        if n:
+            self._grow(q[-n:].clamp_min(_TINY))
+        self._q = q
 
-        self._q = grow(self._q * (1.0 - n * share), share)
+    def _grow(self, shares: Tensor) -> None:
+        """Append ``len(shares)`` never-evaluated slices whose ``q`` is ``shares`` (the old ``q`` scaled down)."""
+        n, k_old = shares.shape[0], self.num_slices
+        k = k_old + n
+
+        def grow(t: Tensor, value) -> Tensor:
+            tail = value if torch.is_tensor(value) else torch.full((n,), value, dtype=t.dtype)
+            return torch.cat([t, tail.to(t.dtype)])
+
+        total = float(shares.sum())
+        self._q = grow(self._q * (1.0 - total), shares)
         self._prior = grow(self._prior * (k_old / k), 1.0 / k)
         self._cum_count = grow(self._cum_count, 0.0)
         self._last_loss = grow(self._last_loss, math.nan)
@@ -477,11 +502,8 @@ class SliceReweighter:
         self._wait = grow(self._wait, 0)
         self._stalled = grow(self._stalled, False)
         self._last_eval = grow(self._last_eval, int(self._step))
-        # New EXP3 weights such that softmax(log_w) gives each new slice `share`.
-        new_log_w = torch.logsumexp(self._log_w, 0) + math.log(share / (1.0 - n * share))
-        self._log_w = grow(self._log_w, float(new_log_w))
-        self._record()
-        return self.probs
+        # New EXP3 weights such that softmax(log_w) gives each new slice its share.
+        self._log_w = grow(self._log_w, torch.logsumexp(self._log_w, 0) + (shares / (1.0 - total)).log())
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def test_regenerate_reproduces_samples_exactly(device):
     again = ds.regenerate(batch.sample_id[[3, 1]])
     assert_same(batch, again, [3, 1], slice(None))
     # Independent of the current weights: the slice travels in the sample id.
-    ds.weights.set(torch.tensor([0.0, 0.0, 1.0]))
+    ds.mixture.set(torch.tensor([0.0, 0.0, 1.0]))
     assert_same(batch, ds.regenerate(batch.sample_id), slice(None), slice(None))
     # And of the dataset object: a fresh one with the same scenario and seed gives the same images.
     fresh = SynthDataset(SCENE, batch_size=1, resolution=RES, seed=2, device=device)
@@ -79,13 +79,14 @@ def test_regenerate_reproduces_samples_exactly(device):
 def test_state_dict_resume_gives_the_same_next_batches(device):
     ds = SynthDataset(SCENE, batch_size=2, resolution=RES, seed=4, device=device)
     it = iter(ds)
-    next(it), next(it)
-    ds.weights.set(torch.tensor([0.2, 0.0, 0.8]))
+    for _ in range(2):
+        ds.cursor.consume(next(it).batch_index)
+    ds.mixture.set(torch.tensor([0.2, 0.0, 0.8]))
     state = ds.state_dict()
     expected = [next(it), next(it)]
     resumed = SynthDataset(SCENE, batch_size=2, resolution=RES, seed=4, device=device)
     resumed.load_state_dict(state)
-    torch.testing.assert_close(resumed.weights.get(), torch.tensor([0.2, 0.0, 0.8]))
+    torch.testing.assert_close(resumed.mixture.get(), torch.tensor([0.2, 0.0, 0.8]))
     got = list(itertools.islice(iter(resumed), 2))
     assert [b.batch_index for b in got] == [2, 3]
     for a, b in zip(expected, got):
@@ -107,7 +108,7 @@ def test_weights_choose_the_slices():
     default = ds.slice_ids(index)
     counts = torch.bincount(default, minlength=3).float() / 512
     torch.testing.assert_close(counts, torch.tensor([0.5, 0.3, 0.2]), atol=0.07, rtol=0)
-    ds.weights.set(torch.tensor([0.0, 1.0, 0.0]))
+    ds.mixture.set(torch.tensor([0.0, 1.0, 0.0]))
     assert (ds.slice_ids(index) == 1).all()
     far = ds.render_batch(torch.arange(2))
     assert (far.params["camera.distance"] >= 2.0).all()
@@ -143,7 +144,7 @@ def test_workers_same_samples_and_shared_weights():
     # Worker w produces batches k with k % 2 == w: the two workers' sets are disjoint and interleave.
     assert {b.batch_index % 2 for b in got[0::2]} == {0} and {b.batch_index % 2 for b in got[1::2]} == {1}
 
-    ds.weights.set(torch.tensor([0.0, 0.0, 1.0]))  # after the workers started
+    ds.mixture.set(torch.tensor([0.0, 0.0, 1.0]))  # after the workers started
     later = [next(loader) for _ in range(8)]
     # At most num_workers * prefetch_factor batches were requested before the change.
     for b in later[4:]:
@@ -165,12 +166,45 @@ def test_forked_workers_after_rendering_in_the_parent():
         assert_same(b, ds.render_batch(torch.arange(2 * b.batch_index, 2 * b.batch_index + 2)))
 
 
-def test_finite_length_ends_in_the_main_process_and_the_next_epoch_continues():
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_epoch_starts_at_the_cursor_with_and_without_workers(workers):
+    """Iteration means the same in the main process and with workers: an epoch starts at the cursor, which only
+    the consumer moves, so an unconsumed epoch is repeated and a consumed one is continued."""
     ds = SynthDataset(SCENE, batch_size=1, resolution=RES, length=2)
-    first = list(itertools.islice(iter(ds), 4))  # islice guards against an endless loop
-    second = list(itertools.islice(iter(ds), 4))
-    assert len(first) == len(second) == len(ds) == 2
-    assert [b.batch_index for b in first + second] == [0, 1, 2, 3]
+    loader = _loader(ds, workers, persistent_workers=workers > 0) if workers else ds
+    epochs = [[b.batch_index for b in itertools.islice(iter(loader), 4)] for _ in range(2)]  # islice: no endless loop
+    assert epochs == [[0, 1], [0, 1]] and len(ds) == 2
+    for b in iter(loader):
+        ds.cursor.consume(b.batch_index)
+    assert ds.cursor.next_batch == 2
+    assert [b.batch_index for b in iter(loader)] == [2, 3]
+
+
+def test_a_plain_dataloader_explains_batch_size_none():
+    ds = SynthDataset(SCENE, batch_size=2, resolution=RES)
+    with pytest.raises(TypeError, match="batch_size=None"):
+        next(iter(DataLoader(ds)))
+
+
+def test_mixture_by_name_and_scheduled_changes():
+    """Weights by slice name; a change scheduled from batch k leaves earlier batches as they were, whenever they
+    are rendered; every batch records the mixture version it was drawn with."""
+    ds = SynthDataset(SCENE, batch_size=4, resolution=RES, seed=3)
+    mix = ds.mixture
+    assert mix.as_dict() == pytest.approx({"base": 0.5, "far": 0.3, "dark": 0.2})
+    mix.set({"dark": 0.6})
+    assert mix["dark"] == pytest.approx(0.6) and mix["base"] == pytest.approx(0.25) and mix.version == 1
+    with pytest.raises(KeyError, match="unknown slice"):
+        mix.set({"nope": 0.1})
+    before = [ds.render_batch(torch.arange(4 * k, 4 * k + 4), batch_index=k) for k in (3, 5)]
+    mix.set({"far": 1.0}, from_batch=5)
+    after = [ds.render_batch(torch.arange(4 * k, 4 * k + 4), batch_index=k) for k in (3, 5)]
+    assert_same(before[0], after[0]) and after[0].mixture_version == 1
+    assert (after[1].slice_id == 1).all() and after[1].mixture_version == 2
+    resumed = SynthDataset(SCENE, batch_size=4, resolution=RES, seed=3)
+    resumed.load_state_dict(ds.state_dict())
+    for k, ref in zip((3, 5), after):
+        assert_same(resumed.render_batch(torch.arange(4 * k, 4 * k + 4), batch_index=k), ref)
 
 
 @pytest.mark.slow
@@ -191,11 +225,11 @@ def test_non_finite_values_name_the_parameter_and_the_image():
     index = torch.arange(2)
     for name, bad in (("camera.focal_mm", float("nan")), ("camera.distance", float("inf")),
                       ("material.value", float("nan"))):
-        params = ds.sampler.sample_params(index, ds.slice_ids(index), ds.weights.overrides(ds.scenario))
+        params = ds.sampler.sample_params(index, ds.slice_ids(index), ds.mixture.overrides())
         params.values[name][1] = bad
         with pytest.raises(ConfigError, match=rf"{name} holds NaN or infinite values \(image\(s\) \[1\]\)"):
             ds.render_params(params)
-    spec = ds.sampler.build(ds.sampler.sample_params(index, ds.slice_ids(index), ds.weights.overrides(ds.scenario)),
+    spec = ds.sampler.build(ds.sampler.sample_params(index, ds.slice_ids(index), ds.mixture.overrides()),
                             ds.resolution)
     K = spec.camera.K.clone()
     K[0, 0, 0] = float("inf")
@@ -235,8 +269,8 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="slice ids"):
         ds.render_batch(torch.arange(2), torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="expected 3 slice weights"):
-        ds.weights.set(torch.ones(2))
+        ds.mixture.set(torch.ones(2))
     with pytest.raises(ValueError, match="non-negative"):
-        ds.weights.set(torch.tensor([1.0, -1.0, 0.0]))
+        ds.mixture.set(torch.tensor([1.0, -1.0, 0.0]))
     with pytest.raises(ValueError, match="not all zero"):
-        ds.weights.set(torch.zeros(3))
+        ds.mixture.set(torch.zeros(3))

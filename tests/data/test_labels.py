@@ -688,7 +688,8 @@ def test_batch_fields_have_documented_shapes(tabletop_pair):
               "sample_id": (B,)}
     for name, shape in shapes.items():
         assert tuple(getattr(batch, name).shape) == shape, name
-    assert all(f.name in shapes or f.name in ("valid", "params", "class_names", "slice_names", "batch_index", "extras")
+    assert all(f.name in shapes or f.name in ("valid", "params", "class_names", "slice_names", "batch_index",
+                                               "mixture_version", "extras")
                for f in fields(batch))
     # Background has zero depth and normal.
     bg = batch.depth[:, 0] == 0

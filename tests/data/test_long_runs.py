@@ -90,7 +90,7 @@ class CrashingDataset(SynthDataset):
         super().__init__("defects", **kw)
         self.failure = failure
 
-    def render_batch(self, sample_index, slice_id=None):
+    def render_batch(self, sample_index, slice_id=None, batch_index=None):
         if torch.utils.data.get_worker_info() is not None and int(sample_index[0]) == self.batch_size:
             if self.failure == "killed":
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -98,7 +98,7 @@ class CrashingDataset(SynthDataset):
                 raise ValueError("cannot decode image /data/bg/broken.png")
             else:
                 signal.pause()  # hangs
-        return super().render_batch(sample_index, slice_id)
+        return super().render_batch(sample_index, slice_id, batch_index)
 
 
 @pytest.mark.parametrize("failure,message", [
@@ -124,10 +124,10 @@ def test_the_data_module_loader_times_out_on_a_hung_worker(monkeypatch):
     dm.setup("fit")
     real = SynthDataset.render_batch
 
-    def hang_in_workers(self, sample_index, slice_id=None):
+    def hang_in_workers(self, sample_index, slice_id=None, batch_index=None):
         if torch.utils.data.get_worker_info() is not None:
             signal.pause()
-        return real(self, sample_index, slice_id)
+        return real(self, sample_index, slice_id, batch_index)
 
     monkeypatch.setattr(SynthDataset, "render_batch", hang_in_workers)  # inherited by the forked workers
     loader = dm.train_dataloader()

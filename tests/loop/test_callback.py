@@ -53,7 +53,7 @@ def test_round_writes_reweighter_output_into_dataset_weights(tmp_path):
     miner = SliceMiner("group_dro", every_n_train_steps=1, mine=False, verbose=False,
                        reweighter={"eta": 5.0, "min_samples": 1, "max_change": None})
     _trainer(tmp_path, [miner], max_steps=1).fit(PlantedTask(), datamodule=dm)
-    probs = dm.train_dataset.weights.get()
+    probs = dm.train_dataset.mixture.get()
     assert torch.allclose(probs, miner.reweighter.probs.float(), atol=1e-6)
     # the two low_light slices (intensity 0.06-0.18 < 0.3) have the high loss: their weights grew
     names = list(dm.slice_names)
@@ -77,9 +77,11 @@ def test_planted_slice_is_mined_added_and_rendered(tmp_path):
     param, lo, hi = mined["predicates"][0]
     assert param == "light.intensity" and lo == float("-inf") and 0.2 <= hi <= 0.4
     assert mined["mean_loss"] > mined["rest_loss"] + 0.5
-    weights = dm.train_dataset.weights
+    weights = dm.train_dataset.mixture
     assert weights.names[-1] == mined["name"] and len(weights) == len(dm.scenario.slices) + 1
-    assert miner.reweighter.num_slices == len(weights)
+    # the mined slice obeys the rule's per-round cap (max_change 0.1), not its uniform share 1 / (K + 1)
+    k = len(weights)
+    assert 1 / k > 0.1 and mined["share"] == pytest.approx(0.1) and weights[mined["name"]] == pytest.approx(0.1)
     # the new slice renders inside its region and has a validation suite
     (suite,) = dm.suite(mined["name"])
     assert (suite.params["light.intensity"] < hi).all()
@@ -88,6 +90,7 @@ def test_planted_slice_is_mined_added_and_rendered(tmp_path):
     miner.run_round(dm.trainer, dm.trainer.lightning_module)
     assert [m["name"] for m in miner.mined].count(mined["name"]) == 1
     losses = miner.history[-1]["loss"]
+    assert miner.reweighter.num_slices == len(weights)  # the rule follows the mixture it is given
     assert len(losses) == len(weights) and losses[-1] is not None and math.isfinite(losses[-1])
     assert 1.0 < losses[-1] < 1.2
     assert miner.history[-1]["count"][-1] == 4
@@ -151,8 +154,8 @@ def test_checkpoint_resume_continues_same_weights_and_stream(tmp_path):
     # the resumed run trained on exactly the batches the uninterrupted run trained on after step 2
     assert [s["sample_id"] for s in rec_b.steps] == [s["sample_id"] for s in rec_a.steps[2:]]
     assert [s["weights"] for s in rec_b.steps] == [s["weights"] for s in rec_a.steps[2:]]
-    assert dm_b.train_dataset.weights.names == dm_a.train_dataset.weights.names
-    assert torch.equal(dm_b.train_dataset.weights.get(), dm_a.train_dataset.weights.get())
+    assert dm_b.train_dataset.mixture.names == dm_a.train_dataset.mixture.names
+    assert torch.equal(dm_b.train_dataset.mixture.get(), dm_a.train_dataset.mixture.get())
     sa, sb = miner_a.reweighter.state_dict(), miner_b.reweighter.state_dict()
     # SliceReweighter.load_state_dict renormalises q (t / t.sum()), which can move it by one ulp (~1e-16); the
     # dataset weights (float32) above are bit-identical

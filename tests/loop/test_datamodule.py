@@ -57,21 +57,21 @@ def test_validation_suites_are_fixed_per_slice_and_disjoint_from_training():
 
 def test_stream_follows_shared_weights():
     dm = _dm(batch_size=8)
-    probs = torch.zeros(len(dm.train_dataset.weights))
+    probs = torch.zeros(len(dm.train_dataset.mixture))
     probs[2] = 1.0
-    dm.train_dataset.weights.set(probs)
+    dm.train_dataset.mixture.set(probs)
     batch = next(iter(dm.train_dataloader()))
     assert (batch.slice_id == 2).all()
 
 
-def test_resume_position_counts_consumed_batches():
+def test_resume_position_is_the_stream_cursor():
     dm = _dm()
-    dm._consumed = 3
+    dm.train_dataset.cursor.consume(2)
     state = dm.state_dict()
     assert state["dataset"]["next_batch"] == 3
     other = _dm()
     other.load_state_dict(state)
-    assert other.train_dataset.next_batch == 3
+    assert other.train_dataset.cursor.next_batch == 3
     assert next(iter(other.train_dataloader())).batch_index == 3
 
 

@@ -32,7 +32,7 @@ def kitchen():
     ds = SynthDataset(KITCHEN, batch_size=N, resolution=64, seed=0, sensor=False)
     index = torch.arange(N)
     slices = torch.zeros(N, dtype=torch.long)
-    params = ds.sampler.sample_params(index, slices, ds.weights.overrides(ds.scenario))
+    params = ds.sampler.sample_params(index, slices, ds.mixture.overrides())
     spec = ds.sampler.build(params, ds.resolution)
     return ds, spec, ds.render_params(params)
 
@@ -108,7 +108,7 @@ def test_mesh_textures_and_vertex_colours_show(kitchen):
                                                    load_scenario(KITCHEN).to_dict()["categories"]]})
     other = SynthDataset(plain, batch_size=N, resolution=64, seed=0, sensor=False)
     params = other.sampler.sample_params(torch.arange(N), torch.zeros(N, dtype=torch.long),
-                                         other.weights.overrides(plain))
+                                         other.mixture.overrides())
     assert not other.sampler.build(params, other.resolution).objects.colored.any()
 
 
@@ -177,7 +177,7 @@ def test_up_axis_default_and_override(tmp_path):
         category = {"name": "bottle", "shape": "y_up.glb", **({"up": up} if up else {})}
         (tmp_path / "s.yaml").write_text(__import__("yaml").safe_dump({"categories": [category]}))
         ds = SynthDataset(tmp_path / "s.yaml", batch_size=2, resolution=16)
-        spec = ds.sampler.sample(torch.arange(2), torch.zeros(2, dtype=torch.long), ds.weights.overrides(ds.scenario),
+        spec = ds.sampler.sample(torch.arange(2), torch.zeros(2, dtype=torch.long), ds.mixture.overrides(),
                                  ds.resolution)
         assert (spec.objects.scale[spec.objects.valid].argmax(-1) == axis).all(), up
 

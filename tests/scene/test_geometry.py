@@ -21,7 +21,7 @@ RES = (48, 56)
 def _spec(scenario: str, batch: int = 6):
     ds = SynthDataset(scenario, batch_size=batch, resolution=RES, seed=4)
     index = torch.arange(batch)
-    params = ds.sampler.sample_params(index, index % len(ds.slice_names), ds.weights.overrides(ds.scenario))
+    params = ds.sampler.sample_params(index, index % len(ds.slice_names), ds.mixture.overrides())
     return ds, ds.sampler.build(params, RES)
 
 
