@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from synth_torch import SynthDataset
 from synth_torch.data import decode_sample_id, encode_sample_id
+from synth_torch.loop.mining import Predicate
 from synth_torch.scenario.config import ConfigError
 
 # Small and fast: no shadows, a few objects, two slices that differ visibly (camera distance) plus sensor noise.
@@ -150,6 +151,13 @@ def test_workers_same_samples_and_shared_weights():
     for b in later[4:]:
         assert (b.slice_id == 2).all(), b.slice_id
         assert (b.params["light.intensity"] <= 0.1).all()
+    # A slice added now (a mined one) reaches the running workers with its name: names live in shared memory.
+    ds.mixture.add("east", [Predicate("camera.azimuth_deg", 60.0, 120.0)], 0.999)
+    newest = [next(loader) for _ in range(8)][4:]
+    for b in newest:
+        assert b.slice_names == ("base", "far", "dark", "east") and b.mixture_version == 2
+        east = b.params["camera.azimuth_deg"][b.slice_id == 3]
+        assert len(east) and ((east >= 60) & (east < 120)).all()
     del loader
 
 
