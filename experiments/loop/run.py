@@ -27,6 +27,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+from synth_torch.export.manifest import code_version  # noqa: E402
+from synth_torch.fileio import write_text_atomic  # noqa: E402
+
 RESULTS = ROOT / "experiments" / "loop" / "results"
 LOGS = ROOT / "logs" / "loop"
 
@@ -70,14 +75,7 @@ def _curve(out_dir: Path) -> list[dict]:
 
 
 def _provenance() -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "synth_torch", "train"], cwd=ROOT,
-                                    capture_output=True, text=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
-    return {"git_commit": commit, "git_dirty": dirty, "machine": platform.node(), "cpus": os.cpu_count(),
+    return {**code_version(), "machine": platform.node(), "cpus": os.cpu_count(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -93,11 +91,7 @@ def run_one(arm: str, seed: int, study: str, extra: list[str]) -> dict:
               "wall_s": round(wall, 1), "curve": _curve(out_dir),
               "rounds": [{k: h[k] for k in ("step", "warmup", "names", "weights", "loss")} for h in miner["history"]],
               "mined": miner["mined"], **_provenance()}
-    path = result_path(study, arm, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
+    write_text_atomic(result_path(study, arm, seed), json.dumps(result, indent=1))
     return result
 
 
