@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 from synth_torch.export.manifest import code_version  # noqa: E402
-from synth_torch.fileio import write_text_atomic  # noqa: E402
+from synth_torch.fileio import writable_folder, write_text_atomic  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "loop" / "results"
 LOGS = ROOT / "logs" / "loop"
@@ -91,7 +91,9 @@ def run_one(arm: str, seed: int, study: str, extra: list[str]) -> dict:
               "wall_s": round(wall, 1), "curve": _curve(out_dir),
               "rounds": [{k: h[k] for k in ("step", "warmup", "names", "weights", "loss")} for h in miner["history"]],
               "mined": miner["mined"], **_provenance()}
-    write_text_atomic(result_path(study, arm, seed), json.dumps(result, indent=1))
+    path = result_path(study, arm, seed)
+    writable_folder(path.parent)
+    write_text_atomic(path, json.dumps(result, indent=1))
     return result
 
 
