@@ -135,15 +135,23 @@ class SynthDataset(IterableDataset):
         ``batch_index`` of the stream (the mixture state in force for it), or outside the stream (None: the newest
         state)."""
         snap = self.mixture.snapshot(batch_index)
+        batch = self.render_params(self._sample_params(sample_index, slice_id, snap), snap)
+        batch.batch_index = -1 if batch_index is None else int(batch_index)
+        return batch
+
+    def sample_params(self, sample_index: torch.Tensor, slice_id: torch.Tensor | None = None,
+                      batch_index: int | None = None) -> SceneParams:
+        """The values ``render_batch(sample_index, slice_id, batch_index)`` renders, before they are applied (for
+        :meth:`render_params`, e.g. after a hard-example search edits them)."""
+        return self._sample_params(sample_index, slice_id, self.mixture.snapshot(batch_index))
+
+    def _sample_params(self, sample_index, slice_id, snap: MixtureSnapshot) -> SceneParams:
         sample_index = torch.as_tensor(sample_index, dtype=torch.int64).cpu()
         slice_id = self.slice_ids(sample_index, snap) if slice_id is None else torch.as_tensor(slice_id,
                                                                                               dtype=torch.int64)
         if (slice_id >= len(snap.names)).any() or (slice_id < 0).any():
             raise ValueError(f"slice ids must lie in [0, {len(snap.names)}), got {slice_id.tolist()}")
-        batch = self.render_params(self.sampler.sample_params(sample_index, slice_id, self.mixture.overrides(snap)),
-                                   snap)
-        batch.batch_index = -1 if batch_index is None else int(batch_index)
-        return batch
+        return self.sampler.sample_params(sample_index, slice_id, self.mixture.overrides(snap))
 
     def render_params(self, params: SceneParams, snapshot: MixtureSnapshot | None = None) -> Batch:
         """Render explicitly given sampled values (e.g. edited by a hard-example search); labels stay exact.

@@ -16,7 +16,10 @@ Every round (each ``every_n_train_steps`` training steps, and/or at the end of e
    (disjoint sample indices, see :mod:`synth_torch.loop.datamodule`), compute per-sample losses, all-gather
    losses and parameters, run :func:`~synth_torch.loop.mining.find_slices` on rank 0 (excluding the current
    slice names) and broadcast the result, so all ranks add the same slices to the mixture (the slices mined in
-   one round share at most the rule's ``max_change``); their validation suites are created on first use.
+   one round share at most the rule's ``max_change``); their validation suites are created on first use. With
+   ``mine_by="gradient"`` rank 0 instead runs :func:`~synth_torch.loop.hard_examples.mine_hard_region`: a
+   gradient search through the renderer from a few base samples, and the hard region it finds, checked on fresh
+   samples, is broadcast and added the same way.
 4. **Log** per-slice losses and weights as scalars and an image grid of the currently worst slice's suite
    (``slices/worst_slice``, every logger: :func:`~synth_torch.loop.visuals.log_image`), the mined slices and a
    weights chart (wandb), and the whole history as ``slice_miner.json`` in ``trainer.default_root_dir`` (the run's
@@ -41,6 +44,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from synth_torch.fileio import writable_folder, write_text_atomic
 from synth_torch.loop.datamodule import MINE_START, SUITE_STRIDE
+from synth_torch.loop.hard_examples import mine_hard_region, searchable_params
 from synth_torch.loop.mining import MinedSlice, Predicate, check_options, find_slices
 from synth_torch.loop.rules import RULES, SliceReweighter, SliceStats
 from synth_torch.loop.tasks import slice_key
@@ -58,6 +62,9 @@ except ImportError:  # pragma: no cover
 __all__ = ["SliceMiner", "StreamRecorder"]
 
 _MINING_KEYS = {"n_bins", "max_order", "min_support", "min_effect", "alpha", "top_k"}
+GRADIENT_DEFAULTS = {"samples": 16, "steps": 16, "lr": 0.05, "check_samples": 64, "alpha": 0.05, "min_shift": 0.1,
+                     "margin": 0.05}
+MINE_BY = ("stats", "gradient")
 
 
 class SliceMiner(Callback):
@@ -77,7 +84,15 @@ class SliceMiner(Callback):
             over ranks); mine_from: ``"base"`` (a slice without overrides, i.e. the scenario's base
             distribution) or ``"mixture"`` (the scenario's own mixture); max_mined: stop mining after N slices;
             mined_share: initial share of a mined slice (default ``1 / K``); params: parameter names to mine
-            on (default: every scenario parameter); mining: keyword arguments of ``find_slices``.
+            on (default: every scenario parameter; with ``mine_by="gradient"`` every continuous per-image
+            parameter that varies); mining: keyword arguments of ``find_slices``.
+        mine_by: ``"stats"`` (a pool of ``mine_samples`` scored and split by ``find_slices``) or ``"gradient"``
+            (:func:`~synth_torch.loop.hard_examples.mine_hard_region`, on rank 0, at most one slice per round).
+        gradient: options of ``mine_by="gradient"`` (defaults :data:`GRADIENT_DEFAULTS`): ``samples`` (starting
+            samples, from ``mine_from``), ``steps`` (renders of each, with a backward pass through model and
+            renderer), ``lr`` (Adam, fraction of each range), ``check_samples`` (fresh samples the region is
+            checked on, paired with the base distribution), ``alpha`` (its corrected one-sided level),
+            ``min_shift`` and ``margin`` (of :func:`~synth_torch.loop.hard_examples.hard_region`).
         log_images: log an image grid of the worst slice (every logger); verbose: print one line per round.
 
     Example (see ``configs/callbacks/slice_miner.yaml``)::
@@ -91,6 +106,7 @@ class SliceMiner(Callback):
                  prior: str = "scenario", mine: bool = True,
                  mine_every: int = 1, mine_samples: int = 128, mine_from: str = "base", max_mined: int = 4,
                  mined_share: float | None = None, params: list[str] | None = None, mining: dict | None = None,
+                 mine_by: str = "stats", gradient: dict | None = None,
                  log_images: bool = True, image_count: int = 16, verbose: bool = True):
         key = "callbacks.slice_miner"
         if rule not in RULES:
@@ -129,7 +145,11 @@ class SliceMiner(Callback):
             check_options(**self.mining)
         except ValueError as exc:
             raise ConfigError(f"{key}.mining: {exc}") from None
-        if self.mine and self.mine_samples < 2 * self.mining["min_support"]:
+        if mine_by not in MINE_BY:
+            raise ConfigError(f"{key}.mine_by must be one of {MINE_BY}, got {mine_by!r}")
+        self.mine_by = mine_by
+        self.gradient = _gradient_options(gradient, f"{key}.gradient")
+        if self.mine and mine_by == "stats" and self.mine_samples < 2 * self.mining["min_support"]:
             raise ConfigError(f"{key}.mine_samples ({self.mine_samples}) must be at least twice "
                               f"mining.min_support ({self.mining['min_support']}), or no slice can ever be mined")
         if params is not None:
@@ -233,6 +253,46 @@ class SliceMiner(Callback):
     def _mine(self, trainer, pl_module) -> list[dict]:
         dm = trainer.datamodule
         ds = dm.train_dataset
+        found = self._find_by_gradient(trainer, pl_module) if self.mine_by == "gradient" else \
+            self._find_by_stats(trainer, pl_module)
+        found = trainer.strategy.broadcast(found, src=0)
+        cap = self.reweighter.max_change
+        for item in found:
+            preds = [Predicate(*p) for p in item["predicates"]]
+            share = self.mined_share if self.mined_share is not None else 1.0 / (len(ds.mixture) + 1)
+            if cap is not None:  # the round's mined slices together move the mixture by at most max_change
+                share = min(share, cap / len(found))
+            ds.mixture.add(item["name"], preds, share, from_batch=dm.mixture_from_batch())
+            item["step"], item["share"] = int(trainer.global_step), share
+            self.mined.append(item)
+        return found
+
+    def _find_by_gradient(self, trainer, pl_module) -> list[dict]:
+        """Rank 0 searches (no collective inside); the other ranks wait for the broadcast."""
+        if trainer.global_rank != 0:
+            return []
+        dm = trainer.datamodule
+        ds = dm.train_dataset
+        opts = self.gradient
+        start = MINE_START + self.rounds * SUITE_STRIDE
+        index = torch.arange(start, start + opts["samples"])
+        check = torch.arange(start + SUITE_STRIDE // 2, start + SUITE_STRIDE // 2 + opts["check_samples"])
+        names = searchable_params(dm.scenario)
+        if self.params is not None:
+            names = [n for n in names if n in self.params]
+        if not names:
+            rank_zero_info(f"SliceMiner: no continuous parameter among {self.params} varies; nothing to search")
+            return []
+        item = mine_hard_region(pl_module, ds, names, index, check, steps=opts["steps"], lr=opts["lr"],
+                                slice_id=self._pool_slice_ids(dm, len(index)), alpha=opts["alpha"],
+                                min_shift=opts["min_shift"], margin=opts["margin"])
+        if item is None or item["name"] in ds.mixture.names:
+            return []
+        return [item]
+
+    def _find_by_stats(self, trainer, pl_module) -> list[dict]:
+        dm = trainer.datamodule
+        ds = dm.train_dataset
         world, rank = trainer.world_size, trainer.global_rank
         per_rank = math.ceil(self.mine_samples / world)
         start = MINE_START + self.rounds * SUITE_STRIDE + rank * per_rank
@@ -248,20 +308,9 @@ class SliceMiner(Callback):
         if world > 1:  # every rank gathers (same collective), rank 0 mines, its result is broadcast
             table = trainer.strategy.all_gather(table.to(pl_module.device)).cpu()  # [world, 1 + P, n]
             table = table.permute(1, 0, 2).reshape(table.shape[1], -1)
-        found: list[dict] = []
-        if trainer.global_rank == 0:
-            found = self._select(dm, table[0], dict(zip(names, table[1:])), ds.mixture.names)
-        found = trainer.strategy.broadcast(found, src=0)
-        cap = self.reweighter.max_change
-        for item in found:
-            preds = [Predicate(*p) for p in item["predicates"]]
-            share = self.mined_share if self.mined_share is not None else 1.0 / (len(ds.mixture) + 1)
-            if cap is not None:  # the round's mined slices together move the mixture by at most max_change
-                share = min(share, cap / len(found))
-            ds.mixture.add(item["name"], preds, share, from_batch=dm.mixture_from_batch())
-            item["step"], item["share"] = int(trainer.global_step), share
-            self.mined.append(item)
-        return found
+        if trainer.global_rank != 0:
+            return []
+        return self._select(dm, table[0], dict(zip(names, table[1:])), ds.mixture.names)
 
     def _select(self, dm, losses: torch.Tensor, params: dict, current: list[str]) -> list[dict]:
         """Mined slices that can be rendered (every predicate meets the base distribution's support)."""
@@ -367,6 +416,26 @@ class SliceMiner(Callback):
         self.history = list(state.get("history", []))
         self.mined = list(state.get("mined", []))
         self.rounds = int(state.get("rounds", len(self.history)))
+
+
+def _gradient_options(options: dict | None, key: str) -> dict:
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(GRADIENT_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"{key}: unknown key(s) {unknown}; allowed: {sorted(GRADIENT_DEFAULTS)}")
+    out = GRADIENT_DEFAULTS | options
+    for name in ("samples", "check_samples"):
+        out[name] = parse_int(out[name], f"{key}.{name}", lo=2)
+    out["steps"] = parse_int(out["steps"], f"{key}.steps", lo=2)
+    for name, lo, hi in (("lr", 0.0, math.inf), ("alpha", 0.0, 1.0)):
+        out[name] = parse_number(out[name], f"{key}.{name}")
+        if not lo < out[name] < hi:
+            raise ConfigError(f"{key}.{name} must lie in ({lo:g}, {hi:g}), got {out[name]}")
+    for name in ("min_shift", "margin"):
+        out[name] = parse_number(out[name], f"{key}.{name}")
+        if not 0.0 <= out[name] <= 1.0:
+            raise ConfigError(f"{key}.{name} must lie in [0, 1] (a fraction of a range), got {out[name]}")
+    return out
 
 
 def _output_folder(folder, what: str) -> Path:

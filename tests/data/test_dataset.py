@@ -215,6 +215,24 @@ def test_mixture_by_name_and_scheduled_changes():
         assert_same(resumed.render_batch(torch.arange(4 * k, 4 * k + 4), batch_index=k), ref)
 
 
+def test_sample_params_are_what_render_batch_renders():
+    """Sampling and applying are separate: ``render_params(sample_params(...))`` is ``render_batch(...)``, with the
+    slices drawn under the mixture in force for the batch index."""
+    ds = SynthDataset(SCENE, batch_size=4, resolution=RES, seed=5)
+    ds.mixture.set({"dark": 1.0}, from_batch=2)
+    for k in (1, 2):
+        index = torch.arange(4 * k, 4 * k + 4)
+        params = ds.sample_params(index, batch_index=k)
+        assert (params.slice_id == 2).all() == (k == 2)
+        batch = ds.render_params(params, ds.mixture.snapshot(k))
+        batch.batch_index = k
+        assert_same(batch, ds.render_batch(index, batch_index=k))
+    given = ds.sample_params(torch.arange(3), torch.tensor([1, 1, 0]))
+    assert given.slice_id.tolist() == [1, 1, 0] and (given.values["camera.distance"][:2] >= 2.0).all()
+    with pytest.raises(ValueError, match="slice ids must lie in"):
+        ds.sample_params(torch.arange(2), torch.tensor([0, 3]))
+
+
 @pytest.mark.slow
 def test_finite_length_with_workers_yields_length_batches():
     ds = SynthDataset(SCENE, batch_size=1, resolution=RES, length=3)
@@ -233,12 +251,11 @@ def test_non_finite_values_name_the_parameter_and_the_image():
     index = torch.arange(2)
     for name, bad in (("camera.focal_mm", float("nan")), ("camera.distance", float("inf")),
                       ("material.value", float("nan"))):
-        params = ds.sampler.sample_params(index, ds.slice_ids(index), ds.mixture.overrides())
+        params = ds.sample_params(index)
         params.values[name][1] = bad
         with pytest.raises(ConfigError, match=rf"{name} holds NaN or infinite values \(image\(s\) \[1\]\)"):
             ds.render_params(params)
-    spec = ds.sampler.build(ds.sampler.sample_params(index, ds.slice_ids(index), ds.mixture.overrides()),
-                            ds.resolution)
+    spec = ds.sampler.build(ds.sample_params(index), ds.resolution)
     K = spec.camera.K.clone()
     K[0, 0, 0] = float("inf")
     with pytest.raises(ValueError, match=r"spec.camera.K contains NaN or infinite values \(image\(s\) \[0\]\)"):
