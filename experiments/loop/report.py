@@ -20,7 +20,7 @@ from pathlib import Path
 
 from scipy import stats
 
-from synth_torch.fileio import write_bytes_atomic
+from synth_torch.fileio import writable_folder, write_bytes_atomic
 
 BASELINE = "fixed"
 ORDER = ("uniform", "fixed", "group_dro", "plr", "exp3", "group_dro_mining", "group_dro_floor", "plr_floor")
@@ -61,22 +61,23 @@ def interval(diffs: list[float]) -> tuple[float, float, float, float]:
 def table(runs: dict[str, dict[int, dict]], last: int) -> str:
     arms = [a for a in ORDER if a in runs] + sorted(set(runs) - set(ORDER))
     base = {s: scores(r, last) for s, r in runs.get(BASELINE, {}).items()}
+    uniform = {s: scores(r, last) for s, r in runs.get("uniform", {}).items()}
     some = next(iter(next(iter(runs.values())).values()))
     slices = fg_slices(some)
     out = [f"| arm | seeds | worst slice | slice mean | {' | '.join(slices)} | worst - fixed [95 % CI], p "
-           f"| mean - fixed [95 % CI] |", "|" + "---|" * (len(slices) + 6)]
+           f"| mean - fixed [95 % CI] | worst - uniform [95 % CI], p |", "|" + "---|" * (len(slices) + 7)]
     for arm in arms:
         sc = {s: scores(r, last) for s, r in runs[arm].items()}
         cells = [arm, str(len(sc))]
         for key in ("worst", "mean", *slices):
             xs = [v[key] for v in sc.values()]
             cells.append(f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}")
-        paired = sorted(set(sc) & set(base))
-        for key in ("worst", "mean"):
-            if arm == BASELINE or not paired:
+        for ref_arm, ref, key in ((BASELINE, base, "worst"), (BASELINE, base, "mean"), ("uniform", uniform, "worst")):
+            paired = sorted(set(sc) & set(ref))
+            if arm == ref_arm or not paired:
                 cells.append("")
                 continue
-            m, lo, hi, p = interval([sc[s][key] - base[s][key] for s in paired])
+            m, lo, hi, p = interval([sc[s][key] - ref[s][key] for s in paired])
             cells.append(f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (f", p = {p:.2f}" if key == "worst" else ""))
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
@@ -111,8 +112,12 @@ def plots(runs: dict[str, dict[int, dict]], folder: Path) -> None:
     import matplotlib.pyplot as plt
 
     rules = [a for a in ORDER[2:] if a in runs]
-    fig, axes = plt.subplots(1, len(rules), figsize=(4.2 * len(rules), 3.4), sharey=True, squeeze=False)
-    for ax, arm in zip(axes[0], rules):
+    cols = min(3, len(rules))
+    rows = -(-len(rules) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.2 * rows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(rules):]:
+        ax.axis("off")
+    for ax, arm in zip(axes.flat, rules):
         for seed, r in sorted(runs[arm].items()):
             names = r["rounds"][0]["names"]
             steps = [h["step"] for h in r["rounds"]]
@@ -121,8 +126,9 @@ def plots(runs: dict[str, dict[int, dict]], folder: Path) -> None:
                         label=name if seed == min(runs[arm]) else None)
         ax.set_title(arm)
         ax.set_xlabel("step")
-    axes[0][0].set_ylabel("slice weight (each line a seed)")
-    axes[0][-1].legend(fontsize=7)
+    for row in axes:
+        row[0].set_ylabel("slice weight (a line per seed)")
+    axes.flat[0].legend(fontsize=7)
     _save(fig, folder / "loop_study_weights.png")
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -141,6 +147,7 @@ def _save(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
+    writable_folder(path.parent)
     write_bytes_atomic(path, buf.getvalue())
 
 
