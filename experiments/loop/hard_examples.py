@@ -7,10 +7,12 @@ hard ``low_contrast_defect`` slice). Then, per seed, the same B starting samples
 :func:`~synth_torch.loop.hard_examples.random_search`, R renders each (``R * B`` images), over the scene's
 continuous parameters (light, camera pose, surface albedo, defect contrast and size). The loss is the
 ``SliceMiner``'s per-image loss (1 - soft Dice; the largest foreground probability on a defect-free tile).
-Each method's hard region (:func:`~synth_torch.loop.hard_examples.hard_region`) is built three ways: parameters
-ranked by their shift (the first version), by the gradient's sensitivity, and ranked then checked on
-``CHECK_SAMPLES`` fresh samples (:func:`~synth_torch.loop.hard_examples.check_region`). Every region is then
-measured on ``EVAL_SAMPLES`` other fresh samples, paired with the same samples from the base distribution.
+Each method's hard region (:func:`~synth_torch.loop.hard_examples.hard_region`) is built in both shapes, the
+``span`` of the hard values (the first version) and ``one_sided`` (from their median toward where the loss
+rises); gradient search's parameters are ranked by sensitivity (and, for the span, also by shift), random
+search's by shift; each ranked region is also checked on ``CHECK_SAMPLES`` fresh samples
+(:func:`~synth_torch.loop.hard_examples.check_region`). Every region is then measured on ``EVAL_SAMPLES`` other
+fresh samples, paired with the same samples from the base distribution.
 
     python experiments/loop/hard_examples.py run --seeds 0 1 2 3 4 5 6 7    # one JSON per seed, resumable
     python experiments/loop/hard_examples.py run --lr 0.15 --seeds 0 1 2 3  # learning-rate check, lr0.15/
@@ -63,7 +65,12 @@ NAMES = ("light.intensity", "light.ambient", "light.elevation_deg", "light.azimu
 RESOLUTION, TRAIN_BATCH, TRAIN_STEPS, WIDTH = 48, 8, 600, 12
 SEARCH_BATCH, RENDERS, LR, CHECK_SAMPLES, EVAL_SAMPLES = 16, 24, 0.05, 64, 64
 SEARCH_START, CHECK_START, VAL_START, EVAL_START = 1_000_000, 2_000_000, 3_000_000, 4_000_000  # far from training
-REGIONS = ("gradient/shift", "gradient/sensitivity", "gradient/checked", "random/shift", "random/checked")
+REGIONS = {"gradient/shift": "gradient, span, ranked by shift", "gradient/sensitivity": "gradient, span",
+           "gradient/sensitivity/one_sided": "gradient, one-sided", "gradient/checked": "gradient, span + check",
+           "gradient/checked/one_sided": "gradient, one-sided + check", "random/shift": "random, span",
+           "random/shift/one_sided": "random, one-sided", "random/checked": "random, span + check",
+           "random/checked/one_sided": "random, one-sided + check"}
+"""Region key in the results -> label; the sensitivity ranks gradient search's regions unless said."""
 
 
 def scenario_overrides() -> dict:
@@ -170,12 +177,13 @@ def run_seed(task: SegmentationTask, seed: int, lr: float) -> dict:
     regions = {}
     for method, res in results.items():
         rank = "sensitivity" if method == "gradient" else "shift"
-        ranked = hard_region(res, ds.scenario, rank_by=rank)
-        regions[f"{method}/{rank}"] = ranked
         if method == "gradient":
-            regions["gradient/shift"] = hard_region(res, ds.scenario, rank_by="shift")
-        item = check_region(ds, task.per_sample_loss, ranked, check)
-        regions[f"{method}/checked"] = [] if item is None else [Predicate(*p) for p in item["predicates"]]
+            regions["gradient/shift"] = hard_region(res, ds.scenario, rank_by="shift", shape="span")
+        for shape, suffix in (("span", ""), ("one_sided", "/one_sided")):
+            ranked = hard_region(res, ds.scenario, rank_by=rank, shape=shape)
+            regions[f"{method}/{rank}{suffix}"] = ranked
+            item = check_region(ds, task.per_sample_loss, ranked, check)
+            regions[f"{method}/checked{suffix}"] = [] if item is None else [Predicate(*p) for p in item["predicates"]]
         rows = torch.arange(SEARCH_BATCH)
         out[method] = {"loss": res.loss.tolist(), "seconds": res.seconds, "renders": res.renders,
                        "start": {n: v[0].tolist() for n, v in res.values.items()},
@@ -222,6 +230,15 @@ def _wins(run: dict, renders: int) -> float:
     (within 1e-4: the starting render differs only by the torch and compiled paths' rounding) count half."""
     g, r = (torch.tensor(run[m]["loss"])[:renders].amax(0) for m in ("gradient", "random"))
     return float(((g > r + 1e-4).float() + 0.5 * ((g - r).abs() <= 1e-4).float()).mean())
+
+
+def _base_mass(predicates: list, support: dict[str, tuple[float, float]]) -> float:
+    """The share of a uniform base distribution on ``support`` inside the box ``predicates``."""
+    mass = 1.0
+    for name, lo, hi in predicates:
+        s_lo, s_hi = support[name]
+        mass *= max(0.0, min(hi, s_hi) - max(lo, s_lo)) / (s_hi - s_lo)
+    return mass
 
 
 def report() -> None:
@@ -280,26 +297,33 @@ def report() -> None:
             row.append(_mean_sd(per_seed))
         sens = _mean_sd([r["gradient"]["sensitivity"][n] for r in runs])
         print(f"| `{n}` | [{lo:g}, {hi:g}] | {row[0]} | {row[1]} | {sens} |")
+    support = {n: load_scenario("defects", scenario_overrides()).parameters[n].support for n in names}
     print(f"\nhard regions, measured on {EVAL_SAMPLES} fresh samples each (paired with the same samples from the "
-          f"base distribution; 'checked' regions were chosen on {CHECK_SAMPLES} other fresh samples):\n\n"
+          f"base distribution; 'checked' regions were chosen on {CHECK_SAMPLES} other fresh samples). Base mass: "
+          "the share of the base distribution inside the region (its parameters are uniform and independent):\n\n"
           "| lr | region | seeds with a region | paired diff, mean over seeds with one | seeds with diff > 0 "
-          "| diff per seed (none: no region) |\n|---|---|---|---|---|---|")
+          "| base mass | diff per seed (none: no region) |\n|---|---|---|---|---|---|---|")
     for lr, rs in sweep:
-        for k in REGIONS:
+        for k, label in REGIONS.items():
+            if k not in rs[0]["regions"]:
+                continue
             diffs = [r["regions"][k].get("diff") for r in rs]
             found = [d for d in diffs if d is not None]
             mean = _mean_sd(found) if found else "-"
-            print(f"| {lr:g} | {k} | {len(found)}/{len(rs)} | {mean} | {sum(d > 0 for d in found)}/{len(found)} | "
+            mass = [_base_mass(r["regions"][k]["predicates"], support) for r in rs if r["regions"][k]["predicates"]]
+            print(f"| {lr:g} | {label} | {len(found)}/{len(rs)} | {mean} | {sum(d > 0 for d in found)}/{len(found)} "
+                  f"| {_mean_sd(mass) if mass else '-'} | "
                   + ", ".join("none" if d is None else f"{d:+.3f}" for d in diffs) + " |")
     print("\n| seed | region | name | loss inside | loss base | paired diff |\n|---|---|---|---|---|---|")
     for r in runs:
         for k in REGIONS:
-            reg = r["regions"][k]
+            reg = r["regions"].get(k, {})
             if "diff" in reg:
-                print(f"| {r['seed']} | {k} | `{reg['name']}` | {reg['inside']:.3f} | {reg['base']:.3f} | "
+                print(f"| {r['seed']} | {REGIONS[k]} | `{reg['name']}` | {reg['inside']:.3f} | {reg['base']:.3f} | "
                       f"{reg['diff']:+.3f} ± {reg['diff_sd'] / math.sqrt(reg['n']):.3f} s.e. |")
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(2, 2, figsize=(14, 8.4))
+    axes = axes.flatten()
     x = torch.arange(1, R + 1) * B
     for m, color in (("gradient", "C0"), ("random", "C1")):
         for ax, data, label in ((axes[0], curves[m], "best so far"), (axes[1], means[m], "loss of each render")):
@@ -319,6 +343,19 @@ def report() -> None:
     axes[2].axvline(0, color="k", lw=0.5)
     axes[2].set_xlabel("median shift start -> hardest (fraction of range)")
     axes[2].set_title("how the parameters moved")
+    shown = [k for k in REGIONS if k != "gradient/shift"]
+    for i, k in enumerate(shown):
+        diffs = [r["regions"][k]["diff"] for r in runs if "diff" in r["regions"][k]]
+        color = "C0" if k.startswith("gradient") else "C1"
+        axes[3].scatter(diffs, [i] * len(diffs), color=color, alpha=0.6, s=14)
+        if diffs:
+            axes[3].plot([sum(diffs) / len(diffs)] * 2, [i - 0.3, i + 0.3], color="k")
+    axes[3].set_yticks(range(len(shown)), [f"{REGIONS[k]} ({sum('diff' in r['regions'][k] for r in runs)}/{len(runs)})"
+                                           for k in shown])
+    axes[3].invert_yaxis()
+    axes[3].axvline(0, color="k", lw=0.5)
+    axes[3].set_xlabel(f"paired loss increase, {EVAL_SAMPLES} fresh samples (dot: seed, bar: mean)")
+    axes[3].set_title(f"hard regions, lr {runs[0]['lr']:g} (seeds with a region)")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)

@@ -14,7 +14,8 @@ placement, defect positions, categories) and integer parameters (counts) are nev
 Both keep, per sample, the values of the highest loss seen: ``dataset.render_params(result.params)`` re-renders
 those samples with exact labels. :func:`hard_region` turns a result into a box of at most
 ``MAX_PREDICATES`` predicates that the scenario can render (``SliceMixture.add(name, predicates, weight)``),
-ranking the parameters by the loss's sensitivity to them (gradient search) or by how far they moved;
+ranking the parameters by the loss's sensitivity to them (gradient search) or by how far they moved, each bounded
+on the side where the loss rose;
 :func:`region_losses` measures boxes on fresh samples, paired with the base distribution; :func:`check_region`
 keeps the box (or one of its predicates alone) that is significantly harder there; :func:`mine_hard_region` does
 it all for a task and returns an item shaped like the ``SliceMiner``'s mined slices (``mine_by="gradient"``).
@@ -263,18 +264,26 @@ def random_search(dataset: SynthDataset, loss_fn: LossFn, names: Sequence[str], 
 
 
 def hard_region(result: HardExamples, scenario: Scenario, max_predicates: int = MAX_PREDICATES,
-                min_shift: float = 0.1, margin: float = 0.05, rank_by: str = "sensitivity") -> list[Predicate]:
+                min_shift: float = 0.1, margin: float = 0.05, rank_by: str = "sensitivity",
+                shape: str = "one_sided") -> list[Predicate]:
     """A box in parameter space around the hard samples of a search, renderable as a mined slice.
 
     Only samples whose loss rose above their starting loss count. A per-image parameter qualifies when the median
     shift of those samples' values, from the start to their hardest render, is at least ``min_shift`` of its range.
     The qualifying parameters are ranked by ``rank_by``: ``"sensitivity"`` (gradient search: the mean of
     :attr:`HardExamples.sensitivity` over those samples) or ``"shift"`` (the median shift, for any search; under
-    Adam, which normalises each coordinate's step, a poor measure of importance). Each box spans the hard values
-    padded by ``margin`` of the range and is cut to the base distribution's support (a mined slice restricts it):
-    a side that reaches the support's edge is left open (``light.intensity<0.45``), and a parameter whose box
-    misses that support or covers all of it is dropped. Per-object parameters (``material.*``) are searched but
-    never form a region.
+    Adam, which normalises each coordinate's step, a poor measure of importance). The ``shape`` of each side:
+
+    - ``"one_sided"``: the side the hard values moved to, from their median on (``light.intensity<0.31`` when
+      the median shift is downward): where the loss rises, whatever the spread of the hard values. A median
+      beyond the base distribution's support (the search covers every slice's range) is moved to its edge, so
+      the box is that edge's ``margin`` band (``defects.contrast<0.33`` when the base draws 0.3..0.7).
+    - ``"span"``: the hard values' lowest to highest (the first version; wide when a few hard values stay put).
+
+    The bound is padded by ``margin`` of the range and the box is cut to the base distribution's support (a mined
+    slice restricts it): a side that reaches the support's edge is left open, and a parameter whose box misses
+    that support or covers all of it is dropped. Per-object parameters (``material.*``) are searched but never
+    form a region.
 
     Returns:
         Up to ``max_predicates`` predicates, the highest ranked first, for ``SliceMixture.add(name, predicates,
@@ -287,6 +296,8 @@ def hard_region(result: HardExamples, scenario: Scenario, max_predicates: int = 
         raise ValueError(f"min_shift and margin are fractions of a range in [0, 1], got {min_shift}, {margin}")
     if rank_by not in ("sensitivity", "shift"):
         raise ValueError(f"rank_by must be 'sensitivity' or 'shift', got {rank_by!r}")
+    if shape not in ("one_sided", "span"):
+        raise ValueError(f"shape must be 'one_sided' or 'span', got {shape!r}")
     if rank_by == "sensitivity" and result.sensitivity is None:
         raise ValueError(f"a {result.method} search measures no sensitivity; rank its region by 'shift'")
     rose = result.best_loss > result.loss[0]
@@ -303,7 +314,13 @@ def hard_region(result: HardExamples, scenario: Scenario, max_predicates: int = 
         shift = float((hard - v[0, rows]).median()) / (hi - lo)
         if abs(shift) >= min_shift:
             rank = abs(shift) if rank_by == "shift" else float(result.sensitivity[name][rows].mean())
-            candidates.append((rank, name, float(hard.min()), float(hard.max()), hi - lo))
+            if shape == "span":
+                side = (float(hard.min()), float(hard.max()))
+            else:
+                s_lo, s_hi = scenario.parameters[name].support
+                mid = min(max(float(hard.quantile(0.5)), s_lo), s_hi)
+                side = (-math.inf, mid) if shift < 0 else (mid, math.inf)
+            candidates.append((rank, name, *side, hi - lo))
     out = []
     for _, name, h_lo, h_hi, width in sorted(candidates, reverse=True):
         s_lo, s_hi = scenario.parameters[name].support

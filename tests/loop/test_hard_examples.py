@@ -5,6 +5,7 @@ at the same budget."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -106,15 +107,43 @@ def test_random_search_spends_the_same_budget(ds):
 
 
 def test_hard_region_is_renderable_and_harder_on_fresh_samples(ds):
+    """The one-sided region is ``light.intensity < b`` with b well inside the range, narrower than the span of the
+    hard values and harder than it on the same fresh samples."""
     task = toy_task("low_light")
     result = gradient_search(ds, task_loss(task), ["light.intensity", "defects.contrast"], INDEX, steps=6, lr=0.1)
-    (pred,) = hard_region(result, ds.scenario)  # the light moves; the contrast barely matters to this model
-    assert pred.param == "light.intensity" and pred.lo == -math.inf and pred.hi < 0.65
+    pred, contrast = hard_region(result, ds.scenario)  # Adam moves the contrast too, but the loss barely feels it
+    assert contrast.param == "defects.contrast" and hard_region(result, ds.scenario, max_predicates=1) == [pred]
+    (span,) = hard_region(result, ds.scenario, shape="span")  # the contrast's span covers its whole range
+    lo, hi = ds.scenario.support("light.intensity")
+    hard = result.params.values["light.intensity"]
+    assert pred.param == span.param == "light.intensity" and pred.lo == span.lo == -math.inf
+    assert pred.hi == pytest.approx(float(hard.quantile(0.5)) + 0.05 * (hi - lo))
+    assert lo < pred.hi < (lo + hi) / 2 and pred.hi < span.hi < hi, (pred, span, (lo, hi))
     SliceMixture(ds.scenario).add("hard", [pred], 0.2)
-    (inside,), base = region_losses(ds, task.per_sample_loss, [[pred]], torch.arange(100, 108))
-    assert inside.shape == base.shape == (8,) and inside.mean() > base.mean()
+    (inside, spanned), base = region_losses(ds, task.per_sample_loss, [[pred], [span]], torch.arange(100, 116))
+    assert inside.shape == base.shape == (16,) and inside.mean() > spanned.mean() > base.mean()
     with pytest.raises(ValueError, match="regions must be a non-empty list of regions"):
         region_losses(ds, task.per_sample_loss, [pred], torch.arange(2))
+    with pytest.raises(ValueError, match="shape must be 'one_sided' or 'span'"):
+        hard_region(result, ds.scenario, shape="box")
+    # hard contrasts below the base distribution's (the search spans every slice's range): its edge's margin band
+    c_lo, c_hi = ds.scenario.support("defects.contrast")
+    b_lo = ds.scenario.parameters["defects.contrast"].support[0]
+    moved = result.values["defects.contrast"].clone()
+    moved[0], moved[1:] = c_hi, c_lo
+    low = replace(result, values={**result.values, "defects.contrast": moved})
+    edge = Predicate("defects.contrast", hi=b_lo + 0.05 * (c_hi - c_lo))
+    assert c_lo < b_lo and edge in hard_region(low, ds.scenario)
+
+
+def test_one_sided_region_opens_toward_the_weakness(ds):
+    """For the toy that fails under bright light the region is ``light.intensity >= b``, again from the hard
+    values' median."""
+    result = gradient_search(ds, task_loss(toy_task("bright_light")), ["light.intensity"], INDEX, steps=6, lr=0.1)
+    (pred,) = hard_region(result, ds.scenario)
+    lo, hi = ds.scenario.support("light.intensity")
+    assert pred.hi == math.inf and lo + 0.3 * (hi - lo) < pred.lo < hi, (pred, (lo, hi))
+    assert pred.lo == pytest.approx(float(result.params.values["light.intensity"].quantile(0.5)) - 0.05 * (hi - lo))
 
 
 def test_sensitivity_ranks_the_parameter_the_loss_depends_on(ds):
