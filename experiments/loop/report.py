@@ -78,7 +78,7 @@ def table(runs: dict[str, dict[int, dict]], last: int) -> str:
                 cells.append("")
                 continue
             m, lo, hi, p = interval([sc[s][key] - ref[s][key] for s in paired])
-            cells.append(f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (f", p = {p:.2f}" if key == "worst" else ""))
+            cells.append(f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (f", p = {p:.2g}" if key == "worst" else ""))
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
