@@ -1,0 +1,112 @@
+"""Studies that change one thing, against the study they change: the ablations of the `defects` stream
+(sensor effects, texture, lighting) and class-balanced real sampling, each paired by seed with the same arm
+and K of the base study.
+
+    python experiments/sim2real/compare.py experiments/sim2real/results --base main \\
+        --studies ablate_sensor ablate_texture ablate_lighting balanced --out experiments/sim2real/results/compare
+
+For every task x arm x K that a compared study ran, the row holds the study's and the base's mean ± std over
+the seeds both ran, the paired difference per seed (study minus base), its mean and 95 % t-interval, and, where
+``<study>/realism_<task>.json`` exists (``realism.py``), the Fréchet distance of the study's stream to the real
+images beside the base's. Writes ``<out>.csv`` and ``<out>.md`` and prints the Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from scipy import stats
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from report import ARM_LABELS, load  # noqa: E402
+from run import TASKS  # noqa: E402
+
+from synth_torch.fileio import write_text_atomic  # noqa: E402
+
+
+def _realism(results: Path, study: str, task: str) -> float | None:
+    path = results / study / f"realism_{task}.json"
+    return json.loads(path.read_text())["frechet"] if path.is_file() else None
+
+
+def compare(results: Path, base: str, study: str) -> list[dict]:
+    """One row per task x arm x K of ``study``: paired by seed against ``base`` on each test metric."""
+    ours = {(r["task"], r["arm"], r["k"], r["seed"]): r for r in load(results / study)}
+    theirs = {(r["task"], r["arm"], r["k"], r["seed"]): r for r in load(results / base)}
+    rows = []
+    for task, arm, k in sorted({key[:3] for key in ours}):
+        seeds = sorted(s for (t, a, kk, s) in ours if (t, a, kk) == (task, arm, k) and (t, a, kk, s) in theirs)
+        if not seeds:
+            continue
+        row = {"study": study, "base": base, "task": task, "arm": arm, "k": k, "seeds": " ".join(map(str, seeds)),
+               "frechet": _realism(results, study, task), "base_frechet": _realism(results, base, task)}
+        for metric in TASKS[task]["metrics"]:
+            a = [ours[(task, arm, k, s)]["test"][metric] for s in seeds]
+            b = [theirs[(task, arm, k, s)]["test"][metric] for s in seeds]
+            diff = [x - y for x, y in zip(a, b)]
+            mean = statistics.mean(diff)
+            half = (stats.t.ppf(0.975, len(diff) - 1) * statistics.stdev(diff) / len(diff) ** 0.5
+                    if len(diff) > 1 else float("nan"))
+            row.update({metric: statistics.mean(a), f"{metric} std": statistics.stdev(a) if len(a) > 1 else 0.0,
+                        f"base {metric}": statistics.mean(b),
+                        f"base {metric} std": statistics.stdev(b) if len(b) > 1 else 0.0,
+                        f"{metric} diff": mean, f"{metric} diff lo": mean - half, f"{metric} diff hi": mean + half,
+                        f"{metric} diffs": " ".join(f"{d:+.3f}" for d in diff)})
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = []
+    for task in sorted({r["task"] for r in rows}):
+        metric, second = TASKS[task]["metrics"][:2]
+        lines += [f"{task}, `{metric}` on the real test split; difference = study minus base, paired by seed, "
+                  f"with its 95 % t-interval; `{second}` difference beside it:", "",
+                  f"| study | arm | K | seeds | study | base | difference | per seed | {second} difference "
+                  f"| Fréchet (base) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if r["task"] != task:
+                continue
+            realism = ("-" if r["frechet"] is None else
+                       f"{r['frechet']:.3f} ({r['base_frechet']:.3f})" if r["base_frechet"] is not None
+                       else f"{r['frechet']:.3f}")
+            lines.append(f"| {r['study']} | {ARM_LABELS[r['arm']]} | {r['k']} | {r['seeds']} "
+                         f"| {r[metric]:.3f} ± {r[f'{metric} std']:.3f} "
+                         f"| {r[f'base {metric}']:.3f} ± {r[f'base {metric} std']:.3f} "
+                         f"| {r[f'{metric} diff']:+.3f} [{r[f'{metric} diff lo']:+.3f}, {r[f'{metric} diff hi']:+.3f}] "
+                         f"| {r[f'{metric} diffs']} | {r[f'{second} diff']:+.3f} | {realism} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("results", type=Path, help="experiments/sim2real/results")
+    ap.add_argument("--base", default="main")
+    ap.add_argument("--studies", nargs="+", required=True)
+    ap.add_argument("--out", type=Path, required=True, help="writes <out>.csv and <out>.md")
+    args = ap.parse_args(argv)
+    rows = [row for study in args.studies for row in compare(args.results, args.base, study)]
+    if not rows:
+        print(f"no run of {args.studies} has a seed in common with {args.base}", file=sys.stderr)
+        return 1
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(args.out.with_suffix(".csv"), table.getvalue())
+    text = markdown(rows)
+    write_text_atomic(args.out.with_suffix(".md"), text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
