@@ -17,6 +17,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -63,6 +64,11 @@ def compare(results: Path, base: str, study: str) -> list[dict]:
     return rows
 
 
+def _interval(row: dict, metric: str) -> str:
+    lo, hi = row[f"{metric} diff lo"], row[f"{metric} diff hi"]
+    return "(one seed)" if math.isnan(lo) else f"[{lo:+.3f}, {hi:+.3f}]"
+
+
 def markdown(rows: list[dict]) -> str:
     lines = []
     for task in sorted({r["task"] for r in rows}):
@@ -80,7 +86,7 @@ def markdown(rows: list[dict]) -> str:
             lines.append(f"| {r['study']} | {ARM_LABELS[r['arm']]} | {r['k']} | {r['seeds']} "
                          f"| {r[metric]:.3f} ± {r[f'{metric} std']:.3f} "
                          f"| {r[f'base {metric}']:.3f} ± {r[f'base {metric} std']:.3f} "
-                         f"| {r[f'{metric} diff']:+.3f} [{r[f'{metric} diff lo']:+.3f}, {r[f'{metric} diff hi']:+.3f}] "
+                         f"| {r[f'{metric} diff']:+.3f} {_interval(r, metric)} "
                          f"| {r[f'{metric} diffs']} | {r[f'{second} diff']:+.3f} | {realism} |")
         lines.append("")
     return "\n".join(lines)
