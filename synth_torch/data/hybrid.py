@@ -206,17 +206,26 @@ class HybridStream(IterableDataset):
             ``synthetic_only``.
         schedule: the :class:`HybridSchedule`; seed: seeds the real draw order and flips.
         flips: flip each real draw horizontally and/or vertically (a pure function of ``(seed, draw)``).
+        balance: draw the real images round robin over their groups (``real.groups``: the defect classes of
+            magnetic_tile), each group in its own epoch-wise permutation, so every group is drawn equally often
+            whatever its share of the split. Without it each epoch is one permutation of the whole split.
     """
 
     def __init__(self, synth: SynthDataset, real: RealDataset | None, schedule: HybridSchedule, seed: int = 0,
-                 flips: bool = False):
+                 flips: bool = False, balance: bool = False):
         super().__init__()
         if schedule.uses_real and real is None:
             raise ConfigError(f"data.schedule={schedule.kind} trains on real images: set data.real_root")
         if real is not None and real.split != "train":
             raise ValueError(f"hybrid training draws from the real train split only, got split {real.split!r}")
         self.synth, self.real, self.schedule, self.seed, self.flips = synth, real, schedule, int(seed), bool(flips)
-        self._perm: tuple[int, list[int]] | None = None  # (epoch, permutation) of the last epoch drawn from
+        self.balance = bool(balance)
+        pools: dict[str, list[int]] = {}
+        if real is not None:
+            for i, group in enumerate(real.groups if self.balance else [""] * len(real)):
+                pools.setdefault(group, []).append(i)
+        self._pools = [(name, pools[name]) for name in sorted(pools)]
+        self._perms: dict[str, tuple[int, list[int]]] = {}  # per pool: (epoch, permutation) last drawn from
 
     def __iter__(self):
         info = get_worker_info()
@@ -245,14 +254,20 @@ class HybridStream(IterableDataset):
             return real
         return HybridBatch(synthetic, real, batch_index=k)
 
+    def position(self, d: int) -> int:
+        """Index into the real training split of real draw ``d`` (a pure function of ``seed``, ``d``)."""
+        name, members = self._pools[d % len(self._pools)]
+        i, N = d // len(self._pools), len(members)
+        epoch = i // N
+        if self._perms.get(name, (None,))[0] != epoch:
+            key = f"real-order:{self.seed}:{name}:{epoch}" if self.balance else f"real-order:{self.seed}:{epoch}"
+            g = torch.Generator().manual_seed(stable_hash(key))
+            self._perms[name] = (epoch, torch.randperm(N, generator=g).tolist())
+        return members[self._perms[name][1][i % N]]
+
     def draw(self, d: int) -> dict:
-        """Real draw ``d``: an item of the real training split (flipped if ``flips``)."""
-        N = len(self.real)
-        epoch = d // N
-        if self._perm is None or self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(stable_hash(f"real-order:{self.seed}:{epoch}"))
-            self._perm = (epoch, torch.randperm(N, generator=g).tolist())
-        item = self.real[self._perm[1][d % N]]
+        """Real draw ``d``: the item at :meth:`position` of the real training split (flipped if ``flips``)."""
+        item = self.real[self.position(d)]
         if self.flips:
             bits = stable_hash(f"real-flip:{self.seed}:{d}")
             for bit, flip in ((1, TF.horizontal_flip), (2, TF.vertical_flip)):

@@ -133,6 +133,8 @@ class SynthDataModule(pl.LightningDataModule):
             nested order: the 10-image set is inside the 25-image set); None: the whole train split.
         real_val_max_images: cap on the real validation images (nested order); None: all.
         real_flips: random horizontal/vertical flips of real training images (a function of seed and draw).
+        real_balance: draw real training images round robin over their groups (magnetic_tile: the defect
+            classes), so a class-imbalanced real split trains every class equally often.
         schedule, real_fraction, mix_by, switch_step, anneal_steps, anneal_shape, rewarm_steps: the
             :class:`~synth_torch.data.hybrid.HybridSchedule`.
         progress: show a progress bar while the validation suites render (rank 0).
@@ -153,7 +155,8 @@ class SynthDataModule(pl.LightningDataModule):
                  sensor: bool = True, val_samples_per_slice: int = 16, val_batch_size: int | None = None,
                  real_root: str | None = None, real_kind: str = "magnetic_tile", real_required: bool = False,
                  real_split=(0.7, 0.1, 0.2), real_train_images: int | None = None,
-                 real_val_max_images: int | None = 64, real_flips: bool = False, schedule: str = "synthetic_only",
+                 real_val_max_images: int | None = 64, real_flips: bool = False, real_balance: bool = False,
+                 schedule: str = "synthetic_only",
                  real_fraction: float = 0.5, mix_by: str = "batch", switch_step: int = 0, anneal_steps: int = 1000,
                  anneal_shape: str = "cosine", rewarm_steps: int = 0, worker_timeout: float = 600.0,
                  progress: bool = True):
@@ -185,6 +188,7 @@ class SynthDataModule(pl.LightningDataModule):
         self.real_required = parse_flag(real_required, "data.real_required")
         self.real_val_max_images = parse_int(real_val_max_images, "data.real_val_max_images", lo=1, none_ok=True)
         self.real_flips = parse_flag(real_flips, "data.real_flips")
+        self.real_balance = parse_flag(real_balance, "data.real_balance")
         self.progress = parse_flag(progress, "data.progress")
         self.train_dataset: SynthDataset | None = None
         self.real_train: RealDataset | None = None
@@ -264,7 +268,8 @@ class SynthDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         workers = self._workers()
-        stream = HybridStream(self.train_dataset, self.real_train, self.schedule, self.seed, flips=self.real_flips)
+        stream = HybridStream(self.train_dataset, self.real_train, self.schedule, self.seed, flips=self.real_flips,
+                              balance=self.real_balance)
         ds = stream if workers else _TrackedStream(self, stream)
         return DataLoader(ds, batch_size=None, collate_fn=collate_batch, num_workers=workers,
                           persistent_workers=workers > 0, pin_memory=False,
@@ -348,7 +353,9 @@ class SynthDataModule(pl.LightningDataModule):
         return self._start_batch + rounds * world * workers
 
     def _real_digest(self) -> int | None:
-        return None if self.real_train is None else stable_hash("\n".join(self.real_train.keys))
+        if self.real_train is None:
+            return None
+        return stable_hash("\n".join([*self.real_train.keys, *(["balanced"] if self.real_balance else [])]))
 
     def state_dict(self) -> dict:
         if self.train_dataset is None:
@@ -372,8 +379,8 @@ class SynthDataModule(pl.LightningDataModule):
         seen = state.get("images_seen", {"synthetic": 0, "real": 0})
         if seen.get("real", 0) and state.get("real_train") != self._real_digest():
             raise ValueError(f"the checkpoint trained on {seen['real']} images of a different real training set "
-                             f"(data.real_root, data.real_split or data.real_train_images changed); refusing to "
-                             f"resume")
+                             f"or draw order (data.real_root, data.real_split, data.real_train_images or "
+                             f"data.real_balance changed); refusing to resume")
         self.train_dataset.load_state_dict(state["dataset"])
         self._start_batch, self._consumed = self.train_dataset.next_batch, 0
         self.images_seen = {"synthetic": int(seen.get("synthetic", 0)), "real": int(seen.get("real", 0))}

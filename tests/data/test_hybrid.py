@@ -13,6 +13,7 @@ from synth_torch.data.dataset import SynthDataset
 from synth_torch.data.hybrid import HybridBatch, HybridSchedule, HybridStream
 from synth_torch.data.real import MagneticTile, RealBatch
 from synth_torch.scenario.config import ConfigError
+from synth_torch.spec.random import stable_hash
 
 B = 8
 
@@ -129,6 +130,32 @@ def test_real_draws_cover_each_epoch_once_and_ranks_never_share(synth, real_trai
         r1 = stream.batch(2 * s + 1, rank=1, world=2).keys
         assert len(r0) == len(r1) == 4 and not set(r0) & set(r1)
         assert r0 + r1 == tuple(keys[8 * s: 8 * s + 8])
+
+
+def test_plain_draws_are_one_seeded_permutation_per_epoch(synth, real_train):
+    N, stream = len(real_train), HybridStream(synth, real_train, HybridSchedule("real_only"), seed=3)
+    for d in range(3 * N):
+        g = torch.Generator().manual_seed(stable_hash(f"real-order:3:{d // N}"))
+        assert stream.position(d) == torch.randperm(N, generator=g)[d % N]
+
+
+def test_balanced_draws_take_every_group_equally_often(synth, real_train):
+    groups = sorted(set(real_train.groups))
+    sizes = {g: real_train.groups.count(g) for g in groups}
+    assert len(set(sizes.values())) > 1  # an imbalanced split, or the test shows nothing
+    stream = HybridStream(synth, real_train, HybridSchedule("real_only"), seed=3, balance=True)
+    G, rounds = len(groups), 3 * max(sizes.values())
+    drawn = [real_train.groups[stream.position(d)] for d in range(G * rounds)]
+    for r in range(rounds):  # every round of G draws takes each group once
+        assert sorted(drawn[r * G:(r + 1) * G]) == groups
+    for g in groups:  # and each group's own draws run through its images epoch by epoch
+        mine = [real_train.keys[stream.position(d)] for d in range(G * rounds) if drawn[d] == g]
+        n = sizes[g]
+        for e in range(rounds // n):
+            assert sorted(mine[e * n:(e + 1) * n]) == sorted(k for k, h in zip(real_train.keys, real_train.groups)
+                                                                if h == g)
+    again = HybridStream(synth, real_train, HybridSchedule("real_only"), seed=3, balance=True)
+    assert [again.position(d) for d in reversed(range(40))] == [stream.position(d) for d in reversed(range(40))]
 
 
 def test_flips_move_masks_with_images(synth, real_train):

@@ -119,6 +119,19 @@ def test_real_train_images_is_a_nested_subset(fake_tiles):
         _dm(fake_tiles, real_train_images=1000).setup("fit")
 
 
+def test_real_balance_trains_every_class_equally_often(fake_tiles):
+    dm = _dm(fake_tiles, real_balance=True)
+    dm.setup("fit")
+    group = dict(zip(dm.real_train.keys, dm.real_train.groups))
+    drawn = [group[k] for b, _ in zip(dm.train_dataloader(), range(6)) for k in b.keys]
+    assert {g: drawn.count(g) for g in set(drawn)} == {"Blowhole": 8, "Crack": 8, "Free": 8}
+    plain = _dm(fake_tiles)
+    plain.setup("fit")
+    assert dm.state_dict()["real_train"] != plain.state_dict()["real_train"]  # a resume may not switch the order
+    with pytest.raises(ConfigError, match="data.real_balance"):
+        _dm(fake_tiles, real_balance="maybe")
+
+
 def test_a_checkpoint_with_real_images_refuses_another_real_set(fake_tiles, tmp_path):
     _fit(tmp_path / "a", _dm(fake_tiles, "pretrain_finetune", switch_step=3, real_train_images=5), max_steps=6)
     with pytest.raises(ValueError, match="different real training set"):
