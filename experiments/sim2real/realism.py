@@ -43,7 +43,9 @@ def measure(task: str, samples: int, real_limit: int, seed: int, extra: list[str
     from synth_torch.scenario.config import load_scenario
 
     cfg = _compose([f"experiment={TASKS[task]['experiment']}", *extra], HERE)
-    scenario = load_scenario(cfg.data.scenario, OmegaConf.to_container(cfg.data.overrides, resolve=True))
+    overrides = cfg.data.get("overrides")  # as SynthDataModule(scenario, overrides) takes them
+    scenario = load_scenario(OmegaConf.to_container(cfg.data.scenario, resolve=True),
+                             None if overrides is None else OmegaConf.to_container(overrides, resolve=True))
     size = int(cfg.data.resolution)
     ds = SynthDataset(scenario, resolution=size, batch_size=64, seed=seed)
     synthetic = torch.cat([ds.render_batch(torch.arange(i, min(i + 64, samples))).image

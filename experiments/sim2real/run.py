@@ -133,16 +133,18 @@ def _schedule(base, data: dict) -> HybridSchedule:
 
 
 def plan(task: str, arms, ks, seeds, synthetic_steps: int, real_steps: int, extra: list[str], study: str,
-         pool: int, rewarm_steps: int = 0, logs: Path = LOGS, val_checks: int = 2) -> list[Run]:
-    """The runs of a study, pretraining first (``pretrain_finetune`` resumes ``synthetic_only``). ``extra``
-    overrides win over the planned ones; run outputs go to ``logs/<study>/<task>/<arm>/K<k>/seed<s>``; each run
-    validates ``val_checks`` times (evenly spaced; detection validation is slow on CPU)."""
+         pool: int, rewarm_steps: int = 0, logs: Path = LOGS, val_checks: int = 2,
+         pretrained: str | None = None) -> list[Run]:
+    """The runs of a study, pretraining first (``pretrain_finetune`` resumes ``synthetic_only``, or with
+    ``pretrained`` the ``synthetic_only`` checkpoints of that study: for studies that change only the real data).
+    ``extra`` overrides win over the planned ones; run outputs go to ``logs/<study>/<task>/<arm>/K<k>/seed<s>``;
+    each run validates ``val_checks`` times (evenly spaced; detection validation is slow on CPU)."""
     given = {o.split("=", 1)[0] for o in extra}
     base = _compose([f"experiment={TASKS[task]['experiment']}", *extra], LOGS)
     B = int(base.data.batch_size)
     resolved = sorted({pool if k == "all" else int(k) for k in ks if k == "all" or int(k) <= pool})
     arms = list(arms)
-    if "pretrain_finetune" in arms and "synthetic_only" not in arms:
+    if "pretrain_finetune" in arms and "synthetic_only" not in arms and pretrained is None:
         arms.insert(0, "synthetic_only")
     runs = []
     for seed in seeds:
@@ -163,13 +165,29 @@ def plan(task: str, arms, ks, seeds, synthetic_steps: int, real_steps: int, extr
                     run.overrides[1:1] = ["callbacks=model_checkpoint", "trainer.enable_checkpointing=true",
                                           f"callbacks.model_checkpoint.every_n_train_steps={steps}"]
                 if arm == "pretrain_finetune":
-                    run.pretrain = _shown(logs / study / task / "synthetic_only" / "K0" / f"seed{seed}")
+                    run.pretrain = _shown(logs / (pretrained or study) / task / "synthetic_only" / "K0" / f"seed{seed}")
                 real = int(_schedule(base.data, data).real_images(steps, B))
                 run.budget = {"steps": steps, "batch_size": B, "real_images": real, "synthetic_images": steps * B - real,
                               "real_epochs": round(real / k, 2) if k else 0.0, "synthetic_steps": synthetic_steps,
                               "real_steps": real_steps}
                 runs.append(run)
     return runs
+
+
+def check_pretraining(runs: list[Run], synthetic_steps: int) -> None:
+    """Every pretraining checkpoint the runs resume exists and stopped at step ``S`` (else the switch to real
+    data would not be where the schedule puts it); raises naming the file."""
+    import torch
+
+    for run in runs:
+        if run.pretrain is None:
+            continue
+        ckpt = ROOT / run.pretrain / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"{run.name}: pretraining checkpoint not found: {ckpt}")
+        step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
+        if step != synthetic_steps:
+            raise ValueError(f"{run.name}: {ckpt} stopped at step {step}, not --synthetic-steps {synthetic_steps}")
 
 
 def result_path(study: str, run: Run, results: Path = RESULTS) -> Path:
@@ -258,6 +276,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rewarm-steps", type=int, default=None, help="pretrain_finetune LR re-warm (default R // 10)")
     ap.add_argument("--val-checks", type=int, default=2, help="validations per run (evenly spaced)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="Hydra overrides for every run")
+    ap.add_argument("--pretrained-study", default=None, metavar="STUDY",
+                    help="pretrain_finetune resumes STUDY's synthetic_only checkpoints (S steps each) instead of "
+                         "pretraining again: for studies that change only the real data")
     ap.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs (run in parts)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (1 keeps small models fast when other jobs share the cores)")
@@ -271,7 +292,9 @@ def main(argv=None) -> int:
     pool = real_pool_size(args.task, args.set)
     rewarm = args.real_steps // 10 if args.rewarm_steps is None else args.rewarm_steps
     runs = plan(args.task, args.arms, args.ks, args.seeds, args.synthetic_steps, args.real_steps, args.set,
-                args.study, pool, rewarm, val_checks=args.val_checks)
+                args.study, pool, rewarm, val_checks=args.val_checks, pretrained=args.pretrained_study)
+    if args.pretrained_study:
+        check_pretraining(runs, args.synthetic_steps)
     todo = [r for r in runs if not result_path(args.study, r).is_file()]
     print(f"{args.task}: {len(runs)} runs ({len(runs) - len(todo)} done), real train split of {pool} images")
     if args.dry_run:
