@@ -284,6 +284,8 @@ def main(argv=None) -> int:
                     help="torch threads (1 keeps small models fast when other jobs share the cores)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     args = ap.parse_args(argv)
+    if args.pretrained_study and "synthetic_only" in args.arms:
+        ap.error("--pretrained-study reuses another study's synthetic_only runs: leave synthetic_only out of --arms")
     if args.threads:
         import torch
 

@@ -225,6 +225,9 @@ class HybridStream(IterableDataset):
         if real is not None:
             for i, group in enumerate(real.groups if self.balance else [""] * len(real)):
                 pools.setdefault(group, []).append(i)
+        if self.balance and len(pools) < 2:
+            raise ConfigError(f"data.real_balance=true draws round robin over the real images' groups, but the real "
+                              f"training set has one group ({sorted(pools)}); COCO sets have no groups")
         self._pools = [(name, pools[name]) for name in sorted(pools)]
         self._perms: dict[str, tuple[int, list[int]]] = {}  # per pool: (epoch, permutation) last drawn from
 

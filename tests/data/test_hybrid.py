@@ -154,6 +154,8 @@ def test_balanced_draws_take_every_group_equally_often(synth, real_train):
         for e in range(rounds // n):
             assert sorted(mine[e * n:(e + 1) * n]) == sorted(k for k, h in zip(real_train.keys, real_train.groups)
                                                                 if h == g)
+    with pytest.raises(ConfigError, match="data.real_balance.*one group"):
+        HybridStream(synth, real_train.take(1), HybridSchedule("real_only"), balance=True)
     again = HybridStream(synth, real_train, HybridSchedule("real_only"), seed=3, balance=True)
     assert [again.position(d) for d in reversed(range(40))] == [stream.position(d) for d in reversed(range(40))]
 
