@@ -37,6 +37,15 @@ def _realism(results: Path, study: str, task: str) -> float | None:
     return json.loads(path.read_text())["frechet"] if path.is_file() else None
 
 
+def paired(a: list[float], b: list[float]) -> tuple[float, float, float, list[float]]:
+    """Mean of the paired differences ``a - b``, its 95 % t-interval (NaN bounds for one pair) and the
+    differences."""
+    diff = [x - y for x, y in zip(a, b)]
+    mean = statistics.mean(diff)
+    half = stats.t.ppf(0.975, len(diff) - 1) * statistics.stdev(diff) / len(diff) ** 0.5 if len(diff) > 1 else math.nan
+    return mean, mean - half, mean + half, diff
+
+
 def compare(results: Path, base: str, study: str) -> list[dict]:
     """One row per task x arm x K of ``study``: paired by seed against ``base`` on each test metric."""
     ours = {(r["task"], r["arm"], r["k"], r["seed"]): r for r in load(results / study)}
@@ -51,14 +60,11 @@ def compare(results: Path, base: str, study: str) -> list[dict]:
         for metric in TASKS[task]["metrics"]:
             a = [ours[(task, arm, k, s)]["test"][metric] for s in seeds]
             b = [theirs[(task, arm, k, s)]["test"][metric] for s in seeds]
-            diff = [x - y for x, y in zip(a, b)]
-            mean = statistics.mean(diff)
-            half = (stats.t.ppf(0.975, len(diff) - 1) * statistics.stdev(diff) / len(diff) ** 0.5
-                    if len(diff) > 1 else float("nan"))
+            mean, lo, hi, diff = paired(a, b)
             row.update({metric: statistics.mean(a), f"{metric} std": statistics.stdev(a) if len(a) > 1 else 0.0,
                         f"base {metric}": statistics.mean(b),
                         f"base {metric} std": statistics.stdev(b) if len(b) > 1 else 0.0,
-                        f"{metric} diff": mean, f"{metric} diff lo": mean - half, f"{metric} diff hi": mean + half,
+                        f"{metric} diff": mean, f"{metric} diff lo": lo, f"{metric} diff hi": hi,
                         f"{metric} diffs": " ".join(f"{d:+.3f}" for d in diff)})
         rows.append(row)
     return rows

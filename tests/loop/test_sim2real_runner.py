@@ -47,3 +47,30 @@ def test_a_borrowed_pretraining_must_exist_and_stop_at_S(study, tmp_path):
         study.check_pretraining(runs, 20)
     torch.save({"global_step": 20}, ckpt)
     study.check_pretraining(runs, 20)
+
+
+def test_by_group_pairs_each_defect_type_by_seed(tmp_path):
+    import json
+
+    spec = importlib.util.spec_from_file_location("sim2real_by_group", ROOT / "experiments" / "sim2real" / "by_group.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    scores = {("pretrain_finetune", 0): (0.5, 0.9), ("pretrain_finetune", 1): (0.3, 0.8),
+              ("real_only", 0): (0.2, 0.7), ("real_only", 1): (0.2, 0.9)}
+    (tmp_path / "tile").mkdir()
+    for (arm, seed), (crack, free_background) in scores.items():
+        test = {"test/fg_iou/real": 0.4, "test/fg_iou/real/Crack": crack,
+                "test/class_iou/background/real/Free": free_background, "test/fg_iou/real/Free": 0.0}
+        (tmp_path / "tile" / f"{arm}_K100_seed{seed}.json").write_text(json.dumps(
+            {"task": "tile", "arm": arm, "k": 100, "seed": seed, "test": test}))
+    (tmp_path / "tile" / "mixed_K100_seed0.json").write_text(json.dumps(
+        {"task": "tile", "arm": "mixed", "k": 100, "seed": 0, "test": {"test/fg_iou/real/Crack": 1.0}}))
+    out = tmp_path / "by_group"
+    assert module.main([str(tmp_path), "--out", str(out)]) == 0
+    rows = {r["group"]: r for r in module.by_group(module.load(tmp_path))}
+    assert list(rows) == ["Crack", "Free"]  # the defect-free group last, scored by false alarms, not by fg_iou
+    assert rows["Crack"]["diffs"] == "+0.300 +0.100" and rows["Crack"]["diff"] == pytest.approx(0.2)
+    assert rows["Crack"]["diff lo"] < 0.2 < rows["Crack"]["diff hi"]
+    assert rows["Free"]["metric"] == "false_alarm"
+    assert rows["Free"]["pretrain_finetune"] == pytest.approx(0.15) and rows["Free"]["real_only"] == pytest.approx(0.2)
+    assert "| 100 | Crack | fg_iou |" in out.with_suffix(".md").read_text()

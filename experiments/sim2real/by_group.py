@@ -1,0 +1,94 @@
+"""Which real defect types transfer: one study's test scores per group of the real test split (magnetic_tile:
+each defect class, and false alarms on the defect-free tiles), pretrain -> finetune against real only, paired by
+seed at each K.
+
+    python experiments/sim2real/by_group.py experiments/sim2real/results/groups --out experiments/sim2real/results/groups/by_group
+
+Needs runs that scored the test split per group (``test/<metric>/real/<group>``, commit f7a081d and later). A
+defect class is scored by foreground IoU (``fg_iou``); the defect-free group, which has no foreground, by its
+false-alarm share (the share of its pixels flagged as defect, ``1 - test/class_iou/background/real/Free``; lower
+is better). Writes ``<out>.csv`` and ``<out>.md`` and prints the Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from compare import paired  # noqa: E402
+from report import load  # noqa: E402
+
+from synth_torch.fileio import write_text_atomic  # noqa: E402
+
+DEFECT_FREE = "Free"
+PREFIX = "test/fg_iou/real/"
+
+
+def score(test: dict, group: str) -> float:
+    """A run's score of one group: foreground IoU, or for the defect-free group its false-alarm share."""
+    if group == DEFECT_FREE:
+        return 1.0 - test[f"test/class_iou/background/real/{group}"]
+    return test[PREFIX + group]
+
+
+def by_group(runs: list[dict], arm: str = "pretrain_finetune", base: str = "real_only") -> list[dict]:
+    """One row per K x group: ``arm`` and ``base`` mean ± std over their common seeds and the paired difference."""
+    runs = [r for r in runs if any(k.startswith(PREFIX) for k in r["test"])]
+    index = {(r["arm"], r["k"], r["seed"]): r["test"] for r in runs}
+    rows = []
+    for k in sorted({key[1] for key in index if key[0] == arm}):
+        seeds = sorted(s for (a, kk, s) in index if (a, kk) == (arm, k) and (base, k, s) in index)
+        if not seeds:
+            continue
+        groups = sorted({key[len(PREFIX):] for s in seeds for key in index[(arm, k, s)] if key.startswith(PREFIX)}
+                        | {DEFECT_FREE}, key=lambda g: (g == DEFECT_FREE, g))
+        for group in groups:
+            a = [score(index[(arm, k, s)], group) for s in seeds]
+            b = [score(index[(base, k, s)], group) for s in seeds]
+            mean, lo, hi, diff = paired(a, b)
+            rows.append({"k": k, "group": group, "metric": "false_alarm" if group == DEFECT_FREE else "fg_iou",
+                         "seeds": " ".join(map(str, seeds)), arm: statistics.mean(a),
+                         f"{arm} std": statistics.stdev(a) if len(a) > 1 else 0.0, base: statistics.mean(b),
+                         f"{base} std": statistics.stdev(b) if len(b) > 1 else 0.0, "diff": mean, "diff lo": lo,
+                         "diff hi": hi, "diffs": " ".join(f"{d:+.3f}" for d in diff)})
+    return rows
+
+
+def markdown(rows: list[dict], arm: str = "pretrain_finetune", base: str = "real_only") -> str:
+    lines = [f"| K | group | score | {arm} | {base} | difference [95 % CI] | per seed |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ci = "(one seed)" if math.isnan(r["diff lo"]) else f"[{r['diff lo']:+.3f}, {r['diff hi']:+.3f}]"
+        lines.append(f"| {r['k']} | {r['group']} | {r['metric']} | {r[arm]:.3f} ± {r[f'{arm} std']:.3f} "
+                     f"| {r[base]:.3f} ± {r[f'{base} std']:.3f} | {r['diff']:+.3f} {ci} | {r['diffs']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("study", type=Path, help="a study's results folder, e.g. experiments/sim2real/results/groups")
+    ap.add_argument("--out", type=Path, required=True, help="writes <out>.csv and <out>.md")
+    args = ap.parse_args(argv)
+    rows = by_group(load(args.study))
+    if not rows:
+        print(f"no pretrain -> finetune and real-only runs in {args.study} were scored per group", file=sys.stderr)
+        return 1
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(args.out.with_suffix(".csv"), table.getvalue())
+    text = markdown(rows)
+    write_text_atomic(args.out.with_suffix(".md"), text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
