@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import fields
 
 import torch
@@ -109,18 +110,28 @@ class SynthDataset(IterableDataset):
             raise TypeError("an infinite SynthDataset has no length; pass length=...")
         return self.length
 
-    def __iter__(self):
+    def shard(self) -> tuple[int, int, Iterator[int]]:
+        """This process's share of the stream from the cursor on: ``(rank, world, global batch indices)``.
+
+        Rank r takes global batches ``start + r + world * j``; its DataLoader worker w takes the j with
+        ``j % workers == w``. So a batch's content depends on its index alone, whatever the world size or the
+        number of workers."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         rank, world = _rank_and_world()
-        start = self.cursor.next_batch
-        # Rank r takes global batches start + r + world * j; its worker w takes the j with j % workers == w.
-        j = worker
-        while self.length is None or j < self.length:
-            k = start + rank + world * j
-            batch = self.render_batch(torch.arange(k * self.batch_size, (k + 1) * self.batch_size), batch_index=k)
-            yield batch
-            j += workers
+        start, length = self.cursor.next_batch, self.length
+
+        def indices() -> Iterator[int]:
+            j = worker
+            while length is None or j < length:
+                yield start + rank + world * j
+                j += workers
+
+        return rank, world, indices()
+
+    def __iter__(self):
+        for k in self.shard()[2]:
+            yield self.render_batch(torch.arange(k * self.batch_size, (k + 1) * self.batch_size), batch_index=k)
 
     def slice_ids(self, sample_index: torch.Tensor, snapshot: MixtureSnapshot | None = None) -> torch.Tensor:
         """Slice of each sample under the mixture's probabilities (a function of the sample's key)."""

@@ -36,12 +36,12 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
 from synth_torch.data.batch import Batch, refuse_default_collate
-from synth_torch.data.dataset import SynthDataset, _rank_and_world
+from synth_torch.data.dataset import SynthDataset
 from synth_torch.data.real import RealBatch, RealDataset, collate_real
 from synth_torch.scenario.config import ConfigError
 from synth_torch.scenario.distributions import parse_int, parse_number
@@ -232,13 +232,9 @@ class HybridStream(IterableDataset):
         self._perms: dict[str, tuple[int, list[int]]] = {}  # per pool: (epoch, permutation) last drawn from
 
     def __iter__(self):
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        rank, world = _rank_and_world()
-        start, j = self.synth.cursor.next_batch, worker
-        while self.synth.length is None or j < self.synth.length:
-            yield self.batch(start + rank + world * j, rank, world)
-            j += workers
+        rank, world, indices = self.synth.shard()
+        for k in indices:
+            yield self.batch(k, rank, world)
 
     def batch(self, k: int, rank: int = 0, world: int = 1):
         """The training batch of global batch index ``k`` on ``rank`` of ``world`` (a pure function)."""
