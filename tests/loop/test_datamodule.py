@@ -11,7 +11,7 @@ import torch
 from synth_torch.data.batch import Batch, decode_sample_id
 from synth_torch.loop.datamodule import VAL_START, SynthDataModule, collate_batch
 from synth_torch.loop.models import TinyUNet, detection_model, segmentation_model
-from synth_torch.loop.tasks import DetectionTask, SegmentationTask
+from synth_torch.loop.tasks import DetectionTask, SegmentationTask, slice_key
 from synth_torch.scenario.config import ConfigError
 
 
@@ -156,9 +156,14 @@ def test_segmentation_models_build_without_downloads(arch):
     assert task(torch.rand(1, 3, 32, 32)).shape == (1, 6, 32, 32)
 
 
-def test_detection_per_sample_loss_is_deterministic_and_side_effect_free():
+DETECTORS = {"fasterrcnn": {"backbone": "resnet18", "image_size": 32}, "retinanet": {"image_size": 32},
+             "fcos": {"image_size": 32}, "centernet": {"options": {"width": 4, "depth": 2}}}
+
+
+@pytest.mark.parametrize("arch", ["fasterrcnn", "centernet"])
+def test_detection_per_sample_loss_is_deterministic_and_side_effect_free(arch):
     dm = _dm(scenario="tabletop", batch_size=2, resolution=32)
-    net = functools.partial(detection_model, arch="fasterrcnn", backbone="resnet18", image_size=32)
+    net = functools.partial(detection_model, arch=arch, **DETECTORS[arch])
     task = DetectionTask(net, dm.num_classes)
     task.train()
     batch = dm.train_dataset.render_batch(torch.arange(2))
@@ -174,12 +179,29 @@ def test_detection_per_sample_loss_is_deterministic_and_side_effect_free():
     assert f1.shape == (2,) and ((f1 >= 0) & (f1 <= 1)).all()
 
 
-@pytest.mark.parametrize("arch", ["retinanet", "fcos"])
+@pytest.mark.parametrize("arch", ["retinanet", "fcos", "centernet"])
 def test_other_detectors_train_one_step(arch):
     dm = _dm(scenario="tabletop", batch_size=2, resolution=32)
-    task = DetectionTask(detection_model(dm.num_classes, arch=arch, image_size=32), dm.num_classes)
+    task = DetectionTask(detection_model(dm.num_classes, arch=arch, **DETECTORS[arch]), dm.num_classes)
     loss = task.training_step(dm.train_dataset.render_batch(torch.arange(2)), 0)
     assert torch.isfinite(loss) and loss.requires_grad
+
+
+def test_centernet_task_trains_validates_and_scores_end_to_end(tmp_path):
+    """DetectionTask with centernet through Lightning: two steps on the tabletop stream, validation per slice."""
+    import lightning.pytorch as pl
+
+    pl.seed_everything(0)
+    dm = SynthDataModule("tabletop", batch_size=2, resolution=32, val_samples_per_slice=2, val_batch_size=2)
+    task = DetectionTask(functools.partial(detection_model, arch="centernet", options={"width": 4, "depth": 2}),
+                         dm.num_classes)
+    trainer = pl.Trainer(max_steps=2, val_check_interval=2, check_val_every_n_epoch=None, logger=False,
+                         enable_progress_bar=False, enable_checkpointing=False, num_sanity_val_steps=0,
+                         enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer.fit(task, datamodule=dm)
+    metrics = task.last_val_metrics
+    assert trainer.global_step == 2 and 0 <= metrics["val/map"] <= 1 and "val/map_50" in metrics
+    assert {f"val/map/{slice_key(name)}" for name in dm.slice_names} <= set(metrics)
 
 
 def test_foreground_metrics_skip_a_suite_without_foreground():

@@ -48,7 +48,8 @@ def test_every_experiment_is_listed():
 
 
 @pytest.mark.parametrize("group,options", [
-    ("model", ["seg_unet", "seg_lraspp", "seg_deeplab", "det_fasterrcnn", "det_retinanet", "det_fcos"]),
+    ("model", ["seg_unet", "seg_lraspp", "seg_deeplab", "det_fasterrcnn", "det_retinanet", "det_fcos",
+               "det_centernet"]),
     ("logger", ["wandb", "tensorboard", "mlflow", "csv", "many", "none"]),
     ("callbacks", ["default", "slice_miner", "model_checkpoint", "stream_recorder", "none"]),
     ("scenario", ["defects", "tabletop"]),
@@ -153,7 +154,9 @@ def test_experiment_runs_with_fast_dev_run(experiment, tmp_path):
     if base.data.schedule != "synthetic_only" and not Path(base.data.real_root).is_dir():
         pytest.skip(f"{experiment} trains on {base.data.real_root}, which is not present")
     overrides = [f"experiment={experiment}", *TINY]
-    if detection:  # the detector nets have no width/depth
+    if base.model.net.get("arch") == "centernet":  # a TinyUNet, sized through its options
+        overrides = [o.replace("model.net.", "model.net.options.") for o in overrides]
+    elif detection:  # the torchvision detectors have no width/depth
         overrides = [o for o in overrides if not o.startswith(("model.net.depth", "model.net.width"))]
         overrides.append("model.net.image_size=32")
     if not miner:
