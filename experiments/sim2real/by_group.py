@@ -13,8 +13,6 @@ is better). Writes ``<out>.csv`` and ``<out>.md`` and prints the Markdown.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 import statistics
 import sys
@@ -22,10 +20,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from compare import paired  # noqa: E402
+from compare import paired, write_tables  # noqa: E402
 from report import load  # noqa: E402
-
-from synth_torch.fileio import write_text_atomic  # noqa: E402
 
 DEFECT_FREE = "Free"
 PREFIX = "test/fg_iou/real/"
@@ -79,14 +75,7 @@ def main(argv=None) -> int:
     if not rows:
         print(f"no pretrain -> finetune and real-only runs in {args.study} were scored per group", file=sys.stderr)
         return 1
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(args.out.with_suffix(".csv"), table.getvalue())
-    text = markdown(rows)
-    write_text_atomic(args.out.with_suffix(".md"), text + "\n")
-    print(text)
+    write_tables(args.out, rows, markdown(rows))
     return 0
 
 

@@ -98,6 +98,17 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write_tables(out: Path, rows: list[dict], text: str) -> None:
+    """``rows`` as ``<out>.csv`` and the Markdown ``text`` as ``<out>.md`` (both atomically); prints ``text``."""
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out.with_suffix(".csv"), table.getvalue())
+    write_text_atomic(out.with_suffix(".md"), text + "\n")
+    print(text)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", type=Path, help="experiments/sim2real/results")
@@ -109,14 +120,7 @@ def main(argv=None) -> int:
     if not rows:
         print(f"no run of {args.studies} has a seed in common with {args.base}", file=sys.stderr)
         return 1
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(args.out.with_suffix(".csv"), table.getvalue())
-    text = markdown(rows)
-    write_text_atomic(args.out.with_suffix(".md"), text + "\n")
-    print(text)
+    write_tables(args.out, rows, markdown(rows))
     return 0
 
 
