@@ -84,6 +84,7 @@ class RealBatch:
         - semantic: :math:`(B, H, W)` int64 class ids (0 background; from instance masks for COCO sets)
         - boxes: B tensors :math:`(n_i, 4)` XYXY pixels; labels: B tensors :math:`(n_i,)` class ids 1..C
         - keys: the B file names (dataset-relative), for provenance and leakage checks
+        - groups: the B images' stratification groups (magnetic_tile: the defect class), for per-group scores
     ``batch_index`` is the training stream's global batch index (-1 outside training).
     """
 
@@ -92,11 +93,20 @@ class RealBatch:
     boxes: list
     labels: list
     keys: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
     source: str = "real"
     batch_index: int = -1
 
     def __len__(self) -> int:
         return self.image.shape[0]
+
+    def select(self, keep: torch.Tensor) -> RealBatch:
+        """The images where the boolean ``keep`` [B] is True, in order."""
+        idx = torch.nonzero(keep.cpu(), as_tuple=True)[0].tolist()
+        return replace(self, image=self.image[idx], semantic=self.semantic[idx],
+                       boxes=[self.boxes[i] for i in idx], labels=[self.labels[i] for i in idx],
+                       keys=tuple(self.keys[i] for i in idx),
+                       groups=tuple(self.groups[i] for i in idx) if self.groups else ())
 
     def to(self, device, non_blocking: bool = False) -> RealBatch:
         def move(v):
@@ -121,7 +131,7 @@ def collate_real(items: list[dict]) -> RealBatch:
                      semantic=torch.stack([it["semantic"].as_subclass(torch.Tensor) for it in items]),
                      boxes=[it["boxes"].as_subclass(torch.Tensor) for it in items],
                      labels=[it["labels"] for it in items], keys=tuple(it["key"] for it in items),
-                     source=items[0]["source"])
+                     groups=tuple(it["group"] for it in items), source=items[0]["source"])
 
 
 class RealDataset(Dataset):
@@ -140,7 +150,7 @@ class RealDataset(Dataset):
 
     Items are dicts: ``image`` (``tv_tensors.Image`` [3, H, W] float in [0, 1]), ``semantic``
     (``tv_tensors.Mask`` [H, W] int64), ``boxes`` (``tv_tensors.BoundingBoxes`` XYXY [n, 4]), ``labels`` [n],
-    ``key`` and ``source``.
+    ``key``, ``group`` and ``source``.
     """
 
     source = "real"
@@ -191,7 +201,7 @@ class RealDataset(Dataset):
                                                                                              dtype=torch.int64))
         # only boxes and labels: SanitizeBoundingBoxes would also index any Mask whose first dim has n entries
         sample.update(self._sanitize({"boxes": sample["boxes"], "labels": sample["labels"]}))
-        return {**sample, "key": self.keys[i], "source": self.source}
+        return {**sample, "key": self.keys[i], "group": self.groups[i], "source": self.source}
 
     def _catalog(self) -> tuple[list[str], list[str]]:
         """(keys, groups) of every image: the dataset-relative file name and a stratification group."""

@@ -3,7 +3,8 @@
 Both report metrics overall (``val/<metric>``), per slice (``val/<metric>/<slice>``), their worst and mean
 over slices (``val/<metric>_worst``, ``val/<metric>_slice_mean``), per class overall (``val/class_<metric>/<class>``)
 and, with a real validation set, ``val/<metric>/real`` (and ``val/class_<metric>/<class>/real``); ``trainer.test``
-scores the real test split as ``test/<metric>/real``. The metric objects are torchmetrics ``MetricCollection``s,
+scores the real test split as ``test/<metric>/real`` and, for a set with several groups (magnetic_tile: the
+defect classes), each group as ``test/<metric>/real/<group>``. The metric objects are torchmetrics ``MetricCollection``s,
 one per stage and key (overall, each slice, real) in an ``nn.ModuleDict`` (:attr:`SliceTask.metrics`), so
 ``.to()``, DDP and ``reset`` see every one of them. Both expose
 :meth:`SliceTask.per_sample_loss`, the per-image loss the :class:`~synth_torch.loop.callback.SliceMiner`
@@ -154,13 +155,21 @@ class SliceTask(pl.LightningModule, ABC):
         """Metric keys every rank computes, in one order (collectives inside ``compute`` must match)."""
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if stage == "test":
-            return ["real"]
+            return ["real", *(f"real:{g}" for g in self._real_groups(dm))]
         if dm is None or not hasattr(dm, "slice_names"):
             return sorted(k.replace("\u00b7", ".") for k in self.metrics[stage])
         keys = ["all", *(f"slice:{n}" for n in dm.slice_names)]
         if getattr(dm, "real_val", None) is not None:
             keys.append("real")
         return keys
+
+    def _real_groups(self, dm=None) -> list[str]:
+        """The groups of the real test split (magnetic_tile: its classes), scored one by one at test time; none
+        for a set with one group."""
+        if dm is None and self._trainer is not None:
+            dm = getattr(self.trainer, "datamodule", None)
+        groups = sorted(set(getattr(getattr(dm, "real_test", None), "groups", ())))
+        return groups if len(groups) > 1 else []
 
     def _eval_step(self, stage: str, batch) -> None:
         if isinstance(batch, Batch):
@@ -170,6 +179,10 @@ class SliceTask(pl.LightningModule, ABC):
                 self._update_metrics(self._metrics_for(stage, f"slice:{batch.slice_names[sid]}"), sub)
         else:
             self._update_metrics(self._metrics_for(stage, "real"), batch)
+            if stage == "test" and len(set(self._real_groups())) > 1:
+                for group in sorted(set(batch.groups)):
+                    keep = torch.tensor([g == group for g in batch.groups])
+                    self._update_metrics(self._metrics_for(stage, f"real:{group}"), batch.select(keep))
 
     def _log_stage(self, stage: str) -> dict[str, float]:
         values: dict[str, float] = {}
@@ -192,7 +205,8 @@ class SliceTask(pl.LightningModule, ABC):
             metrics.reset()
             for name, v in out.items():
                 if torch.is_tensor(v) and v.numel() > 1:  # per class
-                    suffix = "" if key == "all" else "/real" if key == "real" else None
+                    suffix = ("" if key == "all" else "/real" if key == "real"
+                              else f"/real/{key[len('real:'):]}" if key.startswith("real:") else None)
                     if suffix is not None:
                         for cname, cv in zip(self.class_names(), v.tolist()):
                             if math.isfinite(cv) and cv >= 0:  # -1: a class with no ground truth or prediction
@@ -203,6 +217,8 @@ class SliceTask(pl.LightningModule, ABC):
                     values[f"{stage}/{name}"] = v
                 elif key == "real":
                     values[f"{stage}/{name}/real"] = v
+                elif key.startswith("real:"):
+                    values[f"{stage}/{name}/real/{key[len('real:'):]}"] = v
                 else:
                     slice_name = key[len("slice:"):]
                     values[f"{stage}/{name}/{slice_key(slice_name)}"] = v

@@ -105,6 +105,30 @@ def test_no_run_trains_on_the_real_test_split(fake_tiles, tmp_path, monkeypatch)
     assert "test/fg_ap/real" in trainer.callback_metrics
 
 
+def test_test_split_is_scored_per_group_against_a_direct_count(fake_tiles, tmp_path):
+    dm = _dm(fake_tiles, "real_only")
+    trainer, task, _ = _fit(tmp_path, dm, max_steps=6)
+    trainer.test(task, datamodule=dm, verbose=False)
+    logged = trainer.callback_metrics
+    task.eval()
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(dm.real_test.groups):
+        by_group.setdefault(g, []).append(i)
+    assert "Free" in by_group and len(by_group) >= 2  # not vacuous: a defect class and the defect-free one
+    for group, idx in by_group.items():
+        items = [dm.real_test[i] for i in idx]
+        with torch.no_grad():
+            pred = torch.cat([task(it["image"][None].as_subclass(torch.Tensor)).argmax(1) for it in items]) > 0
+        gt = torch.stack([it["semantic"].as_subclass(torch.Tensor) for it in items]) > 0
+        background = float((~pred & ~gt).sum() / (~(pred & gt)).sum())
+        assert float(logged[f"test/class_iou/background/real/{group}"]) == pytest.approx(background, abs=1e-5)
+        if gt.any():
+            iou = float((pred & gt).sum() / (pred | gt).sum())
+            assert float(logged[f"test/fg_iou/real/{group}"]) == pytest.approx(iou, abs=1e-5)
+        else:  # a defect-free group has no foreground score, only its false alarms (background IoU)
+            assert f"test/fg_iou/real/{group}" not in logged
+
+
 def test_real_train_images_is_a_nested_subset(fake_tiles):
     sets = []
     for k in (2, 5, 9):
