@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -134,7 +135,7 @@ def collate_real(items: list[dict]) -> RealBatch:
                      groups=tuple(it["group"] for it in items), source=items[0]["source"])
 
 
-class RealDataset(Dataset):
+class RealDataset(Dataset, ABC):
     """One split of a real dataset, in nested order, resized to ``resolution``.
 
     Subclasses list the dataset (:meth:`_catalog`: file keys and groups) and read one raw sample
@@ -203,13 +204,13 @@ class RealDataset(Dataset):
         sample.update(self._sanitize({"boxes": sample["boxes"], "labels": sample["labels"]}))
         return {**sample, "key": self.keys[i], "group": self.groups[i], "source": self.source}
 
+    @abstractmethod
     def _catalog(self) -> tuple[list[str], list[str]]:
         """(keys, groups) of every image: the dataset-relative file name and a stratification group."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _read(self, position: int) -> dict:
         """The raw sample at catalog ``position`` (tv_tensors at the file's resolution)."""
-        raise NotImplementedError
 
     def _class_id(self, name: str) -> int | None:
         lower = [c.lower() for c in self.class_names]

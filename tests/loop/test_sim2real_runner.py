@@ -74,3 +74,20 @@ def test_by_group_pairs_each_defect_type_by_seed(tmp_path):
     assert rows["Free"]["metric"] == "false_alarm"
     assert rows["Free"]["pretrain_finetune"] == pytest.approx(0.15) and rows["Free"]["real_only"] == pytest.approx(0.2)
     assert "| 100 | Crack | fg_iou |" in out.with_suffix(".md").read_text()
+
+
+def test_free_tiles_writes_only_defect_free_train_photos(fake_tiles, tmp_path):
+    from synth_torch.data.real import MagneticTile, split_of
+
+    spec = importlib.util.spec_from_file_location("sim2real_free_tiles", ROOT / "experiments" / "sim2real" / "free_tiles.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "free"
+    n = module.write_free_tiles(fake_tiles, out)
+    written = sorted(p.name for p in out.iterdir())
+    expected = sorted(p.name for p in (fake_tiles / "MT_Free" / "Imgs").glob("*.jpg")
+                      if split_of(f"MT_Free/Imgs/{p.name}", (0.7, 0.1, 0.2)) == "train")
+    assert n == len(written) and written == expected and 0 < n < 20
+    held_out = {k for split in ("val", "test") for k in MagneticTile(fake_tiles, module.CLASSES, 8, split=split).keys}
+    assert not {f"MT_Free/Imgs/{name}" for name in written} & held_out
+    assert module.write_free_tiles(fake_tiles, out) == n  # idempotent: files already there are kept
