@@ -29,6 +29,8 @@ def write_free_tiles(root: Path, out: Path) -> int:
     if not names:
         raise FileNotFoundError(f"no defect-free train-split tiles (MT_Free/Imgs/*.jpg) under {root}")
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.part"):  # an interrupted copy: the scenario loader would reject the folder
+        stale.unlink()
     for key in names:
         target = out / Path(key).name
         if not target.exists():
