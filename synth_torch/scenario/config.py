@@ -176,8 +176,10 @@ class DefectType:
     """A surface defect type painted on the inspected surface.
 
     ``size`` is the characteristic size as a fraction of the surface side; ``weight`` the relative frequency;
-    ``placement`` puts centres ``anywhere`` on the visible surface or on the ``edge`` of the view (along it);
-    a ``decoy`` is a near-miss look-alike (a stain, dust, a tool mark): drawn, never labeled, not a class.
+    ``placement`` puts centres ``anywhere`` on the visible surface, on the ``edge`` of the view (along it), or
+    ``near_edge``: within a fifth of the half side from the border, at any angle; ``contrast`` multiplies the
+    sampled ``defects.contrast`` for this type (negative values lighten a darkening kind); a ``decoy`` is a
+    near-miss look-alike (a stain, dust, a tool mark): drawn, never labeled, not a class.
     """
 
     name: str
@@ -186,6 +188,7 @@ class DefectType:
     weight: float
     placement: str = "anywhere"
     decoy: bool = False
+    contrast: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -321,7 +324,10 @@ class Scenario:
             "shadows": self.shadows, "antialias": self.antialias,
             "categories": [c.to_dict(path) for c in self.categories],
             "defect_types": [{"name": d.name, "kind": d.kind, "size": d.size.to_yaml(), "weight": d.weight,
-                              "placement": d.placement, "decoy": d.decoy} for d in self.defect_types],
+                              "placement": d.placement, "decoy": d.decoy,
+                              # omitted at its default, so that older scenarios keep their fingerprints
+                              **({"contrast": d.contrast} if d.contrast != 1.0 else {})}
+                             for d in self.defect_types],
             "distractor_shapes": [path(d) for d in self.distractor_shapes],
             "ground_textures": list(self.ground_textures),
             "background_images": self.background_images and path(self.background_images),
@@ -371,7 +377,7 @@ class Scenario:
         defect_types = []
         for i, d in enumerate(data.get("defect_types") or []):
             where = f"defect_types[{i}]"
-            _check_keys(d, {"name", "kind", "size", "weight", "placement", "decoy"}, where)
+            _check_keys(d, {"name", "kind", "size", "weight", "placement", "decoy", "contrast"}, where)
             if d.get("kind") not in DEFECT_KINDS:
                 raise ConfigError(f"{where}.kind: expected one of {DEFECT_KINDS}, got {d.get('kind')!r}")
             weight = parse_number(d.get("weight", 1.0), f"{where}.weight")
@@ -383,9 +389,12 @@ class Scenario:
             decoy = d.get("decoy", False)
             if not isinstance(decoy, bool):
                 raise ConfigError(f"{where}.decoy: expected true or false, got {decoy!r}")
+            contrast = parse_number(d.get("contrast", 1.0), f"{where}.contrast")
+            if not -1.0 <= contrast <= 4.0:
+                raise ConfigError(f"{where}.contrast: must be in [-1, 4], got {contrast}")
             defect_types.append(DefectType(str(d.get("name", d["kind"])), d["kind"],
                                            parse_dist(d.get("size", [0.03, 0.08]), f"{where}.size", (1e-4, 1.0)),
-                                           weight, placement, decoy))
+                                           weight, placement, decoy, contrast))
         if defect_types and all(d.decoy for d in defect_types) and not categories:
             raise ConfigError("defect_types: every defect type is a decoy; a scenario needs at least one labeled class")
         if not categories and not defect_types:

@@ -415,17 +415,22 @@ class ScenarioSampler:
         for i, t in enumerate(sc.defect_types):
             size = torch.where(dtype == i, t.size.icdf(d["defects.type_size"]) * 2 * GROUND_HALF_SIZE["inspection"], size)
         size = size * v["defects.size"][:, None]
-        contrast = (v["defects.contrast"][:, None] * (0.85 + 0.3 * d["defects.contrast_jitter"])).clamp(0, 1)
+        type_contrast = torch.tensor([t.contrast for t in sc.defect_types])[dtype]
+        contrast = (v["defects.contrast"][:, None] * (0.85 + 0.3 * d["defects.contrast_jitter"]) * type_contrast
+                    ).clamp(-1, 1)
         # Half side of the visible surface (a near top-down view), within the tile.
         half = (v["camera.distance"] * v["camera.sensor_mm"] / (2 * v["camera.focal_mm"])).clamp(
             max=GROUND_HALF_SIZE["inspection"])[:, None]
         anywhere = (2 * d["defects.center"] - 1) * 0.85 * half[..., None]
         side = (d["defects.side"] * 4).long().clamp(max=3)  # 0/1: top/bottom border, 2/3: left/right
         along = (2 * d["defects.center"][..., 0] - 1) * 0.9 * half
-        across = torch.where(side % 2 == 0, -half, half)
+        placement = [t.placement for t in sc.defect_types]
+        at_edge = torch.tensor([p == "edge" for p in placement])[dtype]
+        near_edge = torch.tensor([p == "near_edge" for p in placement])[dtype]
+        inset = torch.where(near_edge, 0.2 * d["defects.center"][..., 1], 0.0)
+        across = torch.where(side % 2 == 0, -1.0, 1.0) * half * (1 - inset)
         edge = torch.where((side < 2)[..., None], torch.stack((along, across), -1), torch.stack((across, along), -1))
-        at_edge = torch.tensor([t.placement == "edge" for t in sc.defect_types])[dtype]
-        centre = torch.where(at_edge[..., None], edge, anywhere)
+        centre = torch.where((at_edge | near_edge)[..., None], edge, anywhere)
         angle = torch.where(at_edge, torch.where(side < 2, 0.0, math.pi / 2), math.pi * d["defects.angle"])
         return DefectSpec(type=torch.where(present, dtype, -1), label=label, kind=kind_of_type[dtype], center=centre,
                           size=size, angle=angle, contrast=contrast, seed=d["defects.seed"])

@@ -18,7 +18,7 @@ DEFECT_KINDS: tuple[str, ...] = ("blowhole", "crack", "spot", "fray", "break", "
 #: Defect kinds that lighten the surface (the others darken it).
 BRIGHT_DEFECT_KINDS: tuple[str, ...] = ("dust", "scratch")
 #: Where a defect type's centre is placed: anywhere on the visible surface, or on the border of the view.
-DEFECT_PLACEMENTS: tuple[str, ...] = ("anywhere", "edge")
+DEFECT_PLACEMENTS: tuple[str, ...] = ("anywhere", "edge", "near_edge")
 
 
 class SlotKind(IntEnum):

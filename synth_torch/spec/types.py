@@ -126,8 +126,8 @@ class DefectSpec:
     type [B, D] long: index into the scenario's defect types, -1 for an empty slot; label [B, D] long: class id
     (1..C) of a labeled defect, 0 for empty slots and decoys (near-miss look-alikes that are drawn but never
     labeled); kind [B, D] long: index into ``DEFECT_KINDS``; center [B, D, 2] ground-plane xy (metres);
-    size [B, D] metres; angle [B, D] radians; contrast [B, D] in [0, 1]: how much the defect darkens (lightens,
-    for ``BRIGHT_DEFECT_KINDS``) the surface at its core; seed [B, D] in [0, 1): shape variation.
+    size [B, D] metres; angle [B, D] radians; contrast [B, D] in [-1, 1]: how much the defect darkens (lightens,
+    for ``BRIGHT_DEFECT_KINDS``; negative values swap the two) the surface at its core; seed [B, D] in [0, 1): shape variation.
     """
 
     type: Tensor
