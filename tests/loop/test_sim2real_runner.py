@@ -91,3 +91,27 @@ def test_free_tiles_writes_only_defect_free_train_photos(fake_tiles, tmp_path):
     held_out = {k for split in ("val", "test") for k in MagneticTile(fake_tiles, module.CLASSES, 8, split=split).keys}
     assert not {f"MT_Free/Imgs/{name}" for name in written} & held_out
     assert module.write_free_tiles(fake_tiles, out) == n  # idempotent: files already there are kept
+
+
+def test_defect_stats_measures_a_drawn_line_and_disc():
+    """Regions of known geometry: a 1-pixel line of length 20 touching the left border at half brightness, and
+    a lighter 5x5 square in the middle, on a flat image."""
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("sim2real_defect_stats",
+                                                  ROOT / "experiments" / "sim2real" / "defect_stats.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    image = np.full((40, 40), 0.8)
+    semantic = np.zeros((40, 40), dtype=np.int64)
+    image[10, 0:20], semantic[10, 0:20] = 0.4, 1
+    image[20:25, 20:25], semantic[20:25, 20:25] = 1.0, 2
+    found = dict(module.regions(image, semantic, 2))
+    line, square = found[1], found[2]
+    assert line["length"] == pytest.approx(np.sqrt(12 * np.var(np.arange(20), ddof=1)) / 40)
+    assert line["width"] == pytest.approx(20 / np.sqrt(12 * np.var(np.arange(20), ddof=1)))
+    assert line["contrast"] == pytest.approx(0.5) and line["edge"] == 0
+    assert line["area"] == pytest.approx(20 / 1600)
+    assert square["contrast"] == pytest.approx(-0.25) and square["edge"] == pytest.approx(15 / 40)
+    summary = module.summarise([(1, line), (2, square)], {1: 1, 2: 1}, ("line", "square"))
+    assert summary["line"]["regions_per_image"] == 1 and summary["square"]["area"][1] == pytest.approx(25 / 1600)

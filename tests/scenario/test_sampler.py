@@ -252,6 +252,68 @@ def test_decoy_only_scenarios_and_bad_defect_types_are_rejected():
         load_scenario({**base, "defect_types": [{"name": "c", "kind": "crack", "placement": "corner"}]})
     with pytest.raises(ConfigError, match=r"defect_types\[0\]\.decoy"):
         load_scenario({**base, "defect_types": [{"name": "c", "kind": "crack", "decoy": "yes"}]})
+    with pytest.raises(ConfigError, match=r"defect_types\[0\]\.contrast"):
+        load_scenario({**base, "defect_types": [{"name": "c", "kind": "crack", "contrast": -2}]})
+    with pytest.raises(ConfigError, match=r"defect_types\[0\]\.contrast"):
+        load_scenario({**base, "defect_types": [{"name": "c", "kind": "crack", "contrast": "dark"}]})
+
+
+def test_defect_type_contrast_and_near_edge_placement():
+    """A type's ``contrast`` scales the sampled contrast (sign included); ``near_edge`` centres lie within a
+    fifth of the half side inside a border, at any angle; the default contrast leaves the fingerprint alone."""
+    types = [{"name": "hole", "kind": "blowhole", "contrast": 2.0}, {"name": "band", "kind": "uneven", "contrast": -0.5},
+             {"name": "crack", "kind": "crack", "placement": "near_edge"}]
+    data = {"surface": "inspection", "objects": {"count": 0}, "defects": {"count": [2, 3], "contrast": [0.2, 0.4]},
+            "camera": {"elevation_deg": [88, 89]}, "defect_types": types}
+    sc = load_scenario(data)
+    spec = draw(sc, 0, torch.arange(512), 0)
+    present = spec.defects.type >= 0
+    t = spec.defects.type.clamp(min=0)
+    base = spec.params["defects.contrast"][:, None].expand_as(t)
+    ratio = spec.defects.contrast / base
+    hole, band, crack = (present & (t == i) for i in range(3))
+    assert hole.any() and band.any() and crack.any()
+    assert ((ratio[hole] >= 2 * 0.85 - 1e-5) & (ratio[hole] <= 2 * 1.15 + 1e-5)).all()
+    assert ((ratio[band] <= -0.5 * 0.85 + 1e-5) & (ratio[band] >= -0.5 * 1.15 - 1e-5)).all()
+    assert ((ratio[crack] >= 0.85 - 1e-5) & (ratio[crack] <= 1.15 + 1e-5)).all()
+    v = spec.params
+    half = (v["camera.distance"] * v["camera.sensor_mm"] / (2 * v["camera.focal_mm"])).clamp(max=0.16)[:, None]
+    reach = spec.defects.center.abs().amax(-1) / half
+    assert ((reach >= 0.8 - 1e-5) & (reach <= 1 + 1e-5))[crack].all()
+    assert (reach[crack] < 1 - 0.05).any() and (reach[hole] < 0.5).any()
+    angle = spec.defects.angle[crack] % math.pi
+    assert angle.std() > 0.5  # any direction, not along the border
+    plain = load_scenario({**data, "defect_types": [{**d, "contrast": 1.0} for d in types[2:]]})
+    assert "contrast" not in plain.to_dict()["defect_types"][0]
+    assert plain.fingerprint() == load_scenario({**data, "defect_types": types[2:]}).fingerprint()
+    assert sc.to_dict()["defect_types"][1]["contrast"] == -0.5
+    assert load_scenario(sc.to_dict()).fingerprint() == sc.fingerprint()
+
+
+def test_negative_type_contrast_lightens_the_surface():
+    """The same sampled defect rendered with type contrast +1 darkens its footprint and with -1 lightens it,
+    against the same scene rendered with zero contrast."""
+    from dataclasses import replace
+
+    from synth_torch.data import SynthDataset
+
+    def dataset(contrast):
+        sc = load_scenario({"surface": "inspection", "objects": {"count": 0}, "antialias": False,
+                            "defects": {"count": 1, "decoys": 0, "contrast": 0.6, "size": 1.0},
+                            "sensor": {"noise_sigma": 0, "defocus_px": 0, "vignetting": 0},
+                            "defect_types": [{"name": "band", "kind": "uneven", "size": [0.3, 0.3],
+                                              "contrast": contrast}]})
+        return SynthDataset(sc, resolution=48, batch_size=2, seed=1)
+
+    dark_ds, light_ds = dataset(1.0), dataset(-1.0)
+    params = dark_ds.sample_params(torch.arange(2))
+    none = replace(params, values={**params.values, "defects.contrast": torch.zeros_like(params.values["defects.contrast"])})
+    dark, light, clean = dark_ds.render_params(params), light_ds.render_params(params), dark_ds.render_params(none)
+    inside = dark.semantic > 0
+    assert inside.any() and torch.equal(inside, light.semantic > 0) and torch.equal(inside, clean.semantic > 0)
+    gray = [b.image.mean(1) for b in (dark, light, clean)]
+    assert (gray[0][inside] < gray[2][inside] - 1e-3).float().mean() > 0.5
+    assert (gray[1][inside] > gray[2][inside] + 1e-3).float().mean() > 0.5
 
 
 def test_sampler_on_a_scenario_without_objects_or_defects_slots():
