@@ -1,8 +1,11 @@
 """Which real defect types transfer: one study's test scores per group of the real test split (magnetic_tile:
 each defect class, and false alarms on the defect-free tiles), pretrain -> finetune against real only, paired by
-seed at each K.
+seed at each K; or against an arm of another study (``--base-study``, ``--base``), e.g. one scenario's
+pretrain -> finetune against another's.
 
     python experiments/sim2real/by_group.py experiments/sim2real/results/groups --out experiments/sim2real/results/groups/by_group
+    python experiments/sim2real/by_group.py experiments/sim2real/results/matched --base-study experiments/sim2real/results/groups \
+        --base pretrain_finetune --out experiments/sim2real/results/matched/by_group_vs_main
 
 Needs runs that scored the test split per group (``test/<metric>/real/<group>``, commit f7a081d and later). A
 defect class is scored by foreground IoU (``fg_iou``); the defect-free group, which has no foreground, by its
@@ -34,25 +37,33 @@ def score(test: dict, group: str) -> float:
     return test[PREFIX + group]
 
 
-def by_group(runs: list[dict], arm: str = "pretrain_finetune", base: str = "real_only") -> list[dict]:
-    """One row per K x group: ``arm`` and ``base`` mean ± std over their common seeds and the paired difference."""
-    runs = [r for r in runs if any(k.startswith(PREFIX) for k in r["test"])]
-    index = {(r["arm"], r["k"], r["seed"]): r["test"] for r in runs}
+def _index(runs: list[dict], arm: str) -> dict:
+    return {(r["k"], r["seed"]): r["test"] for r in runs
+            if r["arm"] == arm and any(k.startswith(PREFIX) for k in r["test"])}
+
+
+def by_group(runs: list[dict], arm: str = "pretrain_finetune", base: str = "real_only",
+             base_runs: list[dict] | None = None, base_label: str | None = None) -> list[dict]:
+    """One row per K x group: ``arm`` of ``runs`` and ``base`` of ``base_runs`` (default: ``runs``) mean ± std
+    over their common seeds, and the paired difference. ``base_label`` names the base's columns (default
+    ``base``)."""
+    ours, theirs = _index(runs, arm), _index(runs if base_runs is None else base_runs, base)
+    label = base_label or base
     rows = []
-    for k in sorted({key[1] for key in index if key[0] == arm}):
-        seeds = sorted(s for (a, kk, s) in index if (a, kk) == (arm, k) and (base, k, s) in index)
+    for k in sorted({key[0] for key in ours}):
+        seeds = sorted(s for (kk, s) in ours if kk == k and (k, s) in theirs)
         if not seeds:
             continue
-        groups = sorted({key[len(PREFIX):] for s in seeds for key in index[(arm, k, s)] if key.startswith(PREFIX)}
+        groups = sorted({key[len(PREFIX):] for s in seeds for key in ours[(k, s)] if key.startswith(PREFIX)}
                         | {DEFECT_FREE}, key=lambda g: (g == DEFECT_FREE, g))
         for group in groups:
-            a = [score(index[(arm, k, s)], group) for s in seeds]
-            b = [score(index[(base, k, s)], group) for s in seeds]
+            a = [score(ours[(k, s)], group) for s in seeds]
+            b = [score(theirs[(k, s)], group) for s in seeds]
             mean, lo, hi, diff = paired(a, b)
             rows.append({"k": k, "group": group, "metric": "false_alarm" if group == DEFECT_FREE else "fg_iou",
                          "seeds": " ".join(map(str, seeds)), arm: statistics.mean(a),
-                         f"{arm} std": statistics.stdev(a) if len(a) > 1 else 0.0, base: statistics.mean(b),
-                         f"{base} std": statistics.stdev(b) if len(b) > 1 else 0.0, "diff": mean, "diff lo": lo,
+                         f"{arm} std": statistics.stdev(a) if len(a) > 1 else 0.0, label: statistics.mean(b),
+                         f"{label} std": statistics.stdev(b) if len(b) > 1 else 0.0, "diff": mean, "diff lo": lo,
                          "diff hi": hi, "diffs": " ".join(f"{d:+.3f}" for d in diff)})
     return rows
 
@@ -70,12 +81,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("study", type=Path, help="a study's results folder, e.g. experiments/sim2real/results/groups")
     ap.add_argument("--out", type=Path, required=True, help="writes <out>.csv and <out>.md")
+    ap.add_argument("--arm", default="pretrain_finetune")
+    ap.add_argument("--base", default="real_only", help="the arm compared against")
+    ap.add_argument("--base-study", type=Path, default=None, help="the base arm's study folder (default: study)")
     args = ap.parse_args(argv)
-    rows = by_group(load(args.study))
+    label = args.base if args.base_study is None else f"{args.base} ({args.base_study.name})"
+    rows = by_group(load(args.study), args.arm, args.base,
+                    None if args.base_study is None else load(args.base_study), label)
     if not rows:
-        print(f"no pretrain -> finetune and real-only runs in {args.study} were scored per group", file=sys.stderr)
+        print(f"no {args.arm} runs in {args.study} with {args.base} runs of the same K and seed in "
+              f"{args.base_study or args.study} were scored per group", file=sys.stderr)
         return 1
-    write_tables(args.out, rows, markdown(rows))
+    write_tables(args.out, rows, markdown(rows, args.arm, label))
     return 0
 
 

@@ -74,6 +74,17 @@ def test_by_group_pairs_each_defect_type_by_seed(tmp_path):
     assert rows["Free"]["metric"] == "false_alarm"
     assert rows["Free"]["pretrain_finetune"] == pytest.approx(0.15) and rows["Free"]["real_only"] == pytest.approx(0.2)
     assert "| 100 | Crack | fg_iou |" in out.with_suffix(".md").read_text()
+    other = tmp_path / "other"
+    (other / "tile").mkdir(parents=True)
+    (other / "tile" / "pretrain_finetune_K100_seed1.json").write_text(json.dumps(
+        {"task": "tile", "arm": "pretrain_finetune", "k": 100, "seed": 1,
+         "test": {"test/fg_iou/real/Crack": 0.6, "test/class_iou/background/real/Free": 0.8}}))
+    assert module.main([str(other), "--base-study", str(tmp_path), "--base", "pretrain_finetune",
+                        "--out", str(tmp_path / "vs")]) == 0
+    vs = {r["group"]: r for r in module.by_group(module.load(other), base="pretrain_finetune",
+                                                  base_runs=module.load(tmp_path), base_label="main")}
+    assert vs["Crack"]["seeds"] == "1" and vs["Crack"]["diff"] == pytest.approx(0.3) and vs["Crack"]["main"] == 0.3
+    assert "pretrain_finetune (" in (tmp_path / "vs.md").read_text()
 
 
 def test_free_tiles_writes_only_defect_free_train_photos(fake_tiles, tmp_path):
