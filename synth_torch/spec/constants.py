@@ -17,7 +17,8 @@ SURFACES: tuple[str, ...] = ("tabletop", "inspection")
 DEFECT_KINDS: tuple[str, ...] = ("blowhole", "crack", "spot", "fray", "break", "uneven", "stain", "dust", "scratch")
 #: Defect kinds that lighten the surface (the others darken it).
 BRIGHT_DEFECT_KINDS: tuple[str, ...] = ("dust", "scratch")
-#: Where a defect type's centre is placed: anywhere on the visible surface, or on the border of the view.
+#: Where a defect type's centre is placed: anywhere on the visible surface, on the border of the view, or within a
+#: fifth of the half side inside it.
 DEFECT_PLACEMENTS: tuple[str, ...] = ("anywhere", "edge", "near_edge")
 
 

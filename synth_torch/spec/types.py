@@ -127,7 +127,8 @@ class DefectSpec:
     (1..C) of a labeled defect, 0 for empty slots and decoys (near-miss look-alikes that are drawn but never
     labeled); kind [B, D] long: index into ``DEFECT_KINDS``; center [B, D, 2] ground-plane xy (metres);
     size [B, D] metres; angle [B, D] radians; contrast [B, D] in [-1, 1]: how much the defect darkens (lightens,
-    for ``BRIGHT_DEFECT_KINDS``; negative values swap the two) the surface at its core; seed [B, D] in [0, 1): shape variation.
+    for ``BRIGHT_DEFECT_KINDS``; negative values swap the two) the surface at its core; seed [B, D] in [0, 1):
+    shape variation.
     """
 
     type: Tensor

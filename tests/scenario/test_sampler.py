@@ -261,7 +261,8 @@ def test_decoy_only_scenarios_and_bad_defect_types_are_rejected():
 def test_defect_type_contrast_and_near_edge_placement():
     """A type's ``contrast`` scales the sampled contrast (sign included); ``near_edge`` centres lie within a
     fifth of the half side inside a border, at any angle; the default contrast leaves the fingerprint alone."""
-    types = [{"name": "hole", "kind": "blowhole", "contrast": 2.0}, {"name": "band", "kind": "uneven", "contrast": -0.5},
+    types = [{"name": "hole", "kind": "blowhole", "contrast": 2.0},
+             {"name": "band", "kind": "uneven", "contrast": -0.5},
              {"name": "crack", "kind": "crack", "placement": "near_edge"}]
     data = {"surface": "inspection", "objects": {"count": 0}, "defects": {"count": [2, 3], "contrast": [0.2, 0.4]},
             "camera": {"elevation_deg": [88, 89]}, "defect_types": types}
@@ -307,7 +308,8 @@ def test_negative_type_contrast_lightens_the_surface():
 
     dark_ds, light_ds = dataset(1.0), dataset(-1.0)
     params = dark_ds.sample_params(torch.arange(2))
-    none = replace(params, values={**params.values, "defects.contrast": torch.zeros_like(params.values["defects.contrast"])})
+    zero = torch.zeros_like(params.values["defects.contrast"])
+    none = replace(params, values={**params.values, "defects.contrast": zero})
     dark, light, clean = dark_ds.render_params(params), light_ds.render_params(params), dark_ds.render_params(none)
     inside = dark.semantic > 0
     assert inside.any() and torch.equal(inside, light.semantic > 0) and torch.equal(inside, clean.semantic > 0)
