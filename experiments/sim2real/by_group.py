@@ -23,8 +23,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from compare import paired, write_tables  # noqa: E402
-from report import load  # noqa: E402
+from compare import paired, table_files  # noqa: E402
+from report import load, write_files  # noqa: E402
 
 DEFECT_FREE = "Free"
 PREFIX = "test/fg_iou/real/"
@@ -77,6 +77,16 @@ def markdown(rows: list[dict], arm: str = "pretrain_finetune", base: str = "real
     return "\n".join(lines)
 
 
+def by_group_files(study: Path, out: Path, arm: str = "pretrain_finetune", base: str = "real_only",
+                   base_study: Path | None = None) -> dict[Path, str]:
+    """:func:`by_group` of the runs under ``study`` (base arm from ``base_study``, default ``study``) as
+    ``<out>.csv`` and ``<out>.md`` texts; empty if no run was scored per group against a base of the same K
+    and seed."""
+    label = base if base_study is None else f"{base} ({base_study.name})"
+    rows = by_group(load(study), arm, base, None if base_study is None else load(base_study), label)
+    return table_files(out, rows, markdown(rows, arm, label)) if rows else {}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("study", type=Path, help="a study's results folder, e.g. experiments/sim2real/results/groups")
@@ -85,16 +95,14 @@ def main(argv=None) -> int:
     ap.add_argument("--base", default="real_only", help="the arm compared against")
     ap.add_argument("--base-study", type=Path, default=None, help="the base arm's study folder (default: study)")
     args = ap.parse_args(argv)
-    label = args.base if args.base_study is None else f"{args.base} ({args.base_study.name})"
-    rows = by_group(load(args.study), args.arm, args.base,
-                    None if args.base_study is None else load(args.base_study), label)
-    if not rows:
+    files = by_group_files(args.study, args.out, args.arm, args.base, args.base_study)
+    if not files:
         print(f"no {args.arm} runs in {args.study} with {args.base} runs of the same K and seed in "
               f"{args.base_study or args.study} were scored per group", file=sys.stderr)
         return 1
-    write_tables(args.out, rows, markdown(rows, args.arm, label))
+    write_files(files)
+    print(files[args.out.with_suffix(".md")], end="")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

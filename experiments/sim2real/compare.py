@@ -14,8 +14,6 @@ images beside the base's. Writes ``<out>.csv`` and ``<out>.md`` and prints the M
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import statistics
@@ -26,10 +24,8 @@ from scipy import stats
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from report import ARM_LABELS, load  # noqa: E402
+from report import ARM_LABELS, csv_text, load, write_files  # noqa: E402
 from run import TASKS  # noqa: E402
-
-from synth_torch.fileio import write_text_atomic  # noqa: E402
 
 
 def _realism(results: Path, study: str, task: str) -> float | None:
@@ -98,15 +94,16 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_tables(out: Path, rows: list[dict], text: str) -> None:
-    """``rows`` as ``<out>.csv`` and the Markdown ``text`` as ``<out>.md`` (both atomically); prints ``text``."""
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(out.with_suffix(".csv"), table.getvalue())
-    write_text_atomic(out.with_suffix(".md"), text + "\n")
-    print(text)
+def table_files(out: Path, rows: list[dict], text: str) -> dict[Path, str]:
+    """``rows`` as the CSV text of ``<out>.csv`` and the Markdown ``text`` as ``<out>.md``."""
+    return {out.with_suffix(".csv"): csv_text(rows), out.with_suffix(".md"): text + "\n"}
+
+
+def compare_files(results: Path, base: str, studies: list[str], out: Path) -> dict[Path, str]:
+    """The comparison tables of ``studies`` against ``base`` (``<out>.csv``, ``<out>.md``); empty if no run of
+    them shares a seed with ``base``."""
+    rows = [row for study in studies for row in compare(results, base, study)]
+    return table_files(out, rows, markdown(rows)) if rows else {}
 
 
 def main(argv=None) -> int:
@@ -116,11 +113,12 @@ def main(argv=None) -> int:
     ap.add_argument("--studies", nargs="+", required=True)
     ap.add_argument("--out", type=Path, required=True, help="writes <out>.csv and <out>.md")
     args = ap.parse_args(argv)
-    rows = [row for study in args.studies for row in compare(args.results, args.base, study)]
-    if not rows:
+    files = compare_files(args.results, args.base, args.studies, args.out)
+    if not files:
         print(f"no run of {args.studies} has a seed in common with {args.base}", file=sys.stderr)
         return 1
-    write_tables(args.out, rows, markdown(rows))
+    write_files(files)
+    print(files[args.out.with_suffix(".md")], end="")
     return 0
 
 

@@ -146,6 +146,27 @@ def plot(rows: list[dict], task: str, path: Path) -> None:
     plt.close(fig)
 
 
+def csv_text(rows: list[dict]) -> str:
+    """``rows`` as CSV, one column per key in order of first appearance."""
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(k for r in rows for k in r)),
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return table.getvalue()
+
+
+def write_files(files: dict[Path, str]) -> None:
+    """Writes each path's text atomically."""
+    for path, content in files.items():
+        write_text_atomic(path, content)
+
+
+def report_files(results: Path, rows: list[dict]) -> dict[Path, str]:
+    """The texts of ``<results>/summary.csv`` and ``<results>/report.md`` for :func:`summarise`'s ``rows``."""
+    return {results / "summary.csv": csv_text(rows), results / "report.md": markdown(rows, results.name) + "\n"}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", type=Path, help="experiments/sim2real/results/<study>")
@@ -156,14 +177,9 @@ def main(argv=None) -> int:
         print(f"no results under {args.results}", file=sys.stderr)
         return 1
     rows = summarise(runs)
-    table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(args.results / "summary.csv", table.getvalue())
-    text = markdown(rows, args.results.name)
-    write_text_atomic(args.results / "report.md", text + "\n")
-    print(text)
+    files = report_files(args.results, rows)
+    write_files(files)
+    print(files[args.results / "report.md"], end="")
     for task in sorted({r["task"] for r in rows}):
         path = args.plots / f"sim2real_{args.results.name}_{task}.png"
         plot(rows, task, path)

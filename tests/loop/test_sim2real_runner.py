@@ -126,3 +126,31 @@ def test_defect_stats_measures_a_drawn_line_and_disc():
     assert square["contrast"] == pytest.approx(-0.25) and square["edge"] == pytest.approx(15 / 40)
     summary = module.summarise([(1, line), (2, square)], {1: 1, 2: 1}, ("line", "square"))
     assert summary["line"]["regions_per_image"] == 1 and summary["square"]["area"][1] == pytest.approx(25 / 1600)
+
+
+def test_committed_tables_match_the_raw_results_and_an_edit_makes_them_stale(tmp_path):
+    import json
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("sim2real_tables", ROOT / "experiments" / "sim2real" / "tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    files = module.tables()
+    assert module.RESULTS / "main" / "report.md" in files and module.RESULTS / "compare.md" in files
+    assert module.stale(files) == [], "run python experiments/sim2real/tables.py and commit the tables"
+    results = tmp_path / "results"
+    shutil.copytree(module.RESULTS, results)
+    run = results / "groups" / "tile" / "pretrain_finetune_K25_seed0.json"
+    record = json.loads(run.read_text())
+    record["test"]["test/fg_iou/real/Crack"] += 0.5
+    run.write_text(json.dumps(record))
+    assert module.main(["--results", str(results), "--check"]) == 1
+    changed = {p.relative_to(results).as_posix() for p in module.stale(module.tables(results))}
+    uses_run = [out for out, (study, arm, base, base_study) in module.BY_GROUP.items()
+                if (study, arm) == ("groups", "pretrain_finetune") or (base_study, base) == ("groups", "pretrain_finetune")]
+    uses_groups = [out for out in uses_run if (results / f"{out}.md").is_file()]
+    assert "groups/by_group" in uses_groups and "matched/by_group_vs_main" in uses_groups
+    assert changed == {f"{out}.{ext}" for out in uses_groups for ext in ("csv", "md")}
+    assert module.main(["--results", str(results)]) == 0
+    assert module.main(["--results", str(results), "--check"]) == 0
+    assert (results / "groups" / "by_group.md").read_text() != (module.RESULTS / "groups" / "by_group.md").read_text()
