@@ -136,6 +136,7 @@ def plot(rows: list[dict], task: str, path: Path) -> None:
                         marker="o", capsize=3, label=ARM_LABELS[arm])
         ax.set_xscale("log")
         ax.set_xticks(ks, [str(k) for k in ks])
+        ax.minorticks_off()
         ax.set(xlabel="real training images K", ylabel=metric, title=f"{task}: {metric}")
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -2,7 +2,7 @@
 
     python experiments/sim2real/tables.py            # rewrite the tables that changed
     python experiments/sim2real/tables.py --check    # exit 1 naming the tables that are not up to date
-    python experiments/sim2real/tables.py --plots docs/img   # also redraw each reported study's plot
+    python experiments/sim2real/tables.py --plots docs/img   # also redraw the curves docs/results.md shows
 
 The tables are those ``report.py``, ``compare.py`` and ``by_group.py`` write (``summary.csv`` / ``report.md``
 beside a study, ``compare*.{csv,md}``, ``by_group*.{csv,md}``); the lists below say which study is reported or
@@ -24,6 +24,8 @@ from report import load, plot, report_files, summarise, write_files  # noqa: E40
 RESULTS = HERE / "results"
 #: studies with their own ``report.md`` (mean ± std per arm and K)
 REPORTS = ("main", "hires", "fruits_cn", "fruits_cn_r3000", "pilot", "pilot2", "pilot_r400")
+#: (study, task) of the curves ``docs/results.md`` shows, drawn by ``--plots``
+PLOTS = (("main", "tile"), ("fruits_cn", "fruits"))
 #: ``<out>``: (base study, compared studies), paired by seed with the base's same arm and K
 COMPARES = {
     "compare": ("main", ("ablate_sensor", "ablate_texture", "ablate_lighting", "balanced", "s100k", "real_texture",
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if a table is not up to date")
-    ap.add_argument("--plots", type=Path, default=None, help="also draw <plots>/sim2real_<study>_<task>.png")
+    ap.add_argument("--plots", type=Path, default=None, help="also draw PLOTS as <plots>/sim2real_<study>_<task>.png")
     args = ap.parse_args(argv)
     files = tables(args.results)
     changed = stale(files)
@@ -81,10 +83,8 @@ def main(argv=None) -> int:
         return 1 if changed else 0
     write_files({path: files[path] for path in changed})
     if args.plots is not None:
-        for study in REPORTS:
-            rows = summarise(load(args.results / study))
-            for task in sorted({r["task"] for r in rows}):
-                plot(rows, task, args.plots / f"sim2real_{study}_{task}.png")
+        for study, task in PLOTS:
+            plot(summarise(load(args.results / study)), task, args.plots / f"sim2real_{study}_{task}.png")
     return 0
 
 
