@@ -26,11 +26,14 @@ RESULTS = HERE / "results"
 REPORTS = ("main", "hires", "fruits_cn", "fruits_cn_r3000", "pilot", "pilot2", "pilot_r400")
 #: (study, task) of the curves ``docs/results.md`` shows, drawn by ``--plots``
 PLOTS = (("main", "tile"), ("fruits_cn", "fruits"))
-#: ``<out>``: (base study, compared studies), paired by seed with the base's same arm and K
+#: ``<out>``: (base study, compared studies, base arm), paired by seed with the base's same arm (base arm None)
+#: or with its base arm at the same K
 COMPARES = {
     "compare": ("main", ("ablate_sensor", "ablate_texture", "ablate_lighting", "balanced", "s100k", "real_texture",
-                         "matched", "matched2")),
-    "compare_hires": ("hires", ("hires_matched", "hires_matched2")),
+                         "matched", "matched2"), None),
+    "compare_vs_real_only": ("main", ("real_texture", "matched", "matched2"), "real_only"),
+    "compare_hires": ("hires", ("hires_matched", "hires_matched2"), None),
+    "compare_hires_vs_real_only": ("hires", ("hires_matched", "hires_matched2"), "real_only"),
 }
 #: ``<out>``: (study, arm, base arm, base study or None for the same study), per class of the real test split
 BY_GROUP = {
@@ -55,8 +58,8 @@ def tables(results: Path = RESULTS) -> dict[Path, str]:
         runs = load(results / study)
         if runs:
             files.update(report_files(results / study, summarise(runs)))
-    for out, (base, studies) in COMPARES.items():
-        files.update(compare_files(results, base, list(studies), results / out))
+    for out, (base, studies, base_arm) in COMPARES.items():
+        files.update(compare_files(results, base, list(studies), results / out, base_arm))
     for out, (study, arm, base, base_study) in BY_GROUP.items():
         files.update(by_group_files(results / study, results / out, arm, base,
                                     None if base_study is None else results / base_study))

@@ -154,3 +154,28 @@ def test_committed_tables_match_the_raw_results_and_an_edit_makes_them_stale(tmp
     assert module.main(["--results", str(results)]) == 0
     assert module.main(["--results", str(results), "--check"]) == 0
     assert (results / "groups" / "by_group.md").read_text() != (module.RESULTS / "groups" / "by_group.md").read_text()
+
+
+def test_compare_pairs_each_seed_with_the_base_arm_it_is_asked_for(tmp_path):
+    import json
+
+    spec = importlib.util.spec_from_file_location("sim2real_compare", ROOT / "experiments" / "sim2real" / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    iou, ap = "test/fg_iou/real", "test/fg_ap/real"
+    runs = {("base", "real_only", 0): 0.10, ("base", "real_only", 1): 0.20, ("base", "pretrain_finetune", 0): 0.30,
+            ("base", "pretrain_finetune", 1): 0.50, ("new", "pretrain_finetune", 0): 0.40,
+            ("new", "pretrain_finetune", 1): 0.35, ("new", "pretrain_finetune", 2): 0.90}
+    for (study, arm, seed), value in runs.items():
+        path = tmp_path / study / "tile" / f"{arm}_K25_seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"task": "tile", "arm": arm, "k": 25, "seed": seed,
+                                    "test": {iou: value, ap: value / 2}}))
+    same, = module.compare(tmp_path, "base", "new")
+    assert (same["base_arm"], same["seeds"]) == ("pretrain_finetune", "0 1")  # seed 2 has no partner
+    assert same[f"{iou} diffs"] == "+0.100 -0.150"
+    against, = module.compare(tmp_path, "base", "new", base_arm="real_only")
+    assert against["base_arm"] == "real_only" and against[f"{iou} diffs"] == "+0.300 +0.150"
+    assert against[f"{iou} diff"] == pytest.approx(0.225) and against[f"{ap} diff"] == pytest.approx(0.1125)
+    assert against[f"{iou} diff lo"] < 0.225 < against[f"{iou} diff hi"]
+    assert "minus the base's real only at the same K" in module.markdown([against], "real_only")
