@@ -30,8 +30,8 @@ PLOTS = (("main", "tile"), ("fruits_cn", "fruits"))
 #: or with its base arm at the same K
 COMPARES = {
     "compare": ("main", ("ablate_sensor", "ablate_texture", "ablate_lighting", "balanced", "s100k", "real_texture",
-                         "matched", "matched2"), None),
-    "compare_vs_real_only": ("main", ("real_texture", "matched", "matched2"), "real_only"),
+                         "matched", "matched2", "matched3"), None),
+    "compare_vs_real_only": ("main", ("real_texture", "matched", "matched2", "matched3"), "real_only"),
     "compare_hires": ("hires", ("hires_matched", "hires_matched2"), None),
     "compare_hires_vs_real_only": ("hires", ("hires_matched", "hires_matched2"), "real_only"),
 }
@@ -43,6 +43,8 @@ BY_GROUP = {
     "matched/by_group_vs_real_only": ("matched", "pretrain_finetune", "real_only", "groups"),
     "matched2/by_group_vs_main": ("matched2", "pretrain_finetune", "pretrain_finetune", "groups"),
     "matched2/by_group_vs_real_only": ("matched2", "pretrain_finetune", "real_only", "groups"),
+    "matched3/by_group_vs_main": ("matched3", "pretrain_finetune", "pretrain_finetune", "groups"),
+    "matched3/by_group_vs_real_only": ("matched3", "pretrain_finetune", "real_only", "groups"),
     "hires_matched/by_group_vs_hires": ("hires_matched", "pretrain_finetune", "pretrain_finetune", "hires"),
     "hires_matched/by_group_vs_real_only": ("hires_matched", "pretrain_finetune", "real_only", "hires"),
     "hires_matched2/by_group_vs_hires": ("hires_matched2", "pretrain_finetune", "pretrain_finetune", "hires"),
