@@ -32,6 +32,7 @@ COMPARES = {
     "compare": ("main", ("ablate_sensor", "ablate_texture", "ablate_lighting", "balanced", "s100k", "real_texture",
                          "matched", "matched2", "matched3"), None),
     "compare_vs_real_only": ("main", ("real_texture", "matched", "matched2", "matched3"), "real_only"),
+    "compare_vs_matched2": ("matched2", ("matched3",), None),
     "compare_hires": ("hires", ("hires_matched", "hires_matched2"), None),
     "compare_hires_vs_real_only": ("hires", ("hires_matched", "hires_matched2"), "real_only"),
 }
@@ -45,6 +46,7 @@ BY_GROUP = {
     "matched2/by_group_vs_real_only": ("matched2", "pretrain_finetune", "real_only", "groups"),
     "matched3/by_group_vs_main": ("matched3", "pretrain_finetune", "pretrain_finetune", "groups"),
     "matched3/by_group_vs_real_only": ("matched3", "pretrain_finetune", "real_only", "groups"),
+    "matched3/by_group_vs_matched2": ("matched3", "pretrain_finetune", "pretrain_finetune", "matched2"),
     "hires_matched/by_group_vs_hires": ("hires_matched", "pretrain_finetune", "pretrain_finetune", "hires"),
     "hires_matched/by_group_vs_real_only": ("hires_matched", "pretrain_finetune", "real_only", "hires"),
     "hires_matched2/by_group_vs_hires": ("hires_matched2", "pretrain_finetune", "pretrain_finetune", "hires"),
