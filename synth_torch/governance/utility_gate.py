@@ -10,6 +10,8 @@ it. Off by default (``utility: {enabled: true}`` in the gates file): it costs a 
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import torch
@@ -56,7 +58,7 @@ class UtilityGate(Gate):
         H, W = view.size
         real = open_real(s["real_kind"], root, view.class_names, (H, W), split="val")
         real = real.take(min(s["val_images"], len(real)))
-        with torch.random.fork_rng(), quiet_lightning():
+        with torch.random.fork_rng(), quiet_lightning(), _keep_deterministic_algorithms():
             torch.manual_seed(s["seed"])
             task = SegmentationTask(segmentation_model(2, "tiny_unet", s["width"], s["depth"]), num_classes=2,
                                     target="foreground",
@@ -77,6 +79,24 @@ class UtilityGate(Gate):
                    f"{before:.4f}); min_score {s['min_score']:g}")
         failures = [] if ok else [f"foreground IoU {after:.4f} < min_score {s['min_score']:g}"]
         return self.result(PASS if ok else FAIL, summary, figures, failures)
+
+
+@contextlib.contextmanager
+def _keep_deterministic_algorithms():
+    """Restore torch's deterministic-algorithms mode (and cuBLAS's workspace setting) on exit: Lightning's
+    ``deterministic=True`` switches it on for the whole process, which makes later code slower (torchmetrics'
+    binned curves take an O(values x bins) path) or raise where an op has no deterministic kernel."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        if cublas is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
 
 
 @torch.no_grad()

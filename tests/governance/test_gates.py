@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import RES, make_export, photo
 from PIL import Image
 from pycocotools import mask as mask_utils
@@ -223,7 +224,9 @@ def test_utility_gate_trains_and_scores_on_real_data(tmp_path):
         pytest.skip(f"real data not found: {real}")
     root = make_export(tmp_path / "defects", scenario="defects", n=16, formats="webdataset")
     settings = {"enabled": True, "steps": 4, "batch_size": 4, "width": 8, "depth": 2, "val_images": 8}
+    assert not torch.are_deterministic_algorithms_enabled()
     r = _gate(validate(root, reference=real, gates={"utility": settings}, only=["utility"], write=False), "utility")
+    assert not torch.are_deterministic_algorithms_enabled(), "the gate's Trainer(deterministic=True) leaked"
     score = r.figures["fg_iou"]
     assert 0.0 <= score <= 1.0 and r.figures["real_images"] == 8
     strict = {"utility": settings | {"min_score": score + 0.01}}
