@@ -4,6 +4,7 @@ without changing its digest; `synth-torch validate` prints the table and exits n
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -215,6 +216,24 @@ def test_real_photo_as_background_is_caught(tmp_path):
     root = make_export(tmp_path / "leak", n=2, formats="coco", overrides={"background_images": str(bg)})
     r = _gate(validate(root, protected=real, only=["privacy_assets"], write=False), "privacy_assets")
     assert r.status == "fail" and r.figures["distance_to_closest"]["min"] == 0
+
+
+def test_utility_gate_restores_the_callers_deterministic_mode(monkeypatch):
+    from synth_torch.governance.utility_gate import _keep_deterministic_algorithms
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    with _keep_deterministic_algorithms():
+        torch.use_deterministic_algorithms(True)  # what Lightning's Trainer(deterministic=True) does
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    assert not torch.are_deterministic_algorithms_enabled() and "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        with _keep_deterministic_algorithms():
+            torch.use_deterministic_algorithms(False)
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 @pytest.mark.slow
