@@ -134,11 +134,14 @@ def _schedule(base, data: dict) -> HybridSchedule:
 
 def plan(task: str, arms, ks, seeds, synthetic_steps: int, real_steps: int, extra: list[str], study: str,
          pool: int, rewarm_steps: int = 0, logs: Path = LOGS, val_checks: int = 2,
-         pretrained: str | None = None) -> list[Run]:
+         pretrained: str | None = None, select_by: str | None = None) -> list[Run]:
     """The runs of a study, pretraining first (``pretrain_finetune`` resumes ``synthetic_only``, or with
     ``pretrained`` the ``synthetic_only`` checkpoints of that study: for studies that change only the real data).
     ``extra`` overrides win over the planned ones; run outputs go to ``logs/<study>/<task>/<arm>/K<k>/seed<s>``;
-    each run validates ``val_checks`` times (evenly spaced; detection validation is slow on CPU)."""
+    each run validates ``val_checks`` times (evenly spaced; detection validation is slow on CPU). With
+    ``select_by`` (a validation metric, e.g. ``val/fg_iou/real``) every arm that trains on real images keeps its
+    best checkpoint by that metric and also tests it (the result's ``selected``: model selection on the real
+    validation split, the same for every arm)."""
     given = {o.split("=", 1)[0] for o in extra}
     base = _compose([f"experiment={TASKS[task]['experiment']}", *extra], LOGS)
     B = int(base.data.batch_size)
@@ -164,6 +167,10 @@ def plan(task: str, arms, ks, seeds, synthetic_steps: int, real_steps: int, extr
                 if arm == "synthetic_only":
                     run.overrides[1:1] = ["callbacks=model_checkpoint", "trainer.enable_checkpointing=true",
                                           f"callbacks.model_checkpoint.every_n_train_steps={steps}"]
+                elif select_by:
+                    run.overrides[1:1] = ["callbacks=model_checkpoint", "trainer.enable_checkpointing=true",
+                                          f"callbacks.model_checkpoint.monitor={select_by}",
+                                          "callbacks.model_checkpoint.save_top_k=1", "test_best=true"]
                 if arm == "pretrain_finetune":
                     run.pretrain = _shown(logs / (pretrained or study) / task / "synthetic_only" / "K0" / f"seed{seed}")
                 real = int(_schedule(base.data, data).real_images(steps, B))
@@ -254,6 +261,8 @@ def run_one(run: Run, study: str, train_module=None, results: Path = RESULTS) ->
               "test": {k: v for k, v in metrics.items() if k.startswith("test/")},
               "val": {k: v for k, v in metrics.items() if k.startswith("val/")},
               "curve": _curve(out_dir), **_provenance()}
+    if "selected" in out:
+        result["selected"] = {**out["selected"], "ckpt": _shown(Path(out["selected"]["ckpt"]))}
     path = result_path(study, run, results)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
@@ -279,6 +288,9 @@ def main(argv=None) -> int:
     ap.add_argument("--pretrained-study", default=None, metavar="STUDY",
                     help="pretrain_finetune resumes STUDY's synthetic_only checkpoints (S steps each) instead of "
                          "pretraining again: for studies that change only the real data")
+    ap.add_argument("--select-by-val", default=None, metavar="METRIC",
+                    help="also test each real-data run's best checkpoint by this validation metric "
+                         "(e.g. val/fg_iou/real; early stopping by model selection, recorded as 'selected')")
     ap.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs (run in parts)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (1 keeps small models fast when other jobs share the cores)")
@@ -294,7 +306,8 @@ def main(argv=None) -> int:
     pool = real_pool_size(args.task, args.set)
     rewarm = args.real_steps // 10 if args.rewarm_steps is None else args.rewarm_steps
     runs = plan(args.task, args.arms, args.ks, args.seeds, args.synthetic_steps, args.real_steps, args.set,
-                args.study, pool, rewarm, val_checks=args.val_checks, pretrained=args.pretrained_study)
+                args.study, pool, rewarm, val_checks=args.val_checks, pretrained=args.pretrained_study,
+                select_by=args.select_by_val)
     if args.pretrained_study:
         check_pretraining(runs, args.synthetic_steps)
     todo = [r for r in runs if not result_path(args.study, r).is_file()]

@@ -46,6 +46,11 @@ def _check(cfg: DictConfig) -> None:
                                f"epochs), got {vci!r}")
     if cfg.trainer.get("check_val_every_n_epoch", None) is not None:
         raise TrainConfigError("trainer.check_val_every_n_epoch must be null (the stream has no epochs)")
+    if cfg.get("test_best"):
+        kept = (cfg.get("callbacks") or {}).get("model_checkpoint")
+        if not cfg.get("test") or kept is None or kept.get("monitor") is None:
+            raise TrainConfigError("test_best=true needs test=true and a monitored checkpoint "
+                                   "(callbacks=model_checkpoint trainer.enable_checkpointing=true)")
 
 
 def _instantiate_group(node) -> list:
@@ -165,6 +170,7 @@ def train(cfg: DictConfig) -> dict:
 
         suite = datamodule.suite(datamodule.slice_names[0])
         paths["predictions"] = str(save_png_atomic(prediction_grid(model, suite[0]), output_dir / "predictions.png"))
+    selected = _test_best(trainer, model, datamodule) if cfg.get("test_best") else None
     ckpt = trainer.checkpoint_callback
     if ckpt is not None and ckpt.dirpath and Path(ckpt.dirpath).is_dir():
         paths["checkpoints"] = str(ckpt.dirpath)
@@ -190,10 +196,29 @@ def train(cfg: DictConfig) -> dict:
         tested = {k: round(v, 4) for k, v in metrics.items() if k.startswith("test/")}
         if tested:
             print(f"  test  {tested}")
+        if selected:
+            print(f"  test of the best by {selected['monitor']} (step {selected['step']}): "
+                  f"{ {k: round(v, 4) for k, v in selected['test'].items()} }")
         if data["images_seen"].get("real"):
             print(f"  trained on {data['images_seen']} images; {data['real_train_images']} distinct real")
         print(summary_line(metrics, trainer.global_step, seconds, paths.get("predictions"), model.monitor))
-    return {"metrics": metrics, "paths": paths, "data": data}
+    return {"metrics": metrics, "paths": paths, "data": data} | ({"selected": selected} if selected else {})
+
+
+def _test_best(trainer, model, datamodule) -> dict:
+    """Test the best checkpoint the monitored ``ModelCheckpoint`` kept (model selection on validation): its
+    path, ``monitor``, score, global step and ``test/`` metrics. Loads those weights into ``model``."""
+    import torch
+
+    ckpt = trainer.checkpoint_callback
+    if ckpt is None or not ckpt.best_model_path:
+        raise TrainConfigError(f"test_best: no checkpoint was kept by {ckpt.monitor if ckpt else 'any monitor'} "
+                               "(no validation ran before the end? set trainer.val_check_interval)")
+    path = ckpt.best_model_path
+    step = int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+    trainer.test(model, datamodule=datamodule, ckpt_path=path, verbose=False)
+    return {"ckpt": path, "monitor": ckpt.monitor, "score": float(ckpt.best_model_score), "step": step,
+            "test": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}}
 
 
 def summary_line(metrics: dict[str, float], steps: int, seconds: float, predictions: str | None,

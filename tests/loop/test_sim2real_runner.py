@@ -32,6 +32,16 @@ def test_plan_pretrains_each_seed_first_with_equal_real_budgets(study, tmp_path)
     assert runs[3].pretrain == str(tmp_path / "s" / "tile" / "synthetic_only" / "K0" / "seed0")
 
 
+def test_selection_by_validation_keeps_the_best_checkpoint_of_every_real_data_arm(study, tmp_path):
+    runs = study.plan("tile", ["real_only", "pretrain_finetune"], ["10"], [0], 20, 10, [], "s", pool=30,
+                      logs=tmp_path, select_by="val/fg_iou/real")
+    chosen = {r.arm: r.overrides for r in runs}
+    for arm in ("real_only", "pretrain_finetune"):
+        assert {"callbacks.model_checkpoint.monitor=val/fg_iou/real", "test_best=true"} <= set(chosen[arm])
+    assert "test_best=true" not in chosen["synthetic_only"]
+    assert "callbacks.model_checkpoint.every_n_train_steps=20" in chosen["synthetic_only"]
+
+
 def test_a_borrowed_pretraining_must_exist_and_stop_at_S(study, tmp_path):
     runs = study.plan("tile", ["real_only", "pretrain_finetune"], ["all"], [0], 20, 10, ["data.real_balance=true"],
                       "balanced", pool=30, logs=tmp_path, pretrained="main")

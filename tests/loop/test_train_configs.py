@@ -4,6 +4,7 @@ bad configurations fail with a clear message."""
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import os
 from pathlib import Path
@@ -267,3 +268,33 @@ def test_debug_fdr_prints_each_line_once_and_writes_no_checkpoint(tmp_path):
     messages = [line.split("] - ")[-1].removeprefix("INFO: ") for line in lines]
     assert messages and len(messages) == len(set(messages)), lines
     assert "Summary: val/fg_iou" in run.stdout
+
+
+def _selection_run(tmp_path, fake_tiles, *extra):
+    return _compose(["experiment=sim2real_tile", "data.resolution=32", "data.batch_size=2",
+                     "data.val_samples_per_slice=2", "data.val_batch_size=2", "model.net.depth=2",
+                     "model.net.width=4", f"data.real_root={fake_tiles}", "data.schedule=real_only",
+                     "data.real_train_images=10", "trainer.max_steps=6", "trainer.val_check_interval=2",
+                     "logger=csv", *extra], tmp_path)
+
+
+def test_test_best_scores_the_checkpoint_chosen_on_real_validation(tmp_path, fake_tiles):
+    cfg = _selection_run(tmp_path, fake_tiles, "callbacks=model_checkpoint", "trainer.enable_checkpointing=true",
+                         "callbacks.model_checkpoint.monitor=val/fg_iou/real",
+                         "callbacks.model_checkpoint.save_top_k=1", "test=true", "test_best=true")
+    out = app_train.train(cfg)
+    rows = [r for r in csv.DictReader(next(tmp_path.rglob("metrics.csv")).open()) if r.get("val/fg_iou/real")]
+    logged = {int(r["step"]) + 1: float(r["val/fg_iou/real"]) for r in rows}
+    assert sorted(logged) == [2, 4, 6]
+    chosen = out["selected"]
+    assert chosen["monitor"] == "val/fg_iou/real" and chosen["step"] in logged
+    assert chosen["score"] == pytest.approx(max(logged.values()))
+    assert chosen["score"] == pytest.approx(logged[chosen["step"]])
+    assert set(chosen["test"]) == {k for k in out["metrics"] if k.startswith("test/")}
+
+
+@pytest.mark.parametrize("extra", [["test=true"], ["test=false", "callbacks=model_checkpoint",
+                                                   "trainer.enable_checkpointing=true"]])
+def test_test_best_without_test_or_a_monitored_checkpoint_fails_before_training(extra, tmp_path, fake_tiles):
+    with pytest.raises(app_train.TrainConfigError, match="test_best=true needs test=true and a monitored"):
+        app_train.train(_selection_run(tmp_path, fake_tiles, "test_best=true", *extra))
