@@ -52,6 +52,8 @@ def compare(results: Path, base: str, study: str, base_arm: str | None = None) -
     rows = []
     for task, arm, k in sorted({key[:3] for key in ours}):
         other = base_arm or arm
+        if (base, other) == (study, arm):
+            continue
         seeds = sorted(s for (t, a, kk, s) in ours if (t, a, kk) == (task, arm, k) and (t, other, kk, s) in theirs)
         if not seeds:
             continue

@@ -35,9 +35,24 @@ ARM_LABELS = {"synthetic_only": "synthetic only", "real_only": "real only", "pre
               "mixed": "mixed", "anneal": "anneal"}
 
 
+#: ``<study>@selected`` names a study's runs scored at their checkpoint chosen on validation (run.py
+#: ``--select-by-val``): their ``selected`` test metrics stand as ``test``
+SELECTED = "@selected"
+
+
 def load(results: Path) -> list[dict]:
-    """Every run result under ``results`` (``<task>/<arm>_K<k>_seed<s>.json``)."""
-    return [json.loads(p.read_text()) for p in sorted(results.glob("*/*.json"))]
+    """Every run result under ``results`` (``<task>/<arm>_K<k>_seed<s>.json``). For ``<study>@selected``, those
+    of ``<study>`` with the test metrics of their selected checkpoint; synthetic-only runs, which see no real
+    validation worth selecting on, keep their last step's."""
+    selected = results.name.endswith(SELECTED)
+    folder = results.with_name(results.name.removesuffix(SELECTED)) if selected else results
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*/*.json"))]
+    if not selected:
+        return runs
+    missing = [f"{r['arm']}_K{r['k']}_seed{r['seed']}" for r in runs if r["arm"] != "synthetic_only" and "selected" not in r]
+    if missing:
+        raise ValueError(f"{folder}: no selected checkpoint in {missing} (run without --select-by-val)")
+    return [r | {"test": r["selected"]["test"]} if "selected" in r else r for r in runs]
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -164,8 +179,12 @@ def write_files(files: dict[Path, str]) -> None:
 
 
 def report_files(results: Path, rows: list[dict]) -> dict[Path, str]:
-    """The texts of ``<results>/summary.csv`` and ``<results>/report.md`` for :func:`summarise`'s ``rows``."""
-    return {results / "summary.csv": csv_text(rows), results / "report.md": markdown(rows, results.name) + "\n"}
+    """The texts of ``<results>/summary.csv`` and ``<results>/report.md`` for :func:`summarise`'s ``rows``
+    (for ``<study>@selected``, in ``<study>/selected/``)."""
+    study = results.name
+    if study.endswith(SELECTED):
+        results = results.with_name(study.removesuffix(SELECTED)) / "selected"
+    return {results / "summary.csv": csv_text(rows), results / "report.md": markdown(rows, study) + "\n"}
 
 
 def main(argv=None) -> int:

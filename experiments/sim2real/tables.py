@@ -5,7 +5,8 @@
     python experiments/sim2real/tables.py --plots docs/img   # also redraw the curves docs/results.md shows
 
 The tables are those ``report.py``, ``compare.py`` and ``by_group.py`` write (``summary.csv`` / ``report.md``
-beside a study, ``compare*.{csv,md}``, ``by_group*.{csv,md}``); the lists below say which study is reported or
+beside a study, ``compare*.{csv,md}``, ``by_group*.{csv,md}``; ``<study>@selected``: a study's runs scored at the checkpoint
+chosen on validation, see ``report.load``); the lists below say which study is reported or
 compared against which, as ``docs/results.md`` quotes them. A study added there is added here.
 """
 
@@ -23,16 +24,18 @@ from report import load, plot, report_files, summarise, write_files  # noqa: E40
 
 RESULTS = HERE / "results"
 #: studies with their own ``report.md`` (mean ± std per arm and K)
-REPORTS = ("main", "hires", "fruits_cn", "fruits_cn_r3000", "pilot", "pilot2", "pilot_r400")
+REPORTS = ("main", "val_selected", "val_selected@selected", "hires", "fruits_cn", "fruits_cn_r3000", "pilot", "pilot2", "pilot_r400")
 #: (study, task) of the curves ``docs/results.md`` shows, drawn by ``--plots``
 PLOTS = (("main", "tile"), ("fruits_cn", "fruits"))
 #: ``<out>``: (base study, compared studies, base arm), paired by seed with the base's same arm (base arm None)
 #: or with its base arm at the same K
 COMPARES = {
     "compare": ("main", ("ablate_sensor", "ablate_texture", "ablate_lighting", "balanced", "s100k", "real_texture",
-                         "matched", "matched2", "matched3"), None),
+                         "matched", "matched2", "matched3", "val_selected"), None),
     "compare_vs_real_only": ("main", ("real_texture", "matched", "matched2", "matched3"), "real_only"),
     "compare_vs_matched2": ("matched2", ("matched3",), None),
+    "compare_selected": ("val_selected", ("val_selected@selected",), None),
+    "compare_selected_vs_real_only": ("val_selected@selected", ("val_selected@selected",), "real_only"),
     "compare_hires": ("hires", ("hires_matched", "hires_matched2"), None),
     "compare_hires_vs_real_only": ("hires", ("hires_matched", "hires_matched2"), "real_only"),
 }

@@ -191,3 +191,34 @@ def test_compare_pairs_each_seed_with_the_base_arm_it_is_asked_for(tmp_path):
     assert against[f"{iou} diff"] == pytest.approx(0.225) and against[f"{ap} diff"] == pytest.approx(0.1125)
     assert against[f"{iou} diff lo"] < 0.225 < against[f"{iou} diff hi"]
     assert "minus the base's real only at the same K" in module.markdown([against], "real_only")
+
+
+def test_a_selected_view_scores_each_run_at_its_checkpoint_chosen_on_validation(tmp_path):
+    import json
+
+    spec = importlib.util.spec_from_file_location("sim2real_compare", ROOT / "experiments" / "sim2real" / "compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    iou, ap = "test/fg_iou/real", "test/fg_ap/real"
+    runs = {("real_only", 0): (0.10, 0.15), ("real_only", 1): (0.20, 0.22), ("pretrain_finetune", 0): (0.30, 0.40),
+            ("pretrain_finetune", 1): (0.25, 0.35)}
+    for (arm, seed), (last, chosen) in runs.items():
+        path = tmp_path / "s" / "tile" / f"{arm}_K25_seed{seed}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"task": "tile", "arm": arm, "k": 25, "seed": seed, "wall_s": 1.0,
+                                    "budget": {"steps": 10, "real_images": 80, "synthetic_images": 0},
+                                    "test": {iou: last, ap: last},
+                                    "selected": {"step": 100, "test": {iou: chosen, ap: chosen}}}))
+    gain = {r["arm"]: r[f"{iou} diffs"] for r in module.compare(tmp_path, "s", "s@selected")}
+    assert gain == {"real_only": "+0.050 +0.020", "pretrain_finetune": "+0.100 +0.100"}
+    rows = module.compare(tmp_path, "s@selected", "s@selected", base_arm="real_only")
+    assert [(r["arm"], r[f"{iou} diffs"]) for r in rows] == [("pretrain_finetune", "+0.250 +0.130")]
+    from report import report_files, summarise  # on the path once compare.py is loaded
+
+    files = report_files(tmp_path / "s@selected", summarise(module.load(tmp_path / "s@selected")))
+    assert set(files) == {tmp_path / "s" / "selected" / "summary.csv", tmp_path / "s" / "selected" / "report.md"}
+    unselected = json.loads(path.read_text())
+    del unselected["selected"]
+    path.write_text(json.dumps(unselected))
+    with pytest.raises(ValueError, match=r"no selected checkpoint in \['pretrain_finetune_K25_seed1'\]"):
+        module.load(tmp_path / "s@selected")
