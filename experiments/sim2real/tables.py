@@ -50,6 +50,7 @@ BY_GROUP = {
     "matched3/by_group_vs_main": ("matched3", "pretrain_finetune", "pretrain_finetune", "groups"),
     "matched3/by_group_vs_real_only": ("matched3", "pretrain_finetune", "real_only", "groups"),
     "matched3/by_group_vs_matched2": ("matched3", "pretrain_finetune", "pretrain_finetune", "matched2"),
+    "val_selected/by_group_selected": ("val_selected@selected", "pretrain_finetune", "real_only", None),
     "hires_matched/by_group_vs_hires": ("hires_matched", "pretrain_finetune", "pretrain_finetune", "hires"),
     "hires_matched/by_group_vs_real_only": ("hires_matched", "pretrain_finetune", "real_only", "hires"),
     "hires_matched2/by_group_vs_hires": ("hires_matched2", "pretrain_finetune", "pretrain_finetune", "hires"),

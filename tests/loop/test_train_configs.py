@@ -52,7 +52,7 @@ def test_every_experiment_is_listed():
     ("model", ["seg_unet", "seg_lraspp", "seg_deeplab", "det_fasterrcnn", "det_retinanet", "det_fcos",
                "det_centernet"]),
     ("logger", ["wandb", "tensorboard", "mlflow", "csv", "many", "none"]),
-    ("callbacks", ["default", "slice_miner", "model_checkpoint", "stream_recorder", "none"]),
+    ("callbacks", ["default", "slice_miner", "model_checkpoint", "stream_recorder", "ema", "none"]),
     ("scenario", ["defects", "tabletop"]),
     ("data", ["synth", "synth_real", "synth_fruits"]),
 ])
@@ -298,3 +298,17 @@ def test_test_best_scores_the_checkpoint_chosen_on_real_validation(tmp_path, fak
 def test_test_best_without_test_or_a_monitored_checkpoint_fails_before_training(extra, tmp_path, fake_tiles):
     with pytest.raises(app_train.TrainConfigError, match="test_best=true needs test=true and a monitored"):
         app_train.train(_selection_run(tmp_path, fake_tiles, "test_best=true", *extra))
+
+
+def test_ema_callback_tests_the_averaged_weights(tmp_path, fake_tiles):
+    """``callbacks=ema``: with decay 0 the average is the last weights (the same test figures as without it);
+    with decay 0.5 the final test scores other weights."""
+    scores = {}
+    for name, extra in {"plain": [], "decay0": ["callbacks=ema", "callbacks.ema.decay=0.0"],
+                        "decay05": ["callbacks=ema", "callbacks.ema.decay=0.5"]}.items():
+        (tmp_path / name).mkdir()
+        cfg = _selection_run(tmp_path / name, fake_tiles, "trainer.max_steps=8", "trainer.val_check_interval=8",
+                             "test=true", "logger=none", *extra)
+        scores[name] = app_train.train(cfg)["metrics"]["test/fg_ap/real"]
+    assert scores["decay0"] == scores["plain"]
+    assert scores["decay05"] != scores["plain"]
