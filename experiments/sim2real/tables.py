@@ -20,13 +20,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from by_group import by_group_files  # noqa: E402
 from compare import compare_files  # noqa: E402
+from curves import plot_curves  # noqa: E402
 from report import load, plot, report_files, summarise, write_files  # noqa: E402
 
 RESULTS = HERE / "results"
 #: studies with their own ``report.md`` (mean ± std per arm and K)
-REPORTS = ("main", "val_selected", "val_selected@selected", "hires", "fruits_cn", "fruits_cn_r3000", "pilot", "pilot2", "pilot_r400")
+REPORTS = ("main", "val_selected", "val_selected@selected", "ema", "hires", "fruits_cn", "fruits_cn_r3000", "pilot", "pilot2", "pilot_r400")
 #: (study, task) of the curves ``docs/results.md`` shows, drawn by ``--plots``
 PLOTS = (("main", "tile"), ("fruits_cn", "fruits"))
+#: (study, K) of the validation curves ``docs/results.md`` shows, drawn by ``--plots``
+CURVES = (("val_selected", 25),)
 #: ``<out>``: (base study, compared studies, base arm), paired by seed with the base's same arm (base arm None)
 #: or with its base arm at the same K
 COMPARES = {
@@ -36,6 +39,8 @@ COMPARES = {
     "compare_vs_matched2": ("matched2", ("matched3",), None),
     "compare_selected": ("val_selected", ("val_selected@selected",), None),
     "compare_selected_vs_real_only": ("val_selected@selected", ("val_selected@selected",), "real_only"),
+    "compare_ema": ("val_selected", ("ema",), None),
+    "compare_ema_vs_real_only": ("ema", ("ema",), "real_only"),
     "compare_hires": ("hires", ("hires_matched", "hires_matched2"), None),
     "compare_hires_vs_real_only": ("hires", ("hires_matched", "hires_matched2"), "real_only"),
 }
@@ -51,6 +56,7 @@ BY_GROUP = {
     "matched3/by_group_vs_real_only": ("matched3", "pretrain_finetune", "real_only", "groups"),
     "matched3/by_group_vs_matched2": ("matched3", "pretrain_finetune", "pretrain_finetune", "matched2"),
     "val_selected/by_group_selected": ("val_selected@selected", "pretrain_finetune", "real_only", None),
+    "ema/by_group": ("ema", "pretrain_finetune", "real_only", None),
     "hires_matched/by_group_vs_hires": ("hires_matched", "pretrain_finetune", "pretrain_finetune", "hires"),
     "hires_matched/by_group_vs_real_only": ("hires_matched", "pretrain_finetune", "real_only", "hires"),
     "hires_matched2/by_group_vs_hires": ("hires_matched2", "pretrain_finetune", "pretrain_finetune", "hires"),
@@ -96,6 +102,8 @@ def main(argv=None) -> int:
     if args.plots is not None:
         for study, task in PLOTS:
             plot(summarise(load(args.results / study)), task, args.plots / f"sim2real_{study}_{task}.png")
+        for study, k in CURVES:
+            plot_curves(load(args.results / study), k, args.plots / f"sim2real_{study}_curves_K{k}.png")
     return 0
 
 

@@ -222,3 +222,18 @@ def test_a_selected_view_scores_each_run_at_its_checkpoint_chosen_on_validation(
     path.write_text(json.dumps(unselected))
     with pytest.raises(ValueError, match=r"no selected checkpoint in \['pretrain_finetune_K25_seed1'\]"):
         module.load(tmp_path / "s@selected")
+
+
+def test_curves_count_real_steps_from_the_switch_to_real_data():
+    spec = importlib.util.spec_from_file_location("sim2real_curves", ROOT / "experiments" / "sim2real" / "curves.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    metric = "val/fg_iou/real"
+    runs = [{"arm": "pretrain_finetune", "k": 25, "seed": 0, "steps": 30, "budget": {"real_steps": 10},
+             "curve": [{"step": 9, metric: 0.0}, {"step": 24, metric: 0.2}, {"step": 29, metric: 0.3}]},
+            {"arm": "real_only", "k": 25, "seed": 0, "steps": 10, "budget": {"real_steps": 10},
+             "curve": [{"step": 4, metric: 0.1}, {"step": 9, "val/fg_iou": 0.5}]},
+            {"arm": "real_only", "k": 100, "seed": 0, "steps": 10, "budget": {"real_steps": 10},
+             "curve": [{"step": 9, metric: 0.9}]}]
+    assert module.curves(runs, 25, metric) == {("pretrain_finetune", 0): [(5, 0.2), (10, 0.3)],
+                                               ("real_only", 0): [(5, 0.1)]}
