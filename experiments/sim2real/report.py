@@ -42,8 +42,7 @@ SELECTED = "@selected"
 
 def load(results: Path) -> list[dict]:
     """Every run result under ``results`` (``<task>/<arm>_K<k>_seed<s>.json``). For ``<study>@selected``, those
-    of ``<study>`` with the test metrics of their selected checkpoint; synthetic-only runs, which see no real
-    validation worth selecting on, keep their last step's."""
+    of ``<study>`` that train on real images, with the test metrics of their selected checkpoint."""
     selected = results.name.endswith(SELECTED)
     folder = results.with_name(results.name.removesuffix(SELECTED)) if selected else results
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*/*.json"))]
@@ -52,7 +51,7 @@ def load(results: Path) -> list[dict]:
     missing = [f"{r['arm']}_K{r['k']}_seed{r['seed']}" for r in runs if r["arm"] != "synthetic_only" and "selected" not in r]
     if missing:
         raise ValueError(f"{folder}: no selected checkpoint in {missing} (run without --select-by-val)")
-    return [r | {"test": r["selected"]["test"]} if "selected" in r else r for r in runs]
+    return [r | {"test": r["selected"]["test"]} for r in runs if r["arm"] != "synthetic_only"]
 
 
 def summarise(runs: list[dict]) -> list[dict]:
@@ -173,8 +172,9 @@ def csv_text(rows: list[dict]) -> str:
 
 
 def write_files(files: dict[Path, str]) -> None:
-    """Writes each path's text atomically."""
+    """Writes each path's text atomically (making its folder)."""
     for path, content in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, content)
 
 
