@@ -25,11 +25,11 @@ from report import load, plot, report_files, summarise, write_files  # noqa: E40
 
 RESULTS = HERE / "results"
 #: studies with their own ``report.md`` (mean ± std per arm and K)
-REPORTS = ("main", "val_selected", "val_selected@selected", "ema", "hires", "fruits_cn", "fruits_cn_r3000", "pilot", "pilot2", "pilot_r400")
+REPORTS = ("main", "val_selected", "val_selected@selected", "ema", "real_long", "hires", "fruits_cn", "fruits_cn_r3000", "pilot", "pilot2", "pilot_r400")
 #: (study, task) of the curves ``docs/results.md`` shows, drawn by ``--plots``
 PLOTS = (("main", "tile"), ("fruits_cn", "fruits"))
 #: (study, K) of the validation curves ``docs/results.md`` shows, drawn by ``--plots``
-CURVES = (("val_selected", 25),)
+CURVES = (("val_selected", 25), ("val_selected", 100), ("real_long", 100))
 #: ``<out>``: (base study, compared studies, base arm), paired by seed with the base's same arm (base arm None)
 #: or with its base arm at the same K
 COMPARES = {
@@ -40,6 +40,8 @@ COMPARES = {
     "compare_selected": ("val_selected", ("val_selected@selected",), None),
     "compare_selected_vs_real_only": ("val_selected@selected", ("val_selected@selected",), "real_only"),
     "compare_ema": ("val_selected", ("ema",), None),
+    "compare_real_long": ("val_selected", ("real_long", "real_long@selected"), None),
+    "compare_real_long_vs_pretrain": ("val_selected", ("real_long",), "pretrain_finetune"),
     "compare_ema_vs_real_only": ("ema", ("ema",), "real_only"),
     "compare_hires": ("hires", ("hires_matched", "hires_matched2"), None),
     "compare_hires_vs_real_only": ("hires", ("hires_matched", "hires_matched2"), "real_only"),
