@@ -51,6 +51,11 @@ def _check(cfg: DictConfig) -> None:
         if not cfg.get("test") or kept is None or kept.get("monitor") is None:
             raise TrainConfigError("test_best=true needs test=true and a monitored checkpoint "
                                    "(callbacks=model_checkpoint trainer.enable_checkpointing=true)")
+        averaging = [name for name, node in (cfg.get("callbacks") or {}).items()
+                     if node and str(node.get("_target_", "")).endswith("WeightAveraging")]
+        if averaging:
+            raise TrainConfigError(f"test_best=true cannot be combined with callbacks.{averaging[0]}: loading a "
+                                   "weight-averaged checkpoint restores the raw weights, not the average")
 
 
 def _instantiate_group(node) -> list:

@@ -300,6 +300,12 @@ def test_test_best_without_test_or_a_monitored_checkpoint_fails_before_training(
         app_train.train(_selection_run(tmp_path, fake_tiles, "test_best=true", *extra))
 
 
+def test_test_best_refuses_weight_averaging(tmp_path, fake_tiles):
+    cfg = _selection_run(tmp_path, fake_tiles, "callbacks=[model_checkpoint,ema]", "test=true", "test_best=true")
+    with pytest.raises(app_train.TrainConfigError, match="cannot be combined with callbacks.ema"):
+        app_train.train(cfg)
+
+
 def test_ema_callback_tests_the_averaged_weights(tmp_path, fake_tiles):
     """``callbacks=ema``: with decay 0 the average is the last weights (the same test figures as without it);
     with decay 0.5 the final test scores other weights."""
