@@ -48,7 +48,8 @@ def load(results: Path) -> list[dict]:
     runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*/*.json"))]
     if not selected:
         return runs
-    missing = [f"{r['arm']}_K{r['k']}_seed{r['seed']}" for r in runs if r["arm"] != "synthetic_only" and "selected" not in r]
+    missing = [f"{r['arm']}_K{r['k']}_seed{r['seed']}" for r in runs
+               if r["arm"] != "synthetic_only" and "selected" not in r]
     if missing:
         raise ValueError(f"{folder}: no selected checkpoint in {missing} (run without --select-by-val)")
     return [r | {"test": r["selected"]["test"]} for r in runs if r["arm"] != "synthetic_only"]

@@ -5,8 +5,8 @@
     python experiments/sim2real/tables.py --plots docs/img   # also redraw the curves docs/results.md shows
 
 The tables are those ``report.py``, ``compare.py`` and ``by_group.py`` write (``summary.csv`` / ``report.md``
-beside a study, ``compare*.{csv,md}``, ``by_group*.{csv,md}``; ``<study>@selected``: a study's runs scored at the checkpoint
-chosen on validation, see ``report.load``); the lists below say which study is reported or
+beside a study, ``compare*.{csv,md}``, ``by_group*.{csv,md}``; ``<study>@selected``: a study's runs scored at
+the checkpoint chosen on validation, see ``report.load``); the lists below say which study is reported or
 compared against which, as ``docs/results.md`` quotes them. A study added there is added here.
 """
 
@@ -25,7 +25,8 @@ from report import load, plot, report_files, summarise, write_files  # noqa: E40
 
 RESULTS = HERE / "results"
 #: studies with their own ``report.md`` (mean ± std per arm and K)
-REPORTS = ("main", "val_selected", "val_selected@selected", "ema", "real_long", "hires", "fruits_cn", "fruits_cn_r3000", "pilot", "pilot2", "pilot_r400")
+REPORTS = ("main", "val_selected", "val_selected@selected", "ema", "real_long", "hires", "fruits_cn", "fruits_cn_r3000",
+           "pilot", "pilot2", "pilot_r400")
 #: (study, task) of the curves ``docs/results.md`` shows, drawn by ``--plots``
 PLOTS = (("main", "tile"), ("fruits_cn", "fruits"))
 #: (study, K) of the validation curves ``docs/results.md`` shows, drawn by ``--plots``
