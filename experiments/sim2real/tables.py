@@ -44,6 +44,7 @@ COMPARES = {
     "compare_real_long": ("val_selected", ("real_long", "real_long@selected"), None),
     "compare_real_long_vs_pretrain": ("val_selected", ("real_long",), "pretrain_finetune"),
     "compare_ema_vs_real_only": ("ema", ("ema",), "real_only"),
+    "compare_real_long_ema_vs_pretrain": ("ema", ("real_long_ema",), "pretrain_finetune"),
     "compare_hires": ("hires", ("hires_matched", "hires_matched2"), None),
     "compare_hires_vs_real_only": ("hires", ("hires_matched", "hires_matched2"), "real_only"),
 }
