@@ -46,7 +46,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 from synth_torch.data.hybrid import HybridSchedule  # noqa: E402
 
-SCHEDULE_KEYS = ("real_fraction", "mix_by", "switch_step", "anneal_steps", "anneal_shape", "rewarm_steps")
+SCHEDULE_KEYS = ("real_fraction", "mix_by", "switch_step", "anneal_steps", "anneal_shape", "rewarm_steps",
+                 "decay_steps")
 RESULTS = ROOT / "experiments" / "sim2real" / "results"
 LOGS = ROOT / "logs" / "sim2real"
 ARMS = ("synthetic_only", "real_only", "pretrain_finetune", "mixed", "anneal")
@@ -134,14 +135,17 @@ def _schedule(base, data: dict) -> HybridSchedule:
 
 def plan(task: str, arms, ks, seeds, synthetic_steps: int, real_steps: int, extra: list[str], study: str,
          pool: int, rewarm_steps: int = 0, logs: Path = LOGS, val_checks: int = 2,
-         pretrained: str | None = None, select_by: str | None = None) -> list[Run]:
+         pretrained: str | None = None, select_by: str | None = None, decay: bool = False) -> list[Run]:
     """The runs of a study, pretraining first (``pretrain_finetune`` resumes ``synthetic_only``, or with
     ``pretrained`` the ``synthetic_only`` checkpoints of that study: for studies that change only the real data).
     ``extra`` overrides win over the planned ones; run outputs go to ``logs/<study>/<task>/<arm>/K<k>/seed<s>``;
     each run validates ``val_checks`` times (evenly spaced; detection validation is slow on CPU). With
     ``select_by`` (a validation metric, e.g. ``val/fg_iou/real``) every arm that trains on real images keeps its
     best checkpoint by that metric and also tests it (the result's ``selected``: model selection on the real
-    validation split, the same for every arm)."""
+    validation split, the same for every arm). With ``decay`` every arm that trains on real images decays its
+    learning rate to zero (cosine) over its training after the pretraining: the ``R`` real steps of
+    ``pretrain_finetune`` and ``real_only``, all ``S + R`` steps of ``mixed`` and ``anneal``; the pretraining
+    itself (``synthetic_only``, which ``pretrain_finetune`` resumes) keeps the constant rate."""
     given = {o.split("=", 1)[0] for o in extra}
     base = _compose([f"experiment={TASKS[task]['experiment']}", *extra], LOGS)
     B = int(base.data.batch_size)
@@ -156,6 +160,8 @@ def plan(task: str, arms, ks, seeds, synthetic_steps: int, real_steps: int, extr
                 steps, data = arm_settings(arm, synthetic_steps, real_steps)
                 if arm == "pretrain_finetune":
                     data["rewarm_steps"] = rewarm_steps
+                if decay and arm != "synthetic_only":
+                    data["decay_steps"] = steps - synthetic_steps if arm == "pretrain_finetune" else steps
                 planned = [f"seed={seed}", f"trainer.max_steps={steps}", f"trainer.val_check_interval={max(1, steps // max(1, val_checks))}",
                            *(f"data.{key}={value}" for key, value in data.items())]
                 if k:
@@ -291,6 +297,9 @@ def main(argv=None) -> int:
     ap.add_argument("--select-by-val", default=None, metavar="METRIC",
                     help="also test each real-data run's best checkpoint by this validation metric "
                          "(e.g. val/fg_iou/real; early stopping by model selection, recorded as 'selected')")
+    ap.add_argument("--decay", action="store_true",
+                    help="cosine learning-rate decay to zero over each real-data arm's training after the pretraining "
+                         "(a settled end point for every arm instead of a constant-rate snapshot)")
     ap.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs (run in parts)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (1 keeps small models fast when other jobs share the cores)")
@@ -307,7 +316,7 @@ def main(argv=None) -> int:
     rewarm = args.real_steps // 10 if args.rewarm_steps is None else args.rewarm_steps
     runs = plan(args.task, args.arms, args.ks, args.seeds, args.synthetic_steps, args.real_steps, args.set,
                 args.study, pool, rewarm, val_checks=args.val_checks, pretrained=args.pretrained_study,
-                select_by=args.select_by_val)
+                select_by=args.select_by_val, decay=args.decay)
     if args.pretrained_study:
         check_pretraining(runs, args.synthetic_steps)
     todo = [r for r in runs if not result_path(args.study, r).is_file()]

@@ -66,6 +66,9 @@ class HybridSchedule:
         switch_step: ``pretrain_finetune``: synthetic steps before real; ``anneal``: where the decay starts.
         anneal_steps: ``anneal``: length of the decay; anneal_shape: ``"linear"`` or ``"cosine"``.
         rewarm_steps: ``pretrain_finetune``: linear learning-rate warm-up after the switch (0: none).
+        decay_steps: cosine learning-rate decay to zero over this many steps from the start of the real phase
+            (``pretrain_finetune``: the switch; every other kind: step 0), then zero (0: none). Gives every arm of a
+            comparison a settled end point instead of a constant-rate snapshot.
 
     Example:
         >>> s = HybridSchedule("mixed", real_fraction=0.25, mix_by="step")
@@ -82,6 +85,7 @@ class HybridSchedule:
     anneal_steps: int = 1000
     anneal_shape: str = "cosine"
     rewarm_steps: int = 0
+    decay_steps: int = 0
 
     def __post_init__(self):
         if self.kind not in SCHEDULES:
@@ -93,7 +97,7 @@ class HybridSchedule:
             raise ConfigError(f"data.mix_by must be 'batch' or 'step', got {self.mix_by!r}")
         if self.anneal_shape not in ("linear", "cosine"):
             raise ConfigError(f"data.anneal_shape must be 'linear' or 'cosine', got {self.anneal_shape!r}")
-        steps = {"switch_step": 0, "anneal_steps": 1, "rewarm_steps": 0}
+        steps = {"switch_step": 0, "anneal_steps": 1, "rewarm_steps": 0, "decay_steps": 0}
         for name, lo in steps.items():
             object.__setattr__(self, name, parse_int(getattr(self, name), f"data.{name}", lo=lo))
         object.__setattr__(self, "real_fraction", fraction)
@@ -132,12 +136,19 @@ class HybridSchedule:
         return int(both[1] - both[0])
 
     def lr_scale(self, step: int) -> float:
-        """Learning-rate factor at optimizer step ``step``: a linear re-warm ``(step - S + 1) / W`` for the
-        ``W = rewarm_steps`` steps after ``pretrain_finetune``'s switch ``S``, else 1."""
-        since = int(step) - int(self.switch_step)
-        if self.kind != "pretrain_finetune" or not self.rewarm_steps or not 0 <= since < self.rewarm_steps:
+        """Learning-rate factor at optimizer step ``step``, with ``t`` the steps since the real phase started
+        (``pretrain_finetune``'s switch ``S``, else 0): a linear re-warm ``(t + 1) / W`` for the
+        ``W = rewarm_steps`` steps after ``S`` (``pretrain_finetune`` only), times a cosine decay
+        ``(1 + cos(pi * min(t, D) / D)) / 2`` with ``D = decay_steps``; 1 where neither applies."""
+        since = int(step) - (int(self.switch_step) if self.kind == "pretrain_finetune" else 0)
+        if since < 0:
             return 1.0
-        return (since + 1) / self.rewarm_steps
+        scale = 1.0
+        if self.kind == "pretrain_finetune" and self.rewarm_steps and since < self.rewarm_steps:
+            scale = (since + 1) / self.rewarm_steps
+        if self.decay_steps:
+            scale *= 0.5 * (1.0 + math.cos(math.pi * min(since, self.decay_steps) / self.decay_steps))
+        return scale
 
 
 @functools.lru_cache(maxsize=16)

@@ -99,7 +99,8 @@ class SynthDataModule(pl.LightningDataModule):
         real_flips: random horizontal/vertical flips of real training images (a function of seed and draw).
         real_balance: draw real training images round robin over their groups (magnetic_tile: the defect
             classes), so a class-imbalanced real split trains every class equally often.
-        schedule, real_fraction, mix_by, switch_step, anneal_steps, anneal_shape, rewarm_steps: the
+        schedule, real_fraction, mix_by, switch_step, anneal_steps, anneal_shape, rewarm_steps,
+            decay_steps: the
             :class:`~synth_torch.data.hybrid.HybridSchedule`.
         progress: show a progress bar while the validation suites render (rank 0).
 
@@ -122,7 +123,8 @@ class SynthDataModule(pl.LightningDataModule):
                  real_val_max_images: int | None = 64, real_flips: bool = False, real_balance: bool = False,
                  schedule: str = "synthetic_only",
                  real_fraction: float = 0.5, mix_by: str = "batch", switch_step: int = 0, anneal_steps: int = 1000,
-                 anneal_shape: str = "cosine", rewarm_steps: int = 0, worker_timeout: float = 600.0,
+                 anneal_shape: str = "cosine", rewarm_steps: int = 0, decay_steps: int = 0,
+                 worker_timeout: float = 600.0,
                  progress: bool = True):
         super().__init__()
         overrides = _plain(overrides) or {}
@@ -134,7 +136,7 @@ class SynthDataModule(pl.LightningDataModule):
         if device not in ("cpu", "cuda", "auto") and not str(device).startswith("cuda:"):
             raise ConfigError(f"data.device must be 'cpu', 'cuda' or 'auto', got {device!r}")
         self.schedule = HybridSchedule(schedule, real_fraction, mix_by, switch_step, anneal_steps, anneal_shape,
-                                       rewarm_steps)
+                                       rewarm_steps, decay_steps)
         if self.schedule.uses_real and real_root is None:
             raise ConfigError(f"data.schedule={schedule} trains on real images: set data.real_root")
         self.real_train_images = parse_int(real_train_images, "data.real_train_images", lo=1, none_ok=True)

@@ -74,12 +74,22 @@ def test_lr_rewarm_after_the_switch():
     assert HybridSchedule("mixed", rewarm_steps=4).lr_scale(0) == 1.0  # only pretrain_finetune re-warms
 
 
+def test_lr_cosine_decay_over_the_real_phase():
+    half = 0.5 + 0.5 * math.cos(math.pi / 4)  # a quarter of the way down the cosine
+    s = HybridSchedule("pretrain_finetune", switch_step=10, rewarm_steps=2, decay_steps=4)
+    assert [s.lr_scale(t) for t in range(8, 17)] == pytest.approx([1, 1, 0.5, half, 0.5, 1 - half, 0, 0, 0])
+    real = HybridSchedule("real_only", switch_step=10, decay_steps=4)  # the real phase starts at step 0
+    assert [real.lr_scale(t) for t in range(6)] == pytest.approx([1, half, 0.5, 1 - half, 0, 0])
+    assert HybridSchedule("real_only").lr_scale(10**6) == 1.0
+
+
 @pytest.mark.parametrize("kwargs,key", [({"kind": "curriculum"}, "data.schedule"),
                                         ({"kind": "mixed", "real_fraction": 1.5}, "data.real_fraction"),
                                         ({"kind": "mixed", "mix_by": "epoch"}, "data.mix_by"),
                                         ({"kind": "anneal", "anneal_shape": "step"}, "data.anneal_shape"),
                                         ({"kind": "anneal", "anneal_steps": 0}, "data.anneal_steps"),
-                                        ({"kind": "pretrain_finetune", "switch_step": -1}, "data.switch_step")])
+                                        ({"kind": "pretrain_finetune", "switch_step": -1}, "data.switch_step"),
+                                        ({"kind": "real_only", "decay_steps": -1}, "data.decay_steps")])
 def test_bad_schedules_name_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         HybridSchedule(**kwargs)

@@ -5,6 +5,7 @@ generated ``fake_tiles`` folder (40 images); one test also uses ``../shared/real
 from __future__ import annotations
 
 import functools
+import math
 
 import lightning.pytorch as pl
 import pytest
@@ -187,6 +188,14 @@ def test_lr_rewarm_after_the_switch_composes_with_the_scheduler(fake_tiles, tmp_
     scale = [1, 1, 1 / 3, 2 / 3, 1, 1, 1]
     assert _RecordingSGD.lrs == pytest.approx([0.1 * 0.9**t * scale[t] for t in range(7)])
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 0.9**7)  # the scheduler's own
+
+
+def test_lr_decay_reaches_the_optimizer(fake_tiles, tmp_path):
+    _RecordingSGD.lrs = []
+    dm = _dm(fake_tiles, "real_only", decay_steps=4)
+    _fit(tmp_path, dm, max_steps=6, optimizer=lambda p: _RecordingSGD(p, lr=0.1))
+    quarter = 0.5 + 0.5 * math.cos(math.pi / 4)
+    assert _RecordingSGD.lrs == pytest.approx([0.1, 0.1 * quarter, 0.05, 0.1 * (1 - quarter), 0.0, 0.0])
 
 
 def test_schedule_errors_name_the_key(fake_tiles):

@@ -42,6 +42,17 @@ def test_selection_by_validation_keeps_the_best_checkpoint_of_every_real_data_ar
     assert "callbacks.model_checkpoint.every_n_train_steps=20" in chosen["synthetic_only"]
 
 
+def test_decay_spans_each_arms_training_after_the_pretraining(study, tmp_path):
+    runs = study.plan("tile", ["real_only", "pretrain_finetune", "mixed", "anneal"], ["10"], [0], 20, 10, [], "s",
+                      pool=30, logs=tmp_path, decay=True)
+    decay = {r.arm: [o for o in r.overrides if o.startswith("data.decay_steps=")] for r in runs}
+    assert decay == {"synthetic_only": [], "real_only": ["data.decay_steps=10"],
+                     "pretrain_finetune": ["data.decay_steps=10"], "mixed": ["data.decay_steps=30"],
+                     "anneal": ["data.decay_steps=30"]}
+    plain = study.plan("tile", ["real_only"], ["10"], [0], 20, 10, [], "s", pool=30, logs=tmp_path)
+    assert not any(o.startswith("data.decay_steps") for o in plain[0].overrides)
+
+
 def test_a_borrowed_pretraining_must_exist_and_stop_at_S(study, tmp_path):
     runs = study.plan("tile", ["real_only", "pretrain_finetune"], ["all"], [0], 20, 10, ["data.real_balance=true"],
                       "balanced", pool=30, logs=tmp_path, pretrained="main")
