@@ -25,12 +25,13 @@ from report import load, plot, report_files, summarise, write_files  # noqa: E40
 
 RESULTS = HERE / "results"
 #: studies with their own ``report.md`` (mean ± std per arm and K)
-REPORTS = ("main", "val_selected", "val_selected@selected", "ema", "real_long", "hires", "fruits_cn", "fruits_cn_r3000",
-           "pilot", "pilot2", "pilot_r400")
+REPORTS = ("main", "val_selected", "val_selected@selected", "ema", "real_long", "cosine", "cosine@selected",
+           "cosine_long", "hires", "fruits_cn", "fruits_cn_r3000", "pilot", "pilot2", "pilot_r400")
 #: (study, task) of the curves ``docs/results.md`` shows, drawn by ``--plots``
 PLOTS = (("main", "tile"), ("fruits_cn", "fruits"))
 #: (study, K) of the validation curves ``docs/results.md`` shows, drawn by ``--plots``
-CURVES = (("val_selected", 25), ("val_selected", 100), ("real_long", 100))
+CURVES = (("val_selected", 25), ("val_selected", 100), ("real_long", 100), ("cosine", 25), ("cosine", 100),
+          ("cosine_long", 100))
 #: ``<out>``: (base study, compared studies, base arm), paired by seed with the base's same arm (base arm None)
 #: or with its base arm at the same K
 COMPARES = {
@@ -45,6 +46,11 @@ COMPARES = {
     "compare_real_long_vs_pretrain": ("val_selected", ("real_long",), "pretrain_finetune"),
     "compare_ema_vs_real_only": ("ema", ("ema",), "real_only"),
     "compare_real_long_ema_vs_pretrain": ("ema", ("real_long_ema",), "pretrain_finetune"),
+    "compare_cosine": ("val_selected", ("cosine",), None),
+    "compare_cosine_vs_ema": ("ema", ("cosine",), None),
+    "compare_cosine_vs_real_only": ("cosine", ("cosine",), "real_only"),
+    "compare_cosine_selected_vs_real_only": ("cosine@selected", ("cosine@selected",), "real_only"),
+    "compare_cosine_long_vs_pretrain": ("cosine", ("cosine_long",), "pretrain_finetune"),
     "compare_hires": ("hires", ("hires_matched", "hires_matched2"), None),
     "compare_hires_vs_real_only": ("hires", ("hires_matched", "hires_matched2"), "real_only"),
 }
@@ -61,6 +67,7 @@ BY_GROUP = {
     "matched3/by_group_vs_matched2": ("matched3", "pretrain_finetune", "pretrain_finetune", "matched2"),
     "val_selected/by_group_selected": ("val_selected@selected", "pretrain_finetune", "real_only", None),
     "ema/by_group": ("ema", "pretrain_finetune", "real_only", None),
+    "cosine/by_group": ("cosine", "pretrain_finetune", "real_only", None),
     "hires_matched/by_group_vs_hires": ("hires_matched", "pretrain_finetune", "pretrain_finetune", "hires"),
     "hires_matched/by_group_vs_real_only": ("hires_matched", "pretrain_finetune", "real_only", "hires"),
     "hires_matched2/by_group_vs_hires": ("hires_matched2", "pretrain_finetune", "pretrain_finetune", "hires"),
