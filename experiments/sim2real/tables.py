@@ -30,7 +30,7 @@ REPORTS = ("main", "val_selected", "val_selected@selected", "ema", "real_long", 
 #: (study, task) of the curves ``docs/results.md`` shows, drawn by ``--plots``
 PLOTS = (("main", "tile"), ("fruits_cn", "fruits"))
 #: (study, K) of the validation curves ``docs/results.md`` shows, drawn by ``--plots``
-CURVES = (("val_selected", 25), ("val_selected", 100), ("real_long", 100), ("cosine", 25), ("cosine", 100),
+CURVES = (("val_selected", 25), ("val_selected", 100), ("real_long", 100), ("cosine", 100),
           ("cosine_long", 100))
 #: ``<out>``: (base study, compared studies, base arm), paired by seed with the base's same arm (base arm None)
 #: or with its base arm at the same K
