@@ -99,9 +99,8 @@ class SynthDataModule(pl.LightningDataModule):
         real_flips: random horizontal/vertical flips of real training images (a function of seed and draw).
         real_balance: draw real training images round robin over their groups (magnetic_tile: the defect
             classes), so a class-imbalanced real split trains every class equally often.
-        schedule, real_fraction, mix_by, switch_step, anneal_steps, anneal_shape, rewarm_steps,
-            decay_steps: the
-            :class:`~synth_torch.data.hybrid.HybridSchedule`.
+        schedule, real_fraction, mix_by, switch_step, anneal_steps, anneal_shape, rewarm_steps, decay_steps:
+            the :class:`~synth_torch.data.hybrid.HybridSchedule`.
         progress: show a progress bar while the validation suites render (rank 0).
 
     Stream state: the training dataset's :class:`~synth_torch.data.mixture.StreamCursor` advances for every batch
