@@ -42,7 +42,8 @@ def plot_curves(runs: list[dict], k: int, path: Path, metric: str = "val/fg_iou/
     colours = {}
     for (arm, seed), points in sorted(curves(runs, k, metric).items()):
         colour = colours.setdefault(arm, f"C{len(colours)}")
-        ax.plot(*zip(*points), marker="o", color=colour, alpha=0.8, linestyle=("-", "--", ":")[seed % 3],
+        ax.plot(*zip(*points), marker="osD^"[seed // 4 % 4], color=colour, alpha=0.8,
+                linestyle=("-", "--", ":", "-.")[seed % 4],
                 label=f"{ARM_LABELS[arm]}, seed {seed}")
     ax.set(xlabel="real training step", ylabel=metric, title=f"K = {k}: {metric} during training")
     ax.legend(fontsize=7)
